@@ -1,0 +1,9 @@
+"""dpkit: run real multi-process data- and model-parallel training, measure it, and plot it."""
+
+from .api import load_sweep, run, sweep
+from .config import RunConfig
+from .launch import RankFailedError, RunTimeoutError
+from .results import RunResult
+
+__all__ = ["RankFailedError", "RunConfig", "RunResult", "RunTimeoutError", "load_sweep", "run", "sweep"]
+__version__ = "0.1.0"

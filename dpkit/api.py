@@ -1,0 +1,97 @@
+"""run() and sweep(): the two calls notebooks, the CLI and tests make."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .launch import choose_backend, default_start_method, default_threads, launch
+from .results import RunResult
+from .strategies import is_supported, unsupported_reason
+
+
+def roles_of(cfg: RunConfig) -> list[str]:
+    """A name for every process, used in error messages ('rank 2 (parameter server 0)')."""
+    if cfg.parallelism == "data" and cfg.sync in ("ps", "ps-async"):
+        return [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)]
+    if cfg.parallelism == "pipeline":
+        return [f"stage {r}" for r in range(cfg.world_size)]
+    if cfg.parallelism == "tensor":
+        return [f"tensor rank {r}" for r in range(cfg.world_size)]
+    return [f"worker {r}" for r in range(cfg.world_size)]
+
+
+def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
+    """Train `cfg` on real ranks and return what happened; with `out`, also save it there."""
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"run() takes a RunConfig, not {type(cfg).__name__}")
+    if not is_supported(cfg):
+        raise NotImplementedError(unsupported_reason(cfg))
+    nprocs = cfg.num_processes
+    backend, device = choose_backend(cfg.device, cfg.backend, nprocs)
+    threads = cfg.threads_per_rank or default_threads(nprocs)
+    method = default_start_method()
+    payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
+    with tempfile.TemporaryDirectory(prefix="dpkit-run-") as tmp:
+        launch(
+            "dpkit.train:rank_main",
+            payload,
+            nprocs,
+            tmp,
+            backend=backend,
+            threads_per_rank=threads,
+            timeout_s=cfg.timeout_s,
+            roles=roles_of(cfg),
+            start_method=method,
+        )
+        result = RunResult.load(tmp)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def sweep(
+    base: RunConfig,
+    out: str | Path | None = None,
+    progress: bool = True,
+    **grid: Iterable[Any],
+) -> pd.DataFrame:
+    """Run every combination of `grid` (field=list of values) on top of `base`; one row per run.
+
+    With `out`, each run is saved to out/<run_id>/ as it finishes, and runs already there are
+    loaded instead of rerun, so an interrupted sweep resumes where it stopped.
+    """
+    names = list(grid)
+    combos = [dict(zip(names, values)) for values in itertools.product(*(list(grid[n]) for n in names))]
+    configs = [base.replace(**combo) for combo in combos]  # all validated before the first run starts
+    frames = []
+    for cfg in tqdm(configs, desc="sweep", disable=not progress):
+        folder = Path(out) / cfg.run_id() if out is not None else None
+        if folder is not None and (folder / "summary.json").exists():
+            result = RunResult.load(folder)
+            resumed = True
+        else:
+            result = run(cfg, out=folder)
+            resumed = False
+        frame = result.to_frame()
+        frame.insert(0, "run_id", cfg.run_id())
+        frame["resumed"] = resumed
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_sweep(out: str | Path) -> pd.DataFrame:
+    """Every run saved under `out`, as sweep() would have returned them."""
+    frames = []
+    for folder in sorted(Path(out).iterdir()):
+        if (folder / "summary.json").exists():
+            frame = RunResult.load(folder).to_frame()
+            frame.insert(0, "run_id", folder.name)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,154 @@
+"""`dpkit run|sweep|demo|bench`: every RunConfig field is an option (--world-size 4 ...)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from .config import RunConfig
+
+_HELP = {
+    "parallelism": "none | data | pipeline | tensor | hybrid",
+    "sync": "allreduce | ps | ps-async (data parallelism)",
+    "model": "mlp | cnn | transformer",
+    "grad_sync": "per-tensor | flat | bucketed | ddp",
+    "allreduce_algo": "native | ring | ring-whole | reduce-broadcast | tree",
+    "schedule": "naive | gpipe | 1f1b",
+    "freeze": "comma-separated parameter-name prefixes to freeze",
+}
+
+
+def _parse_tuple(item: type):
+    def parse(text: str) -> tuple:
+        return tuple(item(v) for v in text.split(",") if v.strip()) if text else ()
+
+    return parse
+
+
+def _optional(convert):
+    def parse(text: str):
+        return None if text.lower() in ("", "none") else convert(text)
+
+    return parse
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        help_text = f"{_HELP.get(f.name, '')} (default: {f.default!r})".strip()
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is tuple:
+            convert = _parse_tuple(args[0])
+        elif type(None) in args:
+            convert = _optional(next(a for a in args if a is not type(None)))
+        else:
+            convert = hint
+        parser.add_argument(flag, type=convert, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> RunConfig:
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name, None) is not None}
+    given.update(overrides)
+    return RunConfig(**given)
+
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_options(parser)
+    return parser
+
+
+def _print_summary(result) -> None:
+    width = max(len(k) for k in result.summary)
+    for k, v in result.summary.items():
+        print(f"  {k:<{width}}  {v:.6g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .api import run
+
+    cfg = config_from_args(args)
+    out = Path(args.out or f"results/run-{cfg.run_id()}")
+    result = run(cfg, out=out)
+    print(repr(result))
+    _print_summary(result)
+    print(f"losses: {' '.join(f'{v:.4f}' for v in result.losses)}")
+    print(f"result folder: {out} (trace.json opens in https://ui.perfetto.dev)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .api import sweep
+
+    grid = {}
+    for item in args.grid:
+        name, _, values = item.partition("=")
+        field = name.replace("-", "_")
+        parser = argparse.ArgumentParser()
+        add_config_options(parser)
+        grid[field] = [getattr(parser.parse_args([f"--{name}", v]), field) for v in values.split(",")]
+    cfg = config_from_args(args)
+    out = Path(args.out or "results/sweep")
+    frame = sweep(cfg, out=out, **grid)
+    cols = ["run_id", *grid, "step_time_s", "samples_per_s", "comm_s", "exposed_comm_s", "final_loss"]
+    print(frame[cols].to_string(index=False))
+    frame.to_csv(out / "sweep.csv", index=False)
+    print(f"results: {out}/sweep.csv")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import main as demo_main
+
+    demo_main(Path(args.out), quick=args.quick)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from . import bench
+
+    bench.main(args.what, Path(args.out), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpkit", description="distributed training you can run, measure and plot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="one run: prints the summary, writes the result folder")
+    add_config_options(p)
+    p.add_argument("--out", help="result folder (default results/run-<id>)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("sweep", help="a grid of runs, e.g. dpkit sweep world-size=1,2,4 --parallelism data")
+    add_config_options(p)
+    p.add_argument("grid", nargs="+", help="field=v1,v2,... (field names as options, without --)")
+    p.add_argument("--out", help="folder for the runs and sweep.csv (default results/sweep); reruns resume")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("demo", help="the default job: data parallel at world sizes 1, 2, 4 -> table, CSV, PNG")
+    p.add_argument("--out", default="results/demo", help="folder for demo.csv and speedup.png")
+    p.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="benchmarks: launch overhead, all-reduce bandwidth")
+    p.add_argument("what", choices=["launch", "allreduce"])
+    p.add_argument("--out", default="results/bench", help="folder for the CSV and plots")
+    p.add_argument("--max-world-size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a small grid (for tests)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, NotImplementedError) as exc:
+        print(f"dpkit: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

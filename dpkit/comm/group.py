@@ -1,0 +1,46 @@
+"""Which global ranks a process group holds, so hand-written collectives can address peers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """This rank's position (`me`) among the group's global `ranks`."""
+
+    ranks: tuple[int, ...]
+    me: int
+    group: object = None
+
+    @classmethod
+    def of(cls, group=None) -> GroupView:
+        ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else tuple(range(dist.get_world_size()))
+        return cls(ranks, ranks.index(dist.get_rank()), group)
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    def peer(self, index: int) -> int:
+        """Global rank of the group member at `index` (taken modulo the group size)."""
+        return self.ranks[index % self.size]
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def exchange(view: GroupView, send: torch.Tensor, dst: int, recv: torch.Tensor, src: int) -> int:
+    """Send to group member `dst` while receiving from `src` (both posted first, so no deadlock)."""
+    ops = []
+    if recv.numel():
+        ops.append(dist.irecv(recv, view.peer(src), group=view.group))
+    if send.numel():
+        ops.append(dist.isend(send, view.peer(dst), group=view.group))
+    for op in ops:
+        op.wait()
+    return nbytes(send)

@@ -1,0 +1,88 @@
+"""What every strategy shares: the rank's context, the optimizer, and one micro-batch step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..comm import Comm
+from ..config import RunConfig
+from ..instrument import Recorder
+from ..workloads import loss_fn
+
+
+@dataclass
+class RankContext:
+    """Everything a strategy needs to know about where it runs."""
+
+    cfg: RunConfig
+    rank: int
+    num_processes: int
+    device: torch.device
+    recorder: Recorder
+    comm: Comm
+
+
+class Strategy:
+    """One rank's share of a training step. Subclasses set up their model shard in __init__."""
+
+    role = "worker"
+    gap_kind = "idle"
+
+    def __init__(self, ctx: RankContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.rec = ctx.recorder
+
+    # -- the interface the training loop calls ----------------------------------------------
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """Train on the global batch (x, y); return (mean loss over the samples this rank saw, their count)."""
+        raise NotImplementedError
+
+    def end_of_step_group(self) -> object | None:
+        """Group to barrier with at the end of a step (timed as idle); 'skip' for none (async)."""
+        return dist.group.WORLD
+
+    def owned_state(self) -> dict[str, torch.Tensor]:
+        """The parameters this rank is authoritative for, keyed like the single-process model."""
+        return {}
+
+    @staticmethod
+    def merge_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        merged: dict[str, torch.Tensor] = {}
+        for s in states:
+            merged.update(s)
+        return merged
+
+    def extra(self) -> dict:
+        """Strategy-specific measurements that go into the result (JSON-able)."""
+        return {}
+
+    def close(self) -> None:
+        self.ctx.comm.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
+
+    def forward_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
+        """Forward and backward of one micro-batch; the loss is scaled so accumulated grads average."""
+        with self.rec.span("compute", "forward"):
+            loss = loss_fn(model(x.to(self.ctx.device)), y.to(self.ctx.device))
+        with self.rec.span("compute", "backward"):
+            (loss * scale).backward()
+        return float(loss.detach())
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that get gradients, each once (a tied weight is one parameter)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -1,0 +1,116 @@
+"""Data parallelism with all-reduce: every rank holds the whole model and a slice of the batch.
+
+Ranks build their model from different seeds, then rank 0's parameters are broadcast, so a
+missing broadcast shows up as a failed equivalence test. Gradients are averaged by the chosen
+`grad_sync` variant with the chosen `allreduce_algo`; with grad_accum > 1 the sync is skipped
+until the last micro-step, as DDP's no_sync() does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..comm import allreduce_sum, predicted_bytes_sent
+from ..comm.group import nbytes
+from ..workloads import build_model, shard
+from .base import RankContext, Strategy, state_on_cpu, trainable
+from .grad_sync import make_grad_sync
+
+
+def broadcast_model(ctx: RankContext, model: torch.nn.Module, group=None, src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers to every rank of `group`."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            ctx.comm.broadcast(t.data, src, group, name="broadcast-model")
+
+
+class DataParallel(Strategy):
+    def __init__(self, ctx: RankContext, group=None) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.index = dist.get_rank(group)
+        model = build_model(cfg, cfg.seed + ctx.rank).to(ctx.device)
+        broadcast_model(ctx, model, group, src=dist.get_global_rank(group, 0) if group is not None else 0)
+        self.module = model
+        params = trainable(model)
+        if cfg.grad_sync == "ddp":
+            self.model = DistributedDataParallel(model, process_group=group, bucket_cap_mb=cfg.bucket_mb)
+            self.model.register_comm_hook(None, self._ddp_hook)
+            self.sync = None
+        else:
+            self.model = model
+            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, cfg.allreduce_algo, self.world, group, cfg.bucket_mb)
+        self.opt = self.make_optimizer(params)
+        self._ddp_pool = None
+
+    def _ddp_hook(self, _state, bucket) -> torch.futures.Future:
+        """DDP's comm hook: the same all-reduce algorithms, timed like ours (DDP itself is untouched)."""
+        buf = bucket.buffer()
+        start = time.perf_counter()
+        rec, algo, world = self.rec, self.cfg.allreduce_algo, self.world
+        name = f"ddp-bucket{bucket.index()}"
+
+        def done(value: torch.Tensor, sent: int) -> torch.Tensor:
+            rec.add("comm", name, start, time.perf_counter(), sent)
+            return value.div_(world)
+
+        if algo == "native":
+            fut = dist.all_reduce(buf, group=self.group, async_op=True).get_future()
+            sent = predicted_bytes_sent("native", nbytes(buf), world)
+            return fut.then(lambda f: done(f.value()[0], sent))
+        fut = torch.futures.Future()
+        if self._ddp_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._ddp_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-ddp")
+
+        def job() -> None:
+            try:
+                fut.set_result(done(buf, allreduce_sum(buf, algo, self.group)))
+            except Exception as exc:  # surface in the training thread, not a silent hang
+                fut.set_exception(exc)
+
+        self._ddp_pool.submit(job)
+        return fut
+
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        accum = self.cfg.grad_accum
+        xs, ys = shard(x, self.index, self.world), shard(y, self.index, self.world)
+        if self.sync is not None:
+            self.sync.begin()
+        losses = []
+        for i in range(accum):
+            last = i == accum - 1
+            if self.sync is not None:
+                self.sync.enabled = last
+                ctx = contextlib.nullcontext()
+            else:
+                ctx = contextlib.nullcontext() if last else self.model.no_sync()
+            with ctx:
+                losses.append(self.forward_backward(self.model, shard(xs, i, accum), shard(ys, i, accum), 1.0 / accum))
+        if self.sync is not None:
+            self.sync.finish()
+        with self.rec.span("compute", "optimizer"):
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        return sum(losses) / accum, xs.shape[0]
+
+    def owned_state(self) -> dict[str, torch.Tensor]:
+        return state_on_cpu(self.module) if self.ctx.rank == 0 else {}
+
+    def extra(self) -> dict:
+        if self.sync is not None and hasattr(self.sync, "buckets"):
+            return {"buckets": [sum(p.numel() for p in b.params) for b in self.sync.buckets]}
+        return {}
+
+    def close(self) -> None:
+        if self._ddp_pool is not None:
+            self._ddp_pool.shutdown(wait=True)
+        super().close()

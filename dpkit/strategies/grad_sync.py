@@ -1,0 +1,143 @@
+"""Three hand-rolled ways to average gradients across data-parallel replicas, slow to fast.
+
+per-tensor: one all-reduce per gradient after backward (many small messages: latency-bound).
+flat:       all gradients copied into one buffer, one all-reduce (one big message, no overlap).
+bucketed:   gradients packed into ~bucket_mb buckets in reverse parameter order; a bucket's
+            all-reduce starts from a gradient hook the moment its last gradient is ready, so
+            communication overlaps the rest of the backward pass (what DDP does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..comm import AsyncWork, Comm
+
+
+class GradSync:
+    """Averages the gradients of `params` over `group` once `enabled` (last accumulation micro-step)."""
+
+    def __init__(self, params: list[nn.Parameter], comm: Comm, algo: str, world: int, group=None) -> None:
+        self.params, self.comm, self.algo, self.world, self.group = params, comm, algo, world, group
+        self.enabled = True
+
+    def begin(self) -> None:
+        """Called before the backward passes of a step."""
+
+    def finish(self) -> None:
+        """Called after the last backward: on return every gradient holds the average."""
+        raise NotImplementedError
+
+
+class PerTensorSync(GradSync):
+    def finish(self) -> None:
+        for p in reversed(self.params):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self.comm.all_reduce(p.grad, self.algo, self.group, name="allreduce-grad")
+            p.grad.div_(self.world)
+
+
+class FlatSync(GradSync):
+    def finish(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        with self.comm.recorder.span("compute", "flatten"):
+            flat = torch.cat([g.reshape(-1) for g in grads])
+        self.comm.all_reduce(flat, self.algo, self.group, name="allreduce-flat")
+        with self.comm.recorder.span("compute", "unflatten"):
+            flat.div_(self.world)
+            offset = 0
+            for p in self.params:
+                n = p.numel()
+                p.grad = flat[offset : offset + n].view_as(p).clone()
+                offset += n
+
+
+class Bucket:
+    def __init__(self, index: int, params: list[nn.Parameter]) -> None:
+        self.index = index
+        self.params = params
+        self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        self.offsets = {}
+        offset = 0
+        for p in params:
+            self.offsets[p] = offset
+            offset += p.numel()
+        self.ready: set[nn.Parameter] = set()
+        self.work: AsyncWork | None = None
+
+    def slice(self, p: nn.Parameter) -> torch.Tensor:
+        return self.buffer[self.offsets[p] : self.offsets[p] + p.numel()].view_as(p)
+
+
+class BucketedOverlapSync(GradSync):
+    def __init__(self, params, comm, algo, world, group=None, bucket_mb: float = 1.0) -> None:
+        super().__init__(params, comm, algo, world, group)
+        self.buckets = self._make_buckets(bucket_mb)
+        self.bucket_of = {p: b for b in self.buckets for p in b.params}
+        self.launch_order: list[Bucket] = []
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in params]
+
+    def _make_buckets(self, bucket_mb: float) -> list[Bucket]:
+        limit = bucket_mb * 2**20
+        groups: list[list[nn.Parameter]] = [[]]
+        size = 0
+        for p in reversed(self.params):  # gradients of the last layers are ready first
+            if groups[-1] and size + p.numel() * p.element_size() > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(p)
+            size += p.numel() * p.element_size()
+        return [Bucket(i, g) for i, g in enumerate(groups) if g]
+
+    def begin(self) -> None:
+        self.launch_order = []
+        for b in self.buckets:
+            b.ready.clear()
+            b.work = None
+
+    def _on_grad_ready(self, p: nn.Parameter) -> None:
+        if not self.enabled:
+            return
+        bucket = self.bucket_of[p]
+        bucket.slice(p).copy_(p.grad)
+        bucket.ready.add(p)
+        if len(bucket.ready) == len(bucket.params):
+            self._launch(bucket)
+
+    def _launch(self, bucket: Bucket) -> None:
+        bucket.work = self.comm.all_reduce_async(bucket.buffer, self.algo, self.group, name=f"allreduce-bucket{bucket.index}")
+        self.launch_order.append(bucket)
+
+    def finish(self) -> None:
+        for bucket in self.buckets:  # a parameter that got no gradient this step still takes part
+            if bucket.work is None:
+                for p in bucket.params:
+                    if p not in bucket.ready:
+                        bucket.slice(p).zero_()
+                self._launch(bucket)
+        for bucket in self.launch_order:
+            bucket.work.wait()
+        with self.comm.recorder.span("compute", "unbucket"):
+            for bucket in self.buckets:
+                bucket.buffer.div_(self.world)
+                for p in bucket.params:
+                    if p.grad is None:
+                        p.grad = bucket.slice(p).clone()
+                    else:
+                        p.grad.copy_(bucket.slice(p))
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def make_grad_sync(kind: str, params, comm: Comm, algo: str, world: int, group=None, bucket_mb: float = 1.0) -> GradSync:
+    if kind == "per-tensor":
+        return PerTensorSync(params, comm, algo, world, group)
+    if kind == "flat":
+        return FlatSync(params, comm, algo, world, group)
+    if kind == "bucketed":
+        return BucketedOverlapSync(params, comm, algo, world, group, bucket_mb)
+    raise ValueError(f"grad_sync {kind!r} is not allowed: choose 'per-tensor', 'flat' or 'bucketed' (or 'ddp')")

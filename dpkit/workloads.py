@@ -1,0 +1,238 @@
+"""Models and data sets: real, small, and downloaded from nowhere.
+
+Every model is an nn.Sequential of named blocks (input block, hidden blocks, head), so a pipeline
+can cut it between blocks and every strategy can name parameters exactly as the single-process
+model does. Data is a fixed set; the global batch of step s depends only on (seed, s), never on
+the world size, so every strategy sees the same samples.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DIGITS_FILE = "digits.csv.gz"
+VOCAB = 64
+TOKEN_SEQUENCES = 4096
+TOKEN_DATA_SEED = 1234
+
+
+# ---- models ------------------------------------------------------------------------------
+class FeedForward(nn.Module):
+    """Residual FFN block: up-projection (column-parallel in TP), GELU, down-projection (row-parallel)."""
+
+    def __init__(self, hidden: int, ffn: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(hidden, ffn)
+        self.down = nn.Linear(ffn, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.gelu(self.up(x)))
+
+
+class InputBlock(nn.Module):
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x))
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
+class ConvHead(nn.Module):
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels * 8 * 8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, vocab: int, hidden: int, seq_len: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, hidden)
+        self.pos = nn.Parameter(torch.randn(seq_len, hidden) * 0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tok(idx) + self.pos[: idx.shape[1]]
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with separate q/k/v projections (split by heads in TP)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def attend(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        b, t, _ = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, heads, -1).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), is_causal=True)
+        return out.transpose(1, 2).reshape(b, t, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.attend(x, self.heads))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int = 4) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(hidden)
+        self.attn = Attention(hidden, heads)
+        self.ln2 = nn.LayerNorm(hidden)
+        self.mlp = FeedForward(hidden, 4 * hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return self.mlp(self.ln2(x))
+
+
+class LMHead(nn.Module):
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.ln(x))
+
+
+def build_model(cfg: RunConfig, seed: int) -> nn.Sequential:
+    """The full single-process model, initialised from `seed`; blocks are named embed, block0.., head."""
+    torch.manual_seed(seed)
+    h, n = cfg.model_hidden, cfg.model_layers
+    blocks: list[tuple[str, nn.Module]] = []
+    if cfg.model == "mlp":
+        blocks.append(("embed", InputBlock(64, h)))
+        blocks += [(f"block{i}", FeedForward(h, 4 * h)) for i in range(n)]
+        blocks.append(("head", nn.Linear(h, 10)))
+    elif cfg.model == "cnn":
+        blocks.append(("embed", ConvBlock(1, h)))
+        blocks += [(f"block{i}", ConvBlock(h, h)) for i in range(n)]
+        blocks.append(("head", ConvHead(h, 10)))
+    else:
+        blocks.append(("embed", TokenEmbedding(VOCAB, h, cfg.seq_len)))
+        blocks += [(f"block{i}", TransformerBlock(h)) for i in range(n)]
+        blocks.append(("head", LMHead(h, VOCAB)))
+    model = nn.Sequential(OrderedDict(blocks))
+    if cfg.tie_weights:
+        model.head.out.weight = model.embed.tok.weight
+    frozen = [name for name, p in model.named_parameters() if name.startswith(tuple(cfg.freeze))]
+    if cfg.freeze and not frozen:
+        names = [name for name, _ in model.named_parameters()]
+        raise ValueError(f"RunConfig.freeze={cfg.freeze!r} matches no parameter; names look like {names[:4]}")
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    return model
+
+
+def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every sample (and every token for the transformer)."""
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- data --------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped 8x8 digits (data/README.md): pixels scaled to [0, 1], labels 0..9."""
+    path = DATA_DIR / DIGITS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the digits data ships with dpkit's repository (data/)")
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    x = torch.from_numpy(table[:, :64] / 16.0)
+    y = torch.from_numpy(table[:, 64].astype(np.int64))
+    return x, y
+
+
+@lru_cache(maxsize=4)
+def make_tokens(seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences from a fixed sparse Markov chain (4 likely successors per token): learnable, no download."""
+    rng = np.random.default_rng(TOKEN_DATA_SEED)
+    successors = rng.integers(0, VOCAB, size=(VOCAB, 4))
+    weights = np.array([0.55, 0.25, 0.12, 0.08])
+    seqs = np.empty((TOKEN_SEQUENCES, seq_len + 1), dtype=np.int64)
+    seqs[:, 0] = rng.integers(0, VOCAB, size=TOKEN_SEQUENCES)
+    for t in range(1, seq_len + 1):
+        choice = rng.choice(4, size=TOKEN_SEQUENCES, p=weights)
+        seqs[:, t] = successors[seqs[:, t - 1], choice]
+    tokens = torch.from_numpy(seqs)
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+
+@dataclass
+class Dataset:
+    """A fixed data set and the deterministic order in which global batches are drawn from it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def indices(self, step: int, batch: int) -> torch.Tensor:
+        """Sample indices of the global batch at `step`: an endless stream of seeded epoch permutations."""
+        n = len(self)
+        first, last = step * batch, (step + 1) * batch
+        out = []
+        for epoch in range(first // n, math.ceil(last / n)):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            lo, hi = max(first - epoch * n, 0), min(last - epoch * n, n)
+            out.append(perm[lo:hi])
+        return torch.cat(out)
+
+    def global_batch(self, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(step, batch)
+        return self.x[idx], self.y[idx]
+
+
+def build_dataset(cfg: RunConfig) -> Dataset:
+    if cfg.model == "mlp":
+        x, y = load_digits()
+    elif cfg.model == "cnn":
+        x, y = load_digits()
+        x = x.view(-1, 1, 8, 8)
+    else:
+        x, y = make_tokens(cfg.seq_len)
+    return Dataset(x, y, cfg.seed)
+
+
+def shard(t: torch.Tensor, index: int, parts: int) -> torch.Tensor:
+    """The `index`-th of `parts` equal contiguous slices along the batch dimension."""
+    size = t.shape[0] // parts
+    return t[index * size : (index + 1) * size]
