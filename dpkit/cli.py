@@ -109,9 +109,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from . import bench
+    from .benchmarks import run_benchmark
 
-    bench.main(args.what, Path(args.out), args)
+    run_benchmark(args.what, Path(args.out or f"results/bench-{args.what}"), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/demo", help="folder for demo.csv and speedup.png")
     p.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("bench", help="benchmarks: launch overhead, all-reduce bandwidth")
-    p.add_argument("what", choices=["launch", "allreduce"])
-    p.add_argument("--out", default="results/bench", help="folder for the CSV and plots")
+    from .benchmarks import available
+
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(available()))
+    p.add_argument("what", choices=available())
+    p.add_argument("--out", default=None, help="folder for the CSV and plots (default results/bench-<what>)")
     p.add_argument("--max-world-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a small grid (for tests)")

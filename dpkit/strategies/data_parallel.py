@@ -114,3 +114,7 @@ class DataParallel(Strategy):
         if self._ddp_pool is not None:
             self._ddp_pool.shutdown(wait=True)
         super().close()
+
+
+def build(ctx: RankContext) -> Strategy:
+    return DataParallel(ctx)

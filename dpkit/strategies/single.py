@@ -26,3 +26,7 @@ class SingleProcess(Strategy):
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         return state_on_cpu(self.model)
+
+
+def build(ctx: RankContext) -> Strategy:
+    return SingleProcess(ctx)

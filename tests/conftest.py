@@ -1,0 +1,49 @@
+"""Shared test helpers: single-process references and parameter comparison.
+
+Multi-process tests run on 2 cores: configs are small, and every rank gets one thread so results
+do not depend on the machine's core count.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpkit import RunConfig, RunResult, run
+
+_REFERENCES: dict[str, RunResult] = {}
+
+
+def reference_config(cfg: RunConfig) -> RunConfig:
+    """The single-process run that `cfg` must match: same model, data, batch, seed and optimizer."""
+    return cfg.replace(
+        parallelism="none", world_size=1, sync="allreduce", num_servers=1, straggler_ranks=(), straggler_delay_s=0.0
+    )
+
+
+def reference(cfg: RunConfig) -> RunResult:
+    """Cached single-process result for `cfg` (many parallel configs share one reference)."""
+    ref_cfg = reference_config(cfg)
+    key = ref_cfg.run_id()
+    if key not in _REFERENCES:
+        _REFERENCES[key] = run(ref_cfg)
+    return _REFERENCES[key]
+
+
+def assert_same_training(result: RunResult, ref: RunResult, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every step's loss and every final parameter agree with the reference to float tolerance."""
+    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(ref.losses), rtol=rtol, atol=atol)
+    assert set(result.final_state_dict) == set(ref.final_state_dict), "state_dict keys differ from single-process"
+    for name, expected in ref.final_state_dict.items():
+        torch.testing.assert_close(result.final_state_dict[name], expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def assert_params_changed(result: RunResult, ref_init: RunResult) -> None:
+    changed = [k for k, v in result.final_state_dict.items() if not torch.equal(v, ref_init.final_state_dict[k])]
+    assert changed, "training changed no parameter"
+
+
+@pytest.fixture
+def small() -> RunConfig:
+    """A small, quick MLP config: 3 steps, one thread per rank."""
+    return RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)
