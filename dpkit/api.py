@@ -11,7 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .launch import choose_backend, default_start_method, default_threads, launch
+from .launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
 from .results import RunResult
 from .strategies import is_supported, unsupported_reason
 
@@ -22,6 +22,9 @@ def roles_of(cfg: RunConfig) -> list[str]:
         return [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)]
     if cfg.parallelism == "pipeline":
         return [f"stage {r}" for r in range(cfg.world_size)]
+    if cfg.parallelism == "hybrid":
+        stages = cfg.world_size // cfg.data_parallel_size
+        return [f"replica {r // stages} stage {r % stages}" for r in range(cfg.world_size)]
     if cfg.parallelism == "tensor":
         return [f"tensor rank {r}" for r in range(cfg.world_size)]
     return [f"worker {r}" for r in range(cfg.world_size)]
@@ -39,17 +42,23 @@ def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
     method = default_start_method()
     payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
     with tempfile.TemporaryDirectory(prefix="dpkit-run-") as tmp:
-        launch(
-            "dpkit.train:rank_main",
-            payload,
-            nprocs,
-            tmp,
-            backend=backend,
-            threads_per_rank=threads,
-            timeout_s=cfg.timeout_s,
-            roles=roles_of(cfg),
-            start_method=method,
-        )
+        try:
+            launch(
+                "dpkit.train:rank_main",
+                payload,
+                nprocs,
+                tmp,
+                backend=backend,
+                threads_per_rank=threads,
+                timeout_s=cfg.timeout_s,
+                roles=roles_of(cfg),
+                start_method=method,
+            )
+        except RankFailedError as exc:
+            if exc.role.startswith("parameter server"):  # say what it means, not only which rank
+                why = f"the parameter server (rank {exc.rank}) died: every worker needs it, the single point of failure.\n"
+                raise RankFailedError(why + str(exc), exc.rank, exc.role, exc.exitcode, exc.traceback) from exc
+            raise
         result = RunResult.load(tmp)
     if out is not None:
         result.save(out)

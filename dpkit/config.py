@@ -71,6 +71,9 @@ class RunConfig:
     # stragglers (any strategy)
     straggler_ranks: tuple[int, ...] = ()
     straggler_delay_s: float = 0.0
+    # fault injection (any strategy): rank fail_rank SIGKILLs itself when step fail_at_step begins
+    fail_rank: int | None = None
+    fail_at_step: int = 1
     # where and how it runs
     device: str = "auto"
     backend: str = "auto"
@@ -190,6 +193,13 @@ def validate(cfg: RunConfig) -> None:
     bad = [r for r in cfg.straggler_ranks if not isinstance(r, int) or not 0 <= r < cfg.num_processes]
     if bad:
         _fail("straggler_ranks", cfg.straggler_ranks, f"rank numbers in 0..{cfg.num_processes - 1}")
+    if cfg.fail_rank is not None:
+        if isinstance(cfg.fail_rank, bool) or not isinstance(cfg.fail_rank, int) or not 0 <= cfg.fail_rank < cfg.num_processes:
+            _fail("fail_rank", cfg.fail_rank, f"None or a rank number in 0..{cfg.num_processes - 1}")
+        if isinstance(cfg.fail_at_step, bool) or not isinstance(cfg.fail_at_step, int) or not 0 <= cfg.fail_at_step < cfg.steps:
+            _fail("fail_at_step", cfg.fail_at_step, f"a step number in 0..{cfg.steps - 1}")
+    if cfg.max_staleness is not None and not (cfg.parallelism == "data" and cfg.sync == "ps-async"):
+        _fail("max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)")
     if cfg.parallelism == "none" and cfg.world_size != 1:
         _fail("world_size", cfg.world_size, "1 when parallelism='none' (single process)")
     if cfg.num_processes > max_local_ranks() and "TORCHELASTIC_RUN_ID" not in os.environ:
@@ -239,6 +249,8 @@ def _validate_model(cfg: RunConfig) -> None:
                 _fail("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
         if cfg.tie_weights:
             _fail("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
+        if cfg.parallelism == "hybrid" and cfg.grad_sync == "ddp":
+            _fail("grad_sync", cfg.grad_sync, "'per-tensor', 'flat' or 'bucketed' with parallelism='hybrid'")
     if cfg.parallelism == "tensor":
         tp = cfg.world_size
         if cfg.model == "cnn":

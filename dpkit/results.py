@@ -68,6 +68,15 @@ def step_stats(timeline: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def expected_bubble_fraction(cfg: RunConfig) -> float:
+    """(p-1)/(m+p-1) for p pipeline stages and m micro-batches (naive: m = 1); NaN when there is no pipeline."""
+    stages = {"pipeline": cfg.world_size, "hybrid": cfg.world_size // cfg.data_parallel_size}.get(cfg.parallelism)
+    if stages is None:
+        return float("nan")
+    m = 1 if cfg.schedule == "naive" else cfg.microbatches
+    return (stages - 1) / (m + stages - 1)
+
+
 def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losses: list[float], meta: dict) -> dict:
     """Medians over the timed steps (warm-up excluded); per-rank numbers are means over training ranks."""
     stats = step_stats(timeline, steps)
@@ -84,6 +93,8 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "exposed_comm_s": float(mean.exposed_comm_s),
         "idle_s": float(mean.idle_s),
         "bubble_s": float(mean.bubble_s),
+        "bubble_fraction": float(mean.bubble_s) / step_time if step_time > 0 else float("nan"),
+        "bubble_fraction_formula": expected_bubble_fraction(cfg),
         "bytes_sent_per_step": float(mean.bytes_sent),
         "bytes_sent_per_step_all_ranks": float(timed.groupby("step").bytes_sent.sum().median()),
         "timed_steps": int(cfg.steps - cfg.warmup),

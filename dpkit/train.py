@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import signal
 import socket
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         dist.barrier()
         for step in range(cfg.steps):
             x, y = data.global_batch(step, cfg.global_batch)
+            if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
+                os.kill(os.getpid(), signal.SIGKILL)
             recorder.begin_step(step)
             if delay:
                 with recorder.span("compute", "straggler-delay"):

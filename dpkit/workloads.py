@@ -52,12 +52,16 @@ class InputBlock(nn.Module):
 
 
 class ConvBlock(nn.Module):
+    """3x3 convolution + ReLU, residual when shapes allow (a plain 5-conv stack trains too slowly here)."""
+
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
+        self.residual = c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv(x))
+        y = F.relu(self.conv(x))
+        return x + y if self.residual else y
 
 
 class ConvHead(nn.Module):

@@ -6,6 +6,9 @@ do not depend on the machine's core count.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -47,3 +50,44 @@ def assert_params_changed(result: RunResult, ref_init: RunResult) -> None:
 def small() -> RunConfig:
     """A small, quick MLP config: 3 steps, one thread per rank."""
     return RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)
+
+
+# ---- processes: nothing may outlive a run --------------------------------------------
+def descendants(pid: int) -> set[int]:
+    """All live descendant pids of `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def rank_processes() -> set[int]:
+    """Our live descendants except multiprocessing's forkserver and resource tracker (meant to stay)."""
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    helpers = {
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
+    }
+    return descendants(os.getpid()) - helpers
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

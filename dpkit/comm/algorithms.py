@@ -16,7 +16,7 @@ from .tree import tree_allreduce
 def native_allreduce(t: torch.Tensor, view: GroupView) -> int:
     """The backend's own all-reduce (gloo: ring-based on CPU; NCCL: ring/tree on GPU)."""
     dist.all_reduce(t, group=view.group)
-    return predicted_bytes_sent("native", nbytes(t), view.size, view.me)
+    return predicted_bytes_sent("native", nbytes(t), view.size, view.me, t.element_size())
 
 
 ALGORITHMS: dict[str, Callable[[torch.Tensor, GroupView], int]] = {
@@ -36,12 +36,20 @@ def allreduce_sum(t: torch.Tensor, algo: str = "native", group=None) -> int:
     return ALGORITHMS[algo](flat, GroupView.of(group))
 
 
-def predicted_bytes_sent(algo: str, size: int, n: int, me: int = 1) -> int:
-    """Bytes rank `me` sends for one all-reduce of `size` bytes over `n` ranks (DESIGN.md formulas)."""
+def predicted_bytes_sent(algo: str, size: int, n: int, me: int = 1, itemsize: int | None = None) -> int:
+    """Bytes rank `me` sends for one all-reduce of `size` bytes over `n` ranks (DESIGN.md formulas).
+
+    With `itemsize`, the ring count is exact for lengths not divisible by n: a rank sends every
+    chunk but chunk me+1 in the reduce-scatter and every chunk but me+2 in the all-gather.
+    """
     if n == 1:
         return 0
     if algo in ("native", "ring"):
-        return round(2 * (n - 1) / n * size)
+        if itemsize is None:
+            return round(2 * (n - 1) / n * size)
+        numel = size // itemsize
+        chunk = [numel // n + (1 if i < numel % n else 0) for i in range(n)]  # torch.tensor_split sizes
+        return (2 * numel - chunk[(me + 1) % n] - chunk[(me + 2) % n]) * itemsize
     if algo == "ring-whole":
         return (n - 1) * size
     if algo == "reduce-broadcast":

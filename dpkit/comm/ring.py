@@ -7,9 +7,44 @@ as many tutorials write it: simple, but every link carries n/2 times more bytes.
 
 from __future__ import annotations
 
-import torch
+import threading
 
-from .group import GroupView, exchange
+import torch
+import torch.distributed as dist
+
+from .group import GroupView, exchange, nbytes
+
+SEGMENT_BYTES = 1 << 20  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
+_scratch = threading.local()  # per thread: the comm thread and the training thread may both run a ring
+
+
+def _scratch_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A reusable receive buffer: a fresh one per call would page-fault its way through every byte."""
+    key = (like.dtype, like.device)
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = cache[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
+
+
+def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
+    """The same split on sender and receiver (they hold chunks of equal length); no empty pieces."""
+    step = max(1, SEGMENT_BYTES // t.element_size())
+    return [p for p in torch.split(t, step) if p.numel()]
+
+
+def _reduce_step(view: GroupView, out_c: torch.Tensor, in_c: torch.Tensor, buf: torch.Tensor) -> int:
+    """Send out_c to the right neighbour and add the left neighbour's chunk into in_c, piece by piece:
+    each piece is added as soon as it has arrived while the later pieces are still on the wire."""
+    recvs = [(dist.irecv(b, view.peer(view.me - 1), group=view.group), b, dst) for b, dst in zip(_pieces(buf), _pieces(in_c))]
+    sends = [dist.isend(p, view.peer(view.me + 1), group=view.group) for p in _pieces(out_c)]
+    for work, b, dst in recvs:
+        work.wait()
+        dst.add_(b)
+    for work in sends:
+        work.wait()
+    return nbytes(out_c)
 
 
 def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
@@ -18,14 +53,12 @@ def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
     if n == 1:
         return 0
     chunks = list(torch.tensor_split(t, n))
-    scratch = torch.empty(max(c.numel() for c in chunks), dtype=t.dtype, device=t.device)
+    scratch = _scratch_buffer(max(c.numel() for c in chunks), t)
     sent = 0
     # reduce-scatter: after step i, chunk (me - i - 1) holds the sum over i + 2 ranks
     for i in range(n - 1):
         out_c, in_c = chunks[(me - i) % n], chunks[(me - i - 1) % n]
-        buf = scratch[: in_c.numel()]
-        sent += exchange(view, out_c, me + 1, buf, me - 1)
-        in_c.add_(buf)
+        sent += _reduce_step(view, out_c, in_c, scratch[: in_c.numel()])
     # all-gather: rank `me` now owns the full sum of chunk (me + 1); pass finished chunks along
     for i in range(n - 1):
         out_c, in_c = chunks[(me + 1 - i) % n], chunks[(me - i) % n]

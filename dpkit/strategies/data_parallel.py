@@ -50,7 +50,7 @@ class DataParallel(Strategy):
         self.opt = self.make_optimizer(params)
         self._ddp_pool = None
 
-    def _ddp_hook(self, _state, bucket) -> torch.futures.Future:
+    def _ddp_hook(self, _state, bucket):  # no return annotation: DDP rejects the string one `from __future__` makes
         """DDP's comm hook: the same all-reduce algorithms, timed like ours (DDP itself is untouched)."""
         buf = bucket.buffer()
         start = time.perf_counter()

@@ -1,0 +1,201 @@
+"""`dpkit bench allreduce`: time every all-reduce algorithm over message sizes and world sizes.
+
+Each measurement: warm-up runs, then `repeats` timed runs, each between barriers and taken as the
+slowest rank's time (an all-reduce is done when the last rank has the sum); the median is reported.
+algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (DESIGN.md). The same
+module holds the rank-side correctness check the tests launch (rank code must be importable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from ..comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
+from ..comm.group import GroupView
+from ..launch import default_threads, launch
+
+KIB, MIB = 2**10, 2**20
+FULL_SIZES = [KIB * 4**i for i in range(9)]  # 1 KiB .. 64 MiB
+QUICK_SIZES = [4 * KIB, 256 * KIB, 4 * MIB]
+CHECK_LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
+
+
+# ---- rank side -------------------------------------------------------------------------------
+def _rank_values(length: int, index: int, dtype: torch.dtype) -> torch.Tensor:
+    """Small integers, different on every rank: float sums are exact whatever the summation order."""
+    g = torch.Generator().manual_seed(1000 * index + length)
+    return torch.randint(-50, 50, (length,), generator=g).to(dtype)
+
+
+def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json."""
+    groups = {"world": None}
+    sub_ranks = list(range(1, world))
+    sub = dist.new_group(ranks=sub_ranks) if world >= 3 else None  # every rank must create it
+    if sub is not None:
+        groups["ranks 1.."] = sub
+    rows = []
+    for gname, group in groups.items():
+        if group is not None and rank not in sub_ranks:
+            continue
+        view = GroupView.of(group)
+        for dtype in (torch.float32, torch.float64):
+            for length in payload.get("lengths", CHECK_LENGTHS):
+                expected = _rank_values(length, view.me, dtype)
+                dist.all_reduce(expected, group=group)
+                for algo in payload.get("algos", list(ALGORITHMS)):
+                    t = _rank_values(length, view.me, dtype)
+                    sent = allreduce_sum(t, algo, group)
+                    nbytes = t.numel() * t.element_size()
+                    rows.append(
+                        {
+                            "rank": rank,
+                            "group": gname,
+                            "group_size": view.size,
+                            "me": view.me,
+                            "algo": algo,
+                            "dtype": str(dtype),
+                            "length": length,
+                            "equal": bool(torch.equal(t, expected)),
+                            "max_abs_err": float((t - expected).abs().max()) if length else 0.0,
+                            "sent": sent,
+                            "predicted": predicted_bytes_sent(algo, nbytes, view.size, view.me, t.element_size()),
+                        }
+                    )
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, rows)
+    if rank == 0:
+        Path(out_dir, "check.json").write_text(json.dumps([r for g in gathered for r in g]))
+
+
+def _timed(fn, repeats: int, warmup: int) -> list[float]:
+    """Local durations of `repeats` runs of fn, each between barriers, after `warmup` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    dist.barrier()
+    return out
+
+
+def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """Time each (algorithm, size); per repeat the slowest rank's time; rank 0 writes times.json."""
+    repeats, warmup = payload["repeats"], payload.get("warmup", 1)
+    keys, local = [], []
+    for size in payload["sizes"]:
+        buf = torch.ones(size // 4, dtype=torch.float32)
+        for algo in payload["algos"]:
+
+            def once(algo=algo, buf=buf) -> None:
+                buf.fill_(1.0)  # values stay bounded over repeats; outside nothing but this fill
+                allreduce_sum(buf, algo)
+
+            keys.append((algo, size))
+            local.append(_timed(once, repeats, warmup))
+    slowest = torch.tensor(local, dtype=torch.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        rows = [
+            {"algo": a, "size_bytes": s, "world_size": world, "times_s": slowest[i].tolist(), "threads_per_rank": torch.get_num_threads()}
+            for i, (a, s) in enumerate(keys)
+        ]
+        Path(out_dir, "times.json").write_text(json.dumps(rows))
+
+
+# ---- parent side -----------------------------------------------------------------------------
+def measure(sizes: list[int], algos: list[str], world_sizes: list[int], repeats: int, warmup: int = 1, timeout_s: float = 900.0) -> pd.DataFrame:
+    """One launch per world size; a row per (algo, size, world size) with median time, algbw and busbw."""
+    rows = []
+    for n in world_sizes:
+        with _tempdir() as tmp:
+            payload = {"sizes": sizes, "algos": algos, "repeats": repeats, "warmup": warmup}
+            launch("dpkit.benchmarks.allreduce:time_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=timeout_s)
+            rows += json.loads(Path(tmp, "times.json").read_text())
+    frame = pd.DataFrame(rows)
+    frame["time_s"] = frame.times_s.map(statistics.median)
+    frame["repeats"] = frame.times_s.map(len)
+    frame["algbw_GBps"] = frame.size_bytes / frame.time_s / 1e9
+    frame["busbw_GBps"] = frame.algbw_GBps * 2 * (frame.world_size - 1) / frame.world_size
+    frame["times_s"] = frame.times_s.map(lambda ts: " ".join(f"{t:.6g}" for t in ts))
+    frame["cpu_count"] = os.cpu_count()
+    return frame
+
+
+def _tempdir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="dpkit-bench-")
+
+
+def add_predictions(frame: pd.DataFrame, calibration: Path | None) -> tuple[pd.DataFrame, str]:
+    """predicted_s from the alpha-beta formulas: a saved calibration if there is one, else a fit to this run's native times."""
+    from ..costmodel import Link, allreduce_time, fit_link
+
+    if calibration is not None and calibration.exists():
+        link, source = Link.load(calibration), f"calibration {calibration}"
+    else:
+        native = frame[frame.algo == "native"]
+        link = fit_link([("native", int(r.size_bytes), int(r.world_size), float(r.time_s)) for r in native.itertuples()])
+        source = "fitted to this run's native all-reduce times (run `dpkit bench calibrate` for an independent fit)"
+    frame = frame.copy()
+    frame["predicted_s"] = [allreduce_time(r.algo, r.size_bytes, r.world_size, link) for r in frame.itertuples()]
+    frame["rel_error"] = (frame.predicted_s - frame.time_s) / frame.time_s
+    return frame, f"{source}: {link.describe()}"
+
+
+def ratio_table(frame: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:
+    """busbw of each algorithm relative to native at the given sizes (issue 3's bar: ring >= 0.9x)."""
+    sel = frame[frame.size_bytes.isin(sizes)]
+    wide = sel.pivot_table(index=["world_size", "size_bytes"], columns="algo", values="busbw_GBps")
+    return wide.div(wide["native"], axis=0).round(3)
+
+
+def main(out: Path, args: argparse.Namespace) -> None:
+    quick = bool(getattr(args, "quick", False))
+    max_n = int(getattr(args, "max_world_size", 4))
+    if max_n < 2:
+        raise ValueError(f"--max-world-size={max_n} is not allowed: an all-reduce needs at least 2 ranks")
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    world_sizes = list(range(2, min(max_n, 3) + 1)) if quick else list(range(2, max_n + 1))
+    repeats = 2 if quick else int(getattr(args, "repeats", 5))
+    frame = measure(sizes, list(ALGORITHMS), world_sizes, repeats)
+    calib = getattr(args, "calibration", None)
+    frame, source = add_predictions(frame, Path(calib) if calib else out.parent / "bench-calibrate" / "calibration.json")
+    frame.to_csv(out / "allreduce.csv", index=False)
+    from ..plots_cost import plot_allreduce_bench
+
+    plot_allreduce_bench(frame).savefig(out / "allreduce.png", dpi=120, bbox_inches="tight")
+    show = frame.assign(
+        size=frame.size_bytes.map(human_bytes),
+        time_ms=frame.time_s * 1e3,
+        predicted_ms=frame.predicted_s * 1e3,
+        err_pct=frame.rel_error * 100,
+    )
+    cols = ["world_size", "size", "algo", "time_ms", "predicted_ms", "err_pct", "algbw_GBps", "busbw_GBps"]
+    print(f"all-reduce on gloo/CPU, {os.cpu_count()} cores, threads per rank = cores // world size, median of {repeats}")
+    print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"predicted: {source}")
+    big = [s for s in (16 * MIB, 64 * MIB) if s in sizes] or [max(sizes)]
+    print("busbw relative to native:")
+    print(ratio_table(frame, big).to_string())
+    print(f"results: {out / 'allreduce.csv'}, {out / 'allreduce.png'}")
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", KIB)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n:g} B"

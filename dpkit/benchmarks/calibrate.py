@@ -1,0 +1,153 @@
+"""`dpkit bench calibrate`: measure alpha, B (and gamma) on this machine and backend, and save them.
+
+Ping-pong between ranks 0 and 1 (one-way time = half the round trip) and all-reduces (the
+backend's and dpkit's chunked ring) over a range of sizes, median of repeats; then a linear
+least-squares fit of the cost model (costmodel.fit_link) to all of it. The fit's own error is
+reported, and, when `dpkit bench allreduce` has left its CSV next to this folder, the error of
+the calibrated model on every algorithm it measured (issue 7's check: 64 KiB - 64 MiB, n = 2-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from ..costmodel import Link, fit_link, relative_errors, sample_terms
+from ..launch import default_threads, launch
+from .allreduce import KIB, MIB, _timed, human_bytes
+
+FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
+FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(6)]  # 4 KiB .. 16 MiB
+QUICK_P2P = [KIB, 64 * KIB, MIB]
+QUICK_ALLREDUCE = [16 * KIB, MIB]
+FIT_ALGOS = ("native", "ring")
+
+
+# ---- rank side -------------------------------------------------------------------------------
+def _pingpong(size: int, rank: int, repeats: int, warmup: int) -> list[float]:
+    """One-way times (half a round trip) between ranks 0 and 1; other ranks just keep the barriers."""
+    buf = torch.zeros(size // 4, dtype=torch.float32)
+
+    def once() -> None:
+        if rank == 0:
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+
+    return [t / 2 for t in _timed(once, repeats, warmup)]
+
+
+def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """Rank side: ping-pong then all-reduces; rank 0 writes samples.json (slowest rank per repeat)."""
+    from ..comm import allreduce_sum
+
+    repeats, warmup = payload["repeats"], payload.get("warmup", 1)
+    keys, local = [], []
+    for size in payload["p2p_sizes"] if payload.get("pingpong") else []:
+        keys.append(("p2p", size))
+        local.append(_pingpong(size, rank, repeats, warmup))
+    for algo in payload["algos"]:
+        for size in payload["allreduce_sizes"]:
+            buf = torch.ones(size // 4, dtype=torch.float32)
+
+            def once(algo=algo, buf=buf) -> None:
+                buf.fill_(1.0)
+                allreduce_sum(buf, algo)
+
+            keys.append((algo, size))
+            local.append(_timed(once, repeats, warmup))
+    times = torch.tensor(local, dtype=torch.float64)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        rows = [{"pattern": p, "size_bytes": s, "world_size": 2 if p == "p2p" else world, "times_s": times[i].tolist()} for i, (p, s) in enumerate(keys)]
+        Path(out_dir, "samples.json").write_text(json.dumps(rows))
+
+
+# ---- parent side -----------------------------------------------------------------------------
+def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[int], repeats: int) -> pd.DataFrame:
+    rows = []
+    for i, n in enumerate(world_sizes):
+        payload = {"p2p_sizes": p2p_sizes, "allreduce_sizes": allreduce_sizes, "algos": list(FIT_ALGOS), "repeats": repeats, "pingpong": i == 0}
+        with tempfile.TemporaryDirectory(prefix="dpkit-calib-") as tmp:
+            launch("dpkit.benchmarks.calibrate:calibrate_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=300)
+            rows += json.loads(Path(tmp, "samples.json").read_text())
+    frame = pd.DataFrame(rows)
+    frame["time_s"] = frame.times_s.map(statistics.median)
+    frame["times_s"] = frame.times_s.map(lambda ts: " ".join(f"{t:.6g}" for t in ts))
+    return frame
+
+
+def samples_of(frame: pd.DataFrame, pattern_col: str = "pattern") -> list[tuple[str, int, int, float]]:
+    return [(getattr(r, pattern_col), int(r.size_bytes), int(r.world_size), float(r.time_s)) for r in frame.itertuples()]
+
+
+def machine() -> dict:
+    """What the numbers were measured on (saved with the calibration)."""
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "backend": "gloo",
+        "device": "cpu",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def validation_table(bench: pd.DataFrame, link: Link, lo: int = 64 * KIB, hi: int = 64 * MIB) -> pd.DataFrame:
+    """Median and max |relative error| of the model on an allreduce benchmark CSV, per algorithm (sizes lo..hi)."""
+    sel = bench[(bench.size_bytes >= lo) & (bench.size_bytes <= hi)]
+    err = relative_errors(samples_of(sel, "algo"), link)
+    sel = sel.assign(abs_rel_error=np.abs(err))
+    table = sel.groupby("algo").abs_rel_error.agg(["median", "max", "count"])
+    table.loc["all"] = [sel.abs_rel_error.median(), sel.abs_rel_error.max(), len(sel)]
+    return table
+
+
+def main(out: Path, args: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    quick = bool(getattr(args, "quick", False))
+    max_n = int(getattr(args, "max_world_size", 4))
+    if max_n < 2:
+        raise ValueError(f"--max-world-size={max_n} is not allowed: calibration needs at least 2 ranks")
+    repeats = 2 if quick else int(getattr(args, "repeats", 5))
+    world_sizes = [2] if quick else sorted({2, max_n})
+    frame = measure(QUICK_P2P if quick else FULL_P2P, QUICK_ALLREDUCE if quick else FULL_ALLREDUCE, world_sizes, repeats)
+    samples = samples_of(frame)
+    link = fit_link(samples, name="calibrated gloo/CPU")
+    frame["predicted_s"] = [link.time(sample_terms(p, s, n)) for p, s, n, _ in samples]
+    frame["rel_error"] = relative_errors(samples, link)
+    errors = np.abs(frame.rel_error)
+    fit = {"median_abs_rel_error": float(errors.median()), "max_abs_rel_error": float(errors.max()), "samples": len(frame)}
+    meta = {**machine(), "threads_per_rank": {str(n): default_threads(n) for n in world_sizes}, "repeats": repeats, "fit": fit}
+    link = Link(link.alpha, link.bandwidth, link.gamma, link.name, meta)
+    link.save(out / "calibration.json")
+    frame.to_csv(out / "calibration.csv", index=False)
+    from ..plots_cost import plot_fit
+
+    plot_fit(frame, title=link.describe()).savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
+    show = frame.assign(size=frame.size_bytes.map(human_bytes), time_us=frame.time_s * 1e6, predicted_us=frame.predicted_s * 1e6, err_pct=frame.rel_error * 100)
+    print(show[["pattern", "world_size", "size", "time_us", "predicted_us", "err_pct"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"fit: {link.describe()}")
+    print(f"fit error: median |rel| = {fit['median_abs_rel_error']:.1%}, max = {fit['max_abs_rel_error']:.1%} over {fit['samples']} points")
+    bench_csv = out.parent / "bench-allreduce" / "allreduce.csv"
+    if bench_csv.exists():
+        print(f"model vs {bench_csv} (64 KiB - 64 MiB): |relative error| per algorithm")
+        print(validation_table(pd.read_csv(bench_csv), link).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"saved: {out / 'calibration.json'} ({time.monotonic() - t0:.1f} s)")

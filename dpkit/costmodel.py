@@ -1,0 +1,245 @@
+"""The alpha-beta cost model of every communication pattern in dpkit, and a step-time model on top.
+
+A message of S bytes costs alpha + S/B (latency alpha, bandwidth B). Reductions also cost gamma
+seconds per byte added (the alpha-beta-gamma form of Thakur, Rabenseifner & Gropp, 2005): on one
+host the "network" is a memory copy, so adding is as expensive as moving and the fit needs it;
+with gamma = 0 every formula is exactly the one in DESIGN.md. Each pattern is written as its
+*terms*: (messages on the critical path, bytes over the busiest link, bytes reduced), so that
+time = messages*alpha + bytes/B + reduced*gamma and calibration is a linear least-squares fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Terms = tuple[float, float, float]  # (messages, bytes moved, bytes reduced) on the critical path
+
+
+@dataclass(frozen=True)
+class Link:
+    """What one message costs: alpha seconds, plus bytes / bandwidth, plus gamma s per byte reduced."""
+
+    alpha: float
+    bandwidth: float
+    gamma: float = 0.0
+    name: str = "custom"
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0):
+            raise ValueError(f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}")
+
+    def time(self, terms: Terms) -> float:
+        messages, moved, reduced = terms
+        return messages * self.alpha + moved / self.bandwidth + reduced * self.gamma
+
+    def describe(self) -> str:
+        return f"{self.name}: alpha = {self.alpha * 1e6:.1f} us, B = {self.bandwidth / 1e9:.3g} GB/s, gamma = {self.gamma * 1e9:.3g} ns/byte"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Link:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+# Link presets for the what-if (per-direction bandwidth; alpha: typical small-message latency).
+# These are round, order-of-magnitude assumptions to reason with, not measurements.
+PRESETS: dict[str, Link] = {
+    "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)"),
+    "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)"),
+    "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)"),
+    "NVLink": Link(alpha=3e-6, bandwidth=150e9, name="NVLink-class"),
+}
+
+
+def preset(name: str) -> Link:
+    if name not in PRESETS:
+        raise ValueError(f"link preset {name!r} is not allowed: choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# ---- the patterns as terms (DESIGN.md "Definitions") -------------------------------------------
+def p2p_terms(size: float) -> Terms:
+    """One point-to-point message (ping-pong one way, a pipeline activation): alpha + S/B."""
+    return (1.0, float(size), 0.0)
+
+
+def ring_terms(size: float, n: int) -> Terms:
+    """Chunked ring (DESIGN.md): t = 2(n-1) alpha + 2(n-1)/n S/B, plus (n-1)/n S reduced."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    return (2.0 * (n - 1), 2.0 * (n - 1) / n * size, (n - 1) / n * size)
+
+
+def ring_whole_terms(size: float, n: int) -> Terms:
+    """Whole-tensor ring (DESIGN.md): t = (n-1)(alpha + S/B), plus (n-1) S reduced."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    return (float(n - 1), float(n - 1) * size, float(n - 1) * size)
+
+
+def reduce_broadcast_terms(size: float, n: int) -> Terms:
+    """Reduce to a root, then broadcast (DESIGN.md: ~2(n-1) S/B through the root): the root receives and
+    sends n-1 messages of S, one after another on its link, and adds (n-1) S."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    return (2.0 * (n - 1), 2.0 * (n - 1) * size, float(n - 1) * size)
+
+
+def tree_terms(size: float, n: int) -> Terms:
+    """Binomial tree (dpkit/comm/tree.py): ceil(log2 n) rounds up, ceil(log2 n) down, whole S each:
+    t = 2 ceil(log2 n)(alpha + S/B), plus ceil(log2 n) S reduced on the critical path."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    rounds = math.ceil(math.log2(n))
+    return (2.0 * rounds, 2.0 * rounds * size, float(rounds) * size)
+
+
+def native_terms(size: float, n: int) -> Terms:
+    """The backend's all-reduce: gloo and NCCL both run a (chunked, pipelined) ring for large messages."""
+    return ring_terms(size, n)
+
+
+ALLREDUCE_TERMS = {
+    "native": native_terms,
+    "ring": ring_terms,
+    "ring-whole": ring_whole_terms,
+    "reduce-broadcast": reduce_broadcast_terms,
+    "tree": tree_terms,
+}
+
+
+def allreduce_terms(algo: str, size: float, n: int) -> Terms:
+    if algo not in ALLREDUCE_TERMS:
+        raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALLREDUCE_TERMS)}")
+    return ALLREDUCE_TERMS[algo](size, n)
+
+
+def allreduce_time(algo: str, size: float, n: int, link: Link) -> float:
+    """Seconds for one all-reduce of `size` bytes over n ranks with `algo`."""
+    return link.time(allreduce_terms(algo, size, n))
+
+
+def ps_terms(size: float, n: int, k: int = 1) -> Terms:
+    """Synchronous parameter server, model of S bytes sharded over k servers, n workers (DESIGN.md):
+    each worker moves 2S, each server 2nS/k; t = 2 alpha + 2 max(S, nS/k)/B. DESIGN.md writes
+    max(S/B, nS/(kB)) once: push and pull are separate phases in a synchronous step, so both count.
+    A server adds (n-1) S/k. With k > n the workers' own links are the bottleneck."""
+    if n < 1 or k < 1:
+        raise ValueError(f"a parameter server needs n >= 1 workers and k >= 1 servers, not n={n}, k={k}")
+    return (2.0, 2.0 * max(size, n * size / k), (n - 1) * size / k)
+
+
+def ps_time(size: float, n: int, k: int, link: Link) -> float:
+    return link.time(ps_terms(size, n, k))
+
+
+def pipeline_p2p_time(act_bytes: float, link: Link) -> float:
+    """One activation (forward) or its gradient (backward) crossing one stage boundary: alpha + A/B."""
+    return link.time(p2p_terms(act_bytes))
+
+
+def bubble_fraction(p: int, m: int) -> float:
+    """Idle share of a GPipe/1F1B step with p stages and m micro-batches (DESIGN.md): (p-1)/(m+p-1)."""
+    return (p - 1) / (m + p - 1)
+
+
+def pipeline_step_time(t_fwd: float, t_bwd: float, p: int, m: int, act_bytes: float, link: Link) -> float:
+    """GPipe/1F1B step with the slowest stage taking t_fwd/t_bwd per micro-batch:
+    (m + p - 1)(t_fwd + t_bwd) + 2(p - 1)(alpha + A/B). Sends are asynchronous, so only the
+    transfers of the fill and the drain lie on the critical path."""
+    return (m + p - 1) * (t_fwd + t_bwd) + 2 * (p - 1) * pipeline_p2p_time(act_bytes, link)
+
+
+def tensor_parallel_comm_time(act_bytes: float, tp: int, allreduces: int, link: Link, algo: str = "native") -> float:
+    """Megatron-style layers: every parallel FFN or attention block all-reduces its activations once in
+    the forward (row-parallel output) and once in the backward (input gradient); `allreduces` counts them."""
+    return allreduces * allreduce_time(algo, act_bytes, tp, link)
+
+
+# ---- data parallel with buckets: how much of the all-reduce the backward hides ------------------
+@dataclass
+class Overlap:
+    comm_s: float  # total all-reduce time
+    exposed_s: float  # the part past the end of the backward
+    buckets: int
+
+
+def bucketed_overlap(bucket_bytes: list[float], t_backward: float, n: int, link: Link, algo: str = "native") -> Overlap:
+    """Buckets (in launch order) become ready as the backward produces their gradients, in proportion
+    to their bytes; all-reduces run one at a time, each starting when its bucket is ready and the
+    previous one is done. Exposed = how far the last one ends after the backward."""
+    total = float(sum(bucket_bytes)) or 1.0
+    ready = end = comm = 0.0
+    for b in bucket_bytes:
+        ready += t_backward * b / total
+        t = allreduce_time(algo, b, n, link)
+        end = max(ready, end) + t
+        comm += t
+    return Overlap(comm, max(0.0, end - t_backward) if bucket_bytes else 0.0, len(bucket_bytes))
+
+
+def buckets_of(param_bytes: list[int], bucket_mb: float) -> list[int]:
+    """Bucket sizes as dpkit's bucketed sync forms them: parameters in reverse order, closed at bucket_mb."""
+    limit, out, size = bucket_mb * 2**20, [], 0
+    for b in reversed(param_bytes):
+        if size and size + b > limit:
+            out.append(size)
+            size = 0
+        size += b
+    return out + ([size] if size else [])
+
+
+# ---- calibration: linear least squares on relative error ----------------------------------------
+Sample = tuple[str, int, int, float]  # (pattern: "p2p" or an all-reduce algo, bytes, ranks, seconds)
+
+
+def sample_terms(pattern: str, size: float, n: int) -> Terms:
+    return p2p_terms(size) if pattern == "p2p" else allreduce_terms(pattern, size, n)
+
+
+def fit_link(samples: list[Sample], name: str = "fitted", with_gamma: bool = True) -> Link:
+    """Least-squares alpha, 1/B (and gamma) minimising the squared *relative* error, so a 1 KiB and a
+    64 MiB message weigh the same. Coefficients are kept >= 0 by trying each subset of the terms
+    (there are three) and keeping the best fit with no negative coefficient."""
+    if not samples:
+        raise ValueError("fit_link needs at least one measurement")
+    terms = np.array([sample_terms(p, s, n) for p, s, n, _ in samples], dtype=float)
+    t = np.array([s[3] for s in samples], dtype=float)
+    if np.any(t <= 0):
+        raise ValueError("every measured time must be > 0")
+    a = terms / t[:, None]
+    cols = [0, 1, 2] if with_gamma else [0, 1]
+    best, best_err = None, math.inf
+    for mask in range(1, 2 ** len(cols)):
+        use = [c for i, c in enumerate(cols) if mask >> i & 1]
+        if 1 not in use:  # bandwidth must be finite and positive
+            continue
+        coef, *_ = np.linalg.lstsq(a[:, use], np.ones(len(t)), rcond=None)
+        if np.any(coef < 0):
+            continue
+        err = float(np.sum((a[:, use] @ coef - 1.0) ** 2))
+        if err < best_err:
+            full = np.zeros(3)
+            full[use] = coef
+            best, best_err = full, err
+    if best is None or best[1] <= 0:
+        raise ValueError("the measurements do not fit alpha + S/B with B > 0 (are the times increasing with size?)")
+    return Link(alpha=float(best[0]), bandwidth=float(1.0 / best[1]), gamma=float(best[2]), name=name)
+
+
+def relative_errors(samples: list[Sample], link: Link) -> np.ndarray:
+    """(predicted - measured) / measured for each sample."""
+    pred = np.array([link.time(sample_terms(p, s, n)) for p, s, n, _ in samples])
+    meas = np.array([s[3] for s in samples])
+    return (pred - meas) / meas

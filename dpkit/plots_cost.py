@@ -1,0 +1,123 @@
+"""Plots for the cost model: benchmark curves, predicted-over-measured with residuals, the what-if.
+
+Every function returns a matplotlib Figure (Agg-safe: nothing is shown), so notebooks display it
+and benchmarks save it.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+_STYLES = ["-", "--", ":", "-."]
+
+
+def plot_allreduce_bench(frame: pd.DataFrame) -> Figure:
+    """Log-log time and busbw against message size: a colour per algorithm, a line style per world size."""
+    fig = Figure(figsize=(12, 4.5))
+    (ax_t, ax_b) = fig.subplots(1, 2)
+    algos = list(dict.fromkeys(frame.algo))
+    colours = {a: f"C{i}" for i, a in enumerate(algos)}
+    for j, n in enumerate(sorted(frame.world_size.unique())):
+        for algo in algos:
+            g = frame[(frame.world_size == n) & (frame.algo == algo)].sort_values("size_bytes")
+            style = dict(color=colours[algo], linestyle=_STYLES[j % len(_STYLES)], marker="o", markersize=3)
+            ax_t.plot(g.size_bytes, g.time_s, label=f"{algo}, n={n}", **style)
+            ax_b.plot(g.size_bytes, g.busbw_GBps, label=f"{algo}, n={n}", **style)
+    for ax in (ax_t, ax_b):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("message size (bytes)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.set_ylabel("time per all-reduce (s, median)")
+    ax_b.set_ylabel("bus bandwidth (GB/s) = S/t * 2(n-1)/n")
+    ax_b.legend(fontsize=7, ncol=2)
+    fig.suptitle("all-reduce algorithms: measured")
+    fig.tight_layout()
+    return fig
+
+
+def plot_fit(frame: pd.DataFrame, title: str = "") -> Figure:
+    """Measured points and model predictions against size, one colour per (pattern, n); residuals below.
+    `frame` needs pattern, world_size, size_bytes, time_s and predicted_s."""
+    fig = Figure(figsize=(8, 6.5))
+    (ax, res) = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    for i, ((pattern, n), g) in enumerate(frame.groupby(["pattern", "world_size"])):
+        g = g.sort_values("size_bytes")
+        colour = f"C{i % 10}"
+        ax.plot(g.size_bytes, g.time_s, "o", color=colour, markersize=4, label=f"{pattern}, n={n} measured")
+        ax.plot(g.size_bytes, g.predicted_s, "-", color=colour, alpha=0.7)
+        res.plot(g.size_bytes, 100 * (g.predicted_s - g.time_s) / g.time_s, "o-", color=colour, markersize=3)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_ylabel("time (s): points measured, lines model")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    res.axhline(0, color="k", linewidth=0.8)
+    res.set_ylabel("residual (%)")
+    res.set_xlabel("message size (bytes)")
+    res.grid(True, alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_predicted_vs_measured(frame: pd.DataFrame, x: str = "world_size") -> Figure:
+    """Per strategy: the predicted step time as a curve, the measured step times as points; residuals below.
+    `frame` is predict.compare_many's output."""
+    fig = Figure(figsize=(8, 6.5))
+    (ax, res) = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    for i, (name, g) in enumerate(frame.groupby("strategy")):
+        g = g.sort_values(x)
+        colour = f"C{i % 10}"
+        ax.plot(g[x], g.predicted_step_time_s * 1e3, "-", color=colour, label=f"{name} predicted")
+        ax.plot(g[x], g.measured_step_time_s * 1e3, "o", color=colour, label=f"{name} measured")
+        res.plot(g[x], 100 * g.rel_error, "o-", color=colour)
+    ax.set_ylabel("step time (ms)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    res.axhline(0, color="k", linewidth=0.8)
+    res.set_ylabel("(pred - meas)/meas (%)")
+    res.set_xlabel(x)
+    res.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_whatif(scan: pd.DataFrame, title: str, crossovers: dict[str, int | None] | None = None) -> Figure:
+    """Seconds per synchronisation against worker count (costmodel at scale), with PS/ring crossovers marked."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for col in scan.columns.drop("workers"):
+        ax.plot(scan.workers, scan[col], "-" if not col.startswith("ps") else "--", marker=".", label=col)
+    for label, n in (crossovers or {}).items():
+        if n is not None:
+            ax.axvline(n, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"{label}: n={n}", (n, ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers n")
+    ax.set_ylabel("seconds per gradient synchronisation")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_crossover(table: pd.DataFrame, link: str) -> Figure:
+    """Crossover worker count against the number of PS shards k, one line per model size, for one link."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    sel = table[table.link == link]
+    for model, g in sel.groupby("model", sort=False):
+        ax.plot(g.servers, g.crossover_workers.astype(float), "o-", label=model)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("parameter-server shards k")
+    ax.set_ylabel("workers beyond which the PS is slower than ring")
+    ax.set_title(f"PS vs ring all-reduce crossover on {link} (no point: PS never slower within range)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,199 @@
+"""Predicted against measured: the cost model's step time for a RunConfig, next to a real run's.
+
+Compute is measured, not modelled: a single-process run of the same model at the batch one rank
+sees, with the threads one rank gets, gives forward, backward and optimizer seconds. Communication
+comes from dpkit.costmodel with a calibrated Link. The per-strategy step models:
+
+    data / allreduce   fwd + bwd + opt + exposed all-reduce (all of it for per-tensor and flat;
+                       for bucketed/ddp what the backward does not hide: costmodel.bucketed_overlap)
+    data / ps (sync)   fwd + bwd + 2 alpha + 2 max(S, nS/k)/B + the servers' optimizer step (opt/k)
+    pipeline           (m+p-1)(t_f + t_b) of the slowest stage + 2(p-1) boundary transfers + its opt
+    tensor             (fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block
+    hybrid             the pipeline on global/d samples, then each stage's gradients all-reduced over d
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .config import RunConfig
+from .costmodel import (
+    Link,
+    allreduce_time,
+    bubble_fraction,
+    bucketed_overlap,
+    buckets_of,
+    pipeline_p2p_time,
+    pipeline_step_time,
+    ps_time,
+    tensor_parallel_comm_time,
+)
+from .launch import default_threads
+
+QUANTITIES = ["step_time_s", "compute_s", "comm_s", "exposed_comm_s", "bubble_s"]
+
+
+@dataclass(frozen=True)
+class ComputeProfile:
+    """Median seconds per step of one process training the full model on `batch` samples."""
+
+    batch: int
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    threads: int
+
+
+_PROFILES: dict[str, ComputeProfile] = {}
+
+
+def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = 6) -> ComputeProfile:
+    """Run the full model in one process on `batch` samples per step; cached per (model, batch, threads)."""
+    from .api import run
+
+    single = RunConfig(
+        model=cfg.model, hidden=cfg.hidden, layers=cfg.layers, seq_len=cfg.seq_len, freeze=cfg.freeze, tie_weights=cfg.tie_weights,
+        optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, seed=cfg.seed, device=cfg.device, timeout_s=cfg.timeout_s,
+        global_batch=batch, steps=steps, warmup=min(2, steps - 1), threads_per_rank=threads,
+    )  # fmt: skip
+    key = single.run_id()
+    if key not in _PROFILES:
+        result = run(single)
+        tl = result.timeline
+        tl = tl[(tl.kind == "compute") & (tl.step >= single.warmup)]
+        per_step = tl.assign(d=tl.end_s - tl.start_s).groupby(["step", "name"]).d.sum().unstack(fill_value=0.0).median()
+        _PROFILES[key] = ComputeProfile(
+            batch, float(per_step.get("forward", 0.0)), float(per_step.get("backward", 0.0)), float(per_step.get("optimizer", 0.0)), threads
+        )
+    return _PROFILES[key]
+
+
+def profile_batch(cfg: RunConfig) -> int:
+    """Samples one rank pushes through the full model per forward: what measure_compute should run."""
+    if cfg.parallelism == "data":
+        return cfg.global_batch // cfg.world_size
+    if cfg.parallelism in ("pipeline", "hybrid"):
+        d = cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1
+        m = 1 if cfg.schedule == "naive" else cfg.microbatches
+        return cfg.global_batch // (d * m)
+    return cfg.global_batch
+
+
+def target_threads(cfg: RunConfig) -> int:
+    return cfg.threads_per_rank or default_threads(cfg.num_processes)
+
+
+def _model_facts(cfg: RunConfig):
+    from .workloads import build_model
+
+    model = build_model(cfg, cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, [p.numel() * p.element_size() for p in params]
+
+
+def _stage_shares(cfg: RunConfig, model, stages: int) -> tuple[list[float], list[list[str]]]:
+    """Each stage's share of the model's parameters (a stand-in for its share of the compute)."""
+    from .strategies.pipeline import stage_blocks
+
+    blocks = stage_blocks(cfg, model, stages)
+    sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
+    total = sum(sizes.values())
+    return [sum(sizes[n] for n in names) / total for names in blocks], blocks
+
+
+def _activation_bytes(cfg: RunConfig, model, blocks: list[list[str]], batch: int) -> float:
+    from .strategies.pipeline import boundary_shapes
+
+    shapes = boundary_shapes(cfg, model)
+    per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
+    return 4.0 * batch * max(per_sample)
+
+
+def predict_step(cfg: RunConfig, link: Link, profile: ComputeProfile) -> dict[str, float]:
+    """The cost model's step time and its parts for `cfg` (seconds; per rank, as RunResult.summary has them)."""
+    t_f, t_b, t_o = profile.forward_s, profile.backward_s, profile.optimizer_s
+    algo = cfg.allreduce_algo
+    model, grads = _model_facts(cfg)
+    size, n = float(sum(grads)), cfg.world_size
+    if cfg.parallelism == "none":
+        return _parts(t_f + t_b + t_o, 0.0, 0.0)
+    if cfg.parallelism == "data" and cfg.sync == "allreduce":
+        if cfg.grad_sync == "per-tensor":
+            comm = sum(allreduce_time(algo, g, n, link) for g in grads)
+            exposed = comm
+        elif cfg.grad_sync == "flat":
+            comm = exposed = allreduce_time(algo, size, n, link)
+        else:  # bucketed and ddp: both bucket by bucket_mb in reverse order and overlap with the backward
+            ov = bucketed_overlap(buckets_of(grads, cfg.bucket_mb), t_b, n, link, algo)
+            comm, exposed = ov.comm_s, ov.exposed_s
+        return _parts(t_f + t_b + t_o, comm, exposed)
+    if cfg.parallelism == "data" and cfg.sync == "ps":
+        comm = ps_time(size, n, cfg.num_servers, link)
+        return _parts(t_f + t_b, comm, comm, extra=t_o / cfg.num_servers)
+    if cfg.parallelism == "data":
+        raise ValueError(f"RunConfig.sync={cfg.sync!r} has no step model: the cost model covers synchronous steps only")
+    if cfg.parallelism == "tensor":
+        blocks = sum(1 for m in model.modules() if type(m).__name__ in ("FeedForward", "Attention"))
+        act = 4.0 * cfg.global_batch * cfg.model_hidden * (cfg.seq_len if cfg.model == "transformer" else 1)
+        comm = tensor_parallel_comm_time(act, n, 2 * blocks, link, algo)
+        return _parts((t_f + t_b + t_o) / n, comm, comm)
+    # pipeline and hybrid
+    d = cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1
+    p, m = n // d, (1 if cfg.schedule == "naive" else cfg.microbatches)
+    shares, blocks = _stage_shares(cfg, model, p)
+    share = max(shares)
+    act = _activation_bytes(cfg, model, blocks, profile_batch(cfg))
+    step = pipeline_step_time(share * t_f, share * t_b, p, m, act, link)
+    bubble = bubble_fraction(p, m) * (m + p - 1) * share * (t_f + t_b)
+    comm = 2 * m * pipeline_p2p_time(act, link) if p > 1 else 0.0
+    sync = allreduce_time(algo, share * size, d, link) if d > 1 else 0.0
+    out = _parts(m * share * (t_f + t_b) + share * t_o, comm + sync, sync, extra=0.0)
+    out["step_time_s"] = step + share * t_o + sync
+    out["bubble_s"] = bubble
+    return out
+
+
+def _parts(compute: float, comm: float, exposed: float, extra: float = 0.0) -> dict[str, float]:
+    return {"step_time_s": compute + exposed + extra, "compute_s": compute, "comm_s": comm, "exposed_comm_s": exposed, "bubble_s": 0.0}
+
+
+def compare(cfg: RunConfig, link: Link, result=None, profile: ComputeProfile | None = None) -> pd.DataFrame:
+    """Predicted and measured side by side for one config: a row per quantity, with the relative error.
+    Runs `cfg` (and the single-process compute profile) unless given."""
+    if result is None:
+        from .api import run
+
+        result = run(cfg)
+    profile = profile or measure_compute(cfg, profile_batch(cfg), target_threads(cfg))
+    pred = predict_step(cfg, link, profile)
+    rows = []
+    for q in QUANTITIES:
+        measured = result.summary.get(q)
+        measured = float(measured) if measured is not None else float("nan")
+        err = (pred[q] - measured) / measured if measured else float("nan")
+        rows.append({"quantity": q, "predicted": pred[q], "measured": measured, "rel_error": err})
+    return pd.DataFrame(rows)
+
+
+def strategy_name(cfg: RunConfig) -> str:
+    if cfg.parallelism == "data":
+        return f"data/{cfg.sync}" + (f"/{cfg.grad_sync}/{cfg.allreduce_algo}" if cfg.sync == "allreduce" else f"/k={cfg.num_servers}")
+    if cfg.parallelism in ("pipeline", "hybrid"):
+        return f"{cfg.parallelism}/{cfg.schedule}/m={cfg.microbatches}"
+    return cfg.parallelism
+
+
+def compare_many(configs: list[RunConfig], link: Link) -> pd.DataFrame:
+    """One row per config: world size, strategy, and predicted/measured step and comm time (for the plot)."""
+    rows = []
+    for cfg in configs:
+        c = compare(cfg, link).set_index("quantity")
+        row = {"strategy": strategy_name(cfg), "world_size": cfg.world_size, "run_id": cfg.run_id()}
+        for q in ("step_time_s", "comm_s", "bubble_s"):
+            row[f"predicted_{q}"], row[f"measured_{q}"] = c.loc[q, "predicted"], c.loc[q, "measured"]
+        row["rel_error"] = c.loc["step_time_s", "rel_error"]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,228 @@
+"""Pipeline parallelism: the model's blocks cut into stages, one stage per rank, micro-batches flowing through.
+
+Stage s runs its blocks on micro-batch i when the activation arrives from stage s-1, and its backward
+when the gradient arrives from stage s+1. A schedule is just the order of those forward (F) and backward
+(B) actions on each stage:
+
+    naive  one batch, no micro-batches: F, B (only one stage works at a time)
+    gpipe  F0 .. F(m-1), then B0 .. B(m-1): m micro-batches of activations in flight at the peak
+    1f1b   p-s-1 warm-up forwards, then one forward / one backward, then the cool-down backwards:
+           at most p-s micro-batches in flight on stage s
+
+Sends are non-blocking (posted, waited for at the end of the step) and receives block, so every
+schedule whose order respects the data dependencies runs without deadlock. The time a stage spends
+blocked in a receive is recorded as `bubble`: on one host the transfer is a small part of it, the
+rest is the stage waiting for its neighbour. The end-of-step flush (waiting for the other stages to
+drain) is bubble too, so the measured fraction is comparable to (p-1)/(m+p-1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..comm.group import nbytes
+from ..config import RunConfig
+from ..workloads import build_dataset, build_model, count_parameters, loss_fn, shard
+from .base import RankContext, Strategy, state_on_cpu, trainable
+
+Action = tuple[str, int]  # ("F" | "B", micro-batch index)
+
+
+# ---- how the model is cut -------------------------------------------------------------------
+def balanced_split(sizes: list[int], parts: int) -> list[int]:
+    """Counts of consecutive items per part (each >= 1) that minimise the largest part's total size."""
+    n = len(sizes)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot split {n} blocks into {parts} non-empty stages")
+    prefix = [0]
+    for s in sizes:
+        prefix.append(prefix[-1] + s)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]  # best[k][i]: first i items in k parts
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0
+    for k in range(1, parts + 1):
+        for i in range(k, n + 1):
+            for j in range(k - 1, i):
+                cost = max(best[k - 1][j], prefix[i] - prefix[j])
+                if cost < best[k][i]:
+                    best[k][i], cut[k][i] = cost, j
+    counts, i = [], n
+    for k in range(parts, 0, -1):
+        counts.append(i - cut[k][i])
+        i = cut[k][i]
+    return counts[::-1]
+
+
+def stage_blocks(cfg: RunConfig, model: nn.Sequential, stages: int) -> list[list[str]]:
+    """Block names of each stage: cfg.stage_layers if given, else balanced by parameter count."""
+    names = [name for name, _ in model.named_children()]
+    counts = list(cfg.stage_layers) or balanced_split([count_parameters(b) for b in model.children()], stages)
+    out, start = [], 0
+    for c in counts:
+        out.append(names[start : start + c])
+        start += c
+    return out
+
+
+def boundary_shapes(cfg: RunConfig, model: nn.Sequential) -> dict[str, tuple[int, ...]]:
+    """Per-sample shape of each block's output, from a one-sample dry run, so receivers can allocate buffers."""
+    x, _ = build_dataset(cfg).global_batch(0, 1)
+    shapes = {}
+    with torch.no_grad():
+        for name, block in model.named_children():
+            x = block(x)
+            shapes[name] = tuple(x.shape[1:])
+    return shapes
+
+
+# ---- schedules: the order of actions on one stage ---------------------------------------------
+def schedule(kind: str, m: int, p: int, s: int) -> list[Action]:
+    """Actions of stage s (of p) over m micro-batches; every stage runs its backwards in the order 0..m-1."""
+    if kind == "naive":
+        if m != 1:
+            raise ValueError(f"the naive schedule runs one batch (m=1), not m={m}")
+        return [("F", 0), ("B", 0)]
+    if kind == "gpipe":
+        return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
+    if kind == "1f1b":
+        warm = min(p - s - 1, m)
+        actions = [("F", i) for i in range(warm)]
+        for i in range(m - warm):
+            actions += [("F", warm + i), ("B", i)]
+        return actions + [("B", i) for i in range(m - warm, m)]
+    raise ValueError(f"schedule {kind!r} is not allowed: choose 'naive', 'gpipe' or '1f1b'")
+
+
+def peak_in_flight(actions: list[Action]) -> int:
+    """Most micro-batches whose forward is done and backward not yet (their activations are kept)."""
+    live = peak = 0
+    for kind, _ in actions:
+        live += 1 if kind == "F" else -1
+        peak = max(peak, live)
+    return peak
+
+
+# ---- one stage --------------------------------------------------------------------------------
+class PipelineStage(Strategy):
+    """Stage `stage` of a pipeline whose stage k runs on global rank first_rank + k."""
+
+    gap_kind = "bubble"
+
+    def __init__(self, ctx: RankContext, stage: int | None = None, stages: int | None = None, first_rank: int = 0) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        self.stage = ctx.rank if stage is None else stage
+        self.stages = cfg.world_size if stages is None else stages
+        self.first, self.last = self.stage == 0, self.stage == self.stages - 1
+        self.prev_rank = first_rank + self.stage - 1
+        self.next_rank = first_rank + self.stage + 1
+        full = build_model(cfg, cfg.seed)  # the single-process init; this stage keeps its blocks only
+        self.block_names = stage_blocks(cfg, full, self.stages)[self.stage]
+        shapes = boundary_shapes(cfg, full)
+        names = [n for n, _ in full.named_children()]
+        self.in_shape = shapes[names[names.index(self.block_names[0]) - 1]] if not self.first else None
+        self.out_shape = shapes[self.block_names[-1]]
+        self.model = nn.Sequential(OrderedDict((n, getattr(full, n)) for n in self.block_names)).to(ctx.device)
+        self.opt = self.make_optimizer(trainable(self.model))
+        self.m = 1 if cfg.schedule == "naive" else cfg.microbatches
+        self.actions = schedule(cfg.schedule, self.m, self.stages, self.stage)
+        self.peak = 0
+        # gloo moves CUDA tensors only in collectives, not send/recv: stage them through host memory
+        self._via_host = ctx.device.type == "cuda" and dist.get_backend() == "gloo"
+        self._sends: list[tuple[object, torch.Tensor]] = []
+
+    # -- point-to-point, recorded on this rank's timeline --------------------------------------
+    def _send(self, t: torch.Tensor, dst: int, what: str) -> None:
+        t = (t.to("cpu") if self._via_host else t).contiguous()
+        with self.rec.span("comm", f"send {what}", nbytes(t)):
+            work = dist.isend(t, dst)
+        self._sends.append((work, t))  # keep t alive until the send completes
+
+    def _recv(self, shape: tuple[int, ...], src: int, what: str) -> torch.Tensor:
+        buf = torch.empty(shape, device="cpu" if self._via_host else self.ctx.device)
+        with self.rec.span("bubble", f"wait for {what}"):
+            dist.recv(buf, src)
+        return buf.to(self.ctx.device)
+
+    def _finish_sends(self) -> None:
+        with self.rec.span("comm", "send completion"):
+            for work, _ in self._sends:
+                work.wait()
+        self._sends.clear()
+
+    # -- hooks for the hybrid (data-parallel replicas of each stage) ----------------------------
+    def local_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def before_backward(self, last: bool) -> None:
+        """Called before each micro-batch backward; `last` is the step's final one."""
+
+    def sync_gradients(self) -> None:
+        """Called after the last backward, before the optimizer step."""
+
+    # -- one training step -----------------------------------------------------------------------
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        xs, ys = self.local_batch(x, y)
+        m, rows = self.m, xs.shape[0] // self.m
+        inputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+        losses: list[float] = []
+        backwards = 0
+        for kind, i in self.actions:
+            if kind == "F":
+                if self.first:
+                    inp = shard(xs, i, m).to(self.ctx.device)
+                else:
+                    inp = self._recv((rows, *self.in_shape), self.prev_rank, f"activation {i}").requires_grad_()
+                with self.rec.span("compute", f"forward {i}"):
+                    out = self.model(inp)
+                    if self.last:
+                        out = loss_fn(out, shard(ys, i, m).to(self.ctx.device))
+                inputs[i], outputs[i] = inp, out
+                self.peak = max(self.peak, len(outputs))
+                if self.last:
+                    losses.append(float(out.detach()))
+                else:
+                    self._send(out.detach(), self.next_rank, f"activation {i}")
+            else:
+                backwards += 1
+                inp, out = inputs.pop(i), outputs.pop(i)
+                grad = None if self.last else self._recv((rows, *self.out_shape), self.next_rank, f"gradient {i}")
+                self.before_backward(backwards == m)
+                with self.rec.span("compute", f"backward {i}"):
+                    if out.requires_grad:  # False only if this stage and all before it are frozen
+                        torch.autograd.backward(out / m if self.last else out, grad)
+                if not self.first:
+                    self._send(inp.grad if inp.grad is not None else torch.zeros_like(inp), self.prev_rank, f"gradient {i}")
+        self._finish_sends()
+        self.sync_gradients()
+        with self.rec.span("compute", "optimizer"):
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        with self.rec.span("bubble", "pipeline flush"):
+            dist.barrier()
+        return (sum(losses) / m, xs.shape[0]) if self.last else (0.0, 0)
+
+    def end_of_step_group(self) -> object | None:
+        return "skip"  # train_step ends with its own barrier, recorded as the pipeline's flush bubble
+
+    def owned_state(self) -> dict[str, torch.Tensor]:
+        return state_on_cpu(self.model)
+
+    def extra(self) -> dict:
+        return {
+            "stage": self.stage,
+            "blocks": self.block_names,
+            "params": count_parameters(self.model),
+            "microbatches": self.m,
+            "peak_in_flight": self.peak,
+        }
+
+
+def build(ctx: RankContext) -> Strategy:
+    return PipelineStage(ctx)

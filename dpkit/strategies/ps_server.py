@@ -1,0 +1,136 @@
+"""A parameter server: owns one shard of the parameters and its optimizer; applies pushes, answers pulls.
+
+Sync, one training-loop step: receive all n gradients, average, update, answer all n pulls.
+Async, one training-loop step: apply the next n pushes, whichever workers they come from (so after
+cfg.steps steps every worker's cfg.steps pushes are in), answering each pull when the SSP bound allows.
+Waiting for pushes is recorded as idle; busy time is updating plus sending parameters.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..workloads import build_model
+from .base import RankContext, Strategy
+from .parameter_server import ShardLayout, flatten, ps_group, unflatten_into
+
+
+class ParameterServer(Strategy):
+    role = "server"
+
+    def __init__(self, ctx: RankContext) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        self.group = ps_group(ctx)
+        self.index = ctx.rank - cfg.world_size
+        self.workers = list(range(cfg.world_size))
+        self.layout = ShardLayout(build_model(cfg, cfg.seed), cfg.num_servers)  # on the host: servers hold no GPU
+        self.params = self.layout.params_of(self.index)
+        self.numel = self.layout.numel_of(self.index)
+        self.opt = self.make_optimizer(self.params) if self.params else None
+        self.bytes_in = self.bytes_out = 0
+        self.busy: list[float] = []
+        self.version = 0  # updates applied to this shard
+        n = cfg.world_size
+        self.pushes = [0] * n  # gradients received per worker = that worker's finished steps
+        self.pulled_version = [0] * n  # version each worker last pulled (all start from the initial parameters)
+        self.pulled_slowest = [0] * n  # the slowest worker's step count at that pull
+        self.waiting: list[int] = []  # workers whose pull is held back by max_staleness
+        self.updates: list[list[int]] = []  # [worker, worker step, staleness, clock staleness]
+
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        self._busy_s = 0.0
+        if self.params:
+            if self.cfg.sync == "ps":
+                self._sync_round()
+            else:
+                for _ in self.workers:
+                    self._apply_next_push()
+        self.busy.append(self._busy_s)
+        return 0.0, 0
+
+    # -- sync ---------------------------------------------------------------------------------
+    def _sync_round(self) -> None:
+        bufs = [torch.empty(self.numel) for _ in self.workers]
+        with self.rec.span("idle", "wait-for-gradients"):
+            for work in [dist.irecv(b, w, group=self.group) for w, b in zip(self.workers, bufs, strict=True)]:
+                work.wait()
+        self.bytes_in += sum(b.numel() * b.element_size() for b in bufs)
+        t0 = time.perf_counter()
+        with self.rec.span("compute", "average+update"):
+            total = bufs[0].clone()
+            for b in bufs[1:]:  # fixed order: same sum, bit for bit, every run
+                total += b
+            self._update(total.div_(len(bufs)))
+        for w in self.workers:
+            self.updates.append([w, self.pushes[w], 0, 0])
+            self.pushes[w] += 1
+        self._busy_s += time.perf_counter() - t0
+        self._answer(self.workers)
+
+    # -- async --------------------------------------------------------------------------------
+    def _apply_next_push(self) -> None:
+        buf = torch.empty(self.numel)
+        with self.rec.span("idle", "wait-for-gradient"):
+            w = dist.recv(buf, None, group=self.group)
+        self.bytes_in += buf.numel() * buf.element_size()
+        t0 = time.perf_counter()
+        c = self.pushes[w]
+        self.updates.append([w, c, self.version - self.pulled_version[w], c - self.pulled_slowest[w]])
+        with self.rec.span("compute", "update"):
+            self._update(buf.div_(len(self.workers)))  # n pushes move the model as far as one sync step
+        self.pushes[w] += 1
+        self.waiting.append(w)
+        self._busy_s += time.perf_counter() - t0
+        self._answer(self._releasable())
+
+    def _releasable(self) -> list[int]:
+        """Held pulls the SSP bound now allows (a worker's last pull is never held: nothing computes on it)."""
+        slowest, bound, last = min(self.pushes), self.cfg.max_staleness, self.cfg.steps
+        ready = [w for w in self.waiting if bound is None or self.pushes[w] == last or self.pushes[w] - slowest <= bound]
+        self.waiting = [w for w in self.waiting if w not in ready]
+        return ready
+
+    # -- shared -------------------------------------------------------------------------------
+    def _update(self, grad: torch.Tensor) -> None:
+        for p in self.params:
+            p.grad = torch.empty_like(p)
+        unflatten_into(grad, [p.grad for p in self.params])
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.version += 1
+
+    def _answer(self, workers: list[int]) -> None:
+        """Send the current shard to `workers` (their pull receives are already posted)."""
+        if not workers:
+            return
+        t0 = time.perf_counter()
+        flat = flatten(self.params)
+        works = [self.ctx.comm.isend(flat, w, group=self.group, name="answer-pull") for w in workers]
+        for work in works:
+            work.wait()
+        slowest = min(self.pushes)
+        for w in workers:
+            self.pulled_version[w], self.pulled_slowest[w] = self.version, slowest
+        self.bytes_out += len(workers) * flat.numel() * flat.element_size()
+        self._busy_s += time.perf_counter() - t0
+
+    def end_of_step_group(self) -> object | None:
+        return "skip" if self.cfg.sync == "ps-async" else dist.group.WORLD
+
+    def owned_state(self) -> dict[str, torch.Tensor]:
+        return self.layout.state_of(self.index)
+
+    def extra(self) -> dict:
+        return {
+            "ps_shard": self.index,
+            "shard_numel": self.numel,
+            "shard_params": [self.layout.names[i] for i in self.layout.shards[self.index]],
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "busy_s": self.busy,
+            "updates": self.updates,
+        }

@@ -1,0 +1,77 @@
+"""A parameter-server worker: compute gradients on its batch slice, push them per shard, pull the shard back.
+
+The pull's receive is posted together with the push, so a server never waits on a worker to answer it;
+the time from the push leaving to the parameters arriving is the worker's wait for the server (in
+sync mode that includes waiting for the slowest worker, whose gradient the server needs first).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..workloads import build_model, shard
+from .base import RankContext, Strategy
+from .parameter_server import ShardLayout, flatten, ps_group, server_rank, unflatten_into
+
+
+class PushPullWorker(Strategy):
+    role = "worker"
+
+    def __init__(self, ctx: RankContext) -> None:
+        super().__init__(ctx)
+        cfg = self.cfg
+        self.group = ps_group(ctx)
+        self.model = build_model(cfg, cfg.seed).to(ctx.device)  # the servers' initial parameters, by construction
+        layout = ShardLayout(self.model, cfg.num_servers)
+        self.shards = [(server_rank(cfg, j), layout.params_of(j)) for j in range(cfg.num_servers) if layout.shards[j]]
+        self.pulled = [torch.empty(sum(p.numel() for p in params)) for _, params in self.shards]
+        self.bytes_in = self.bytes_out = 0
+        self.waits: list[float] = []
+        self.losses: list[float] = []
+
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        accum, n = self.cfg.grad_accum, self.cfg.world_size
+        xs, ys = shard(x, self.ctx.rank, n), shard(y, self.ctx.rank, n)
+        losses = [self.forward_backward(self.model, shard(xs, i, accum), shard(ys, i, accum), 1.0 / accum) for i in range(accum)]
+        with self.rec.span("compute", "pack-gradients"):
+            grads = [
+                flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params]) for _, params in self.shards
+            ]
+            self.model.zero_grad(set_to_none=True)
+        self._push_pull(grads)
+        with self.rec.span("compute", "unpack-parameters"):
+            for (_, params), flat in zip(self.shards, self.pulled, strict=True):
+                unflatten_into(flat, params)
+        loss = sum(losses) / accum
+        self.losses.append(loss)
+        return loss, xs.shape[0]
+
+    def _push_pull(self, grads: list[torch.Tensor]) -> None:
+        clock, sent = self.rec.clock, sum(g.numel() * g.element_size() for g in grads)
+        start = clock.mark()
+        pulls = [dist.irecv(buf, srv, group=self.group) for (srv, _), buf in zip(self.shards, self.pulled, strict=True)]
+        pushes = [dist.isend(g, srv, group=self.group) for (srv, _), g in zip(self.shards, grads, strict=True)]
+        for work in pushes:
+            work.wait()
+        pushed, t_pushed = clock.mark(), time.perf_counter()
+        self.rec.add("comm", "push-gradients", start, pushed, sent)
+        for work in pulls:
+            work.wait()
+        self.rec.add("comm", "pull-parameters (wait for server)", pushed, clock.mark(), 0)
+        self.waits.append(time.perf_counter() - t_pushed)
+        self.bytes_out += sent
+        self.bytes_in += sum(b.numel() * b.element_size() for b in self.pulled)
+
+    def end_of_step_group(self) -> object | None:
+        return "skip" if self.cfg.sync == "ps-async" else dist.group.WORLD
+
+    def extra(self) -> dict:
+        return {
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "wait_for_server_s": self.waits,
+            "worker_losses": self.losses,
+        }
