@@ -7,8 +7,11 @@ alpha-beta-gamma model (costmodel.py); per worker count n,
     PS(n)   = 2 alpha + 2 max(S, nS/k)/B + (n-1) S/k gamma
     ring(n) = 2(n-1) alpha + 2(n-1)/n S/B + (n-1)/n S gamma
 
-n * (PS(n) - ring(n)) is a quadratic in n on each side of n = k, so the first integer n at which
-the PS is slower is found exactly from its roots (no scan); tests check it against a scan.
+The PS wins on latency (2 alpha against 2(n-1) alpha) and loses on bandwidth (a worker moves 2S,
+a ring member 2(n-1)/n S; a server 2nS/k), so it can be faster only in a window of worker counts.
+The crossover is where that window ends: the fewest workers n* such that the PS is slower for
+every n from n* to n_max. n (PS(n) - ring(n)) is a quadratic in n on each side of n = k, so n* is
+found exactly from its roots (no scan); tests check it against a scan.
 """
 
 from __future__ import annotations
@@ -34,31 +37,30 @@ def _quadratic(size: float, k: int, link: Link, below_k: bool) -> tuple[float, f
     return ps_a - 2 * al, ps_b - (ring_const - 2 * al), ring_const
 
 
-def _first_positive(q: tuple[float, float, float], lo: int, hi: int) -> int | None:
-    """Smallest integer n in [lo, hi] with a n^2 + b n + c > 0: lo itself, or just past a real root."""
+def _last_not_positive(q: tuple[float, float, float], lo: int, hi: int) -> int | None:
+    """Largest integer n in [lo, hi] with a n^2 + b n + c <= 0: hi itself, or at/just below a real root."""
     a, b, c = q
-
-    def positive(n: int) -> bool:
-        return a * n * n + b * n + c > 0
-
     if lo > hi:
         return None
     roots = np.roots([a, b, c]) if (a or b) else np.array([])
-    candidates = {lo} | {math.floor(r.real) + d for r in roots if abs(r.imag) < 1e-9 for d in (0, 1, 2)}
-    for n in sorted(x for x in candidates if lo <= x <= hi):
-        if positive(n):
+    candidates = {hi} | {math.floor(r.real) + d for r in roots if abs(r.imag) < 1e-9 for d in (-1, 0, 1)}
+    for n in sorted((x for x in candidates if lo <= x <= hi), reverse=True):
+        if a * n * n + b * n + c <= 0:
             return n
     return None
 
 
 def ps_ring_crossover(size: float, k: int, link: Link, n_max: int = 1024) -> int | None:
-    """Fewest workers n (2..n_max) at which a k-shard sync PS takes longer than a ring all-reduce; None if never."""
+    """Fewest workers n* (>= 2) such that a k-shard sync PS is slower than a ring all-reduce for every
+    n in n*..n_max; None if the PS is still not slower at n_max."""
     if k < 1 or size < 0:
         raise ValueError(f"need k >= 1 servers and size >= 0 bytes, not k={k}, size={size}")
-    first = _first_positive(_quadratic(size, k, link, below_k=True), 2, min(k - 1, n_max))
-    if first is not None:
-        return first
-    return _first_positive(_quadratic(size, k, link, below_k=False), max(2, k), n_max)
+    last = _last_not_positive(_quadratic(size, k, link, below_k=False), max(2, k), n_max)
+    if last is None:
+        last = _last_not_positive(_quadratic(size, k, link, below_k=True), 2, min(k - 1, n_max))
+    if last == n_max:
+        return None
+    return 2 if last is None else last + 1
 
 
 def crossover_table(sizes: dict[str, float] | None = None, ks: tuple[int, ...] = (1, 2, 4, 8, 16), links: dict[str, Link] | None = None, n_max: int = 1024) -> pd.DataFrame:

@@ -32,8 +32,13 @@ def allreduce_sum(t: torch.Tensor, algo: str = "native", group=None) -> int:
     """Sum a contiguous tensor in place over `group` with `algo`; returns bytes this rank sent."""
     if algo not in ALGORITHMS:
         raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALGORITHMS)}")
-    flat = t.view(-1)
-    return ALGORITHMS[algo](flat, GroupView.of(group))
+    view = GroupView.of(group)
+    if t.is_cuda and algo != "native" and dist.get_backend(group) == "gloo":
+        host = t.detach().to("cpu").view(-1)  # gloo's send/recv take CPU tensors only: stage via the host
+        sent = ALGORITHMS[algo](host, view)
+        t.copy_(host.view_as(t))
+        return sent
+    return ALGORITHMS[algo](t.view(-1), view)
 
 
 def predicted_bytes_sent(algo: str, size: int, n: int, me: int = 1, itemsize: int | None = None) -> int:
