@@ -155,10 +155,12 @@ def bubble_fraction(p: int, m: int) -> float:
 
 
 def pipeline_step_time(t_fwd: float, t_bwd: float, p: int, m: int, act_bytes: float, link: Link) -> float:
-    """GPipe/1F1B step with the slowest stage taking t_fwd/t_bwd per micro-batch:
-    (m + p - 1)(t_fwd + t_bwd) + 2(p - 1)(alpha + A/B). Sends are asynchronous, so only the
-    transfers of the fill and the drain lie on the critical path."""
-    return (m + p - 1) * (t_fwd + t_bwd) + 2 * (p - 1) * pipeline_p2p_time(act_bytes, link)
+    """GPipe/1F1B step with the slowest stage taking t_fwd/t_bwd per micro-batch: m + p - 1 slots,
+    each one forward and one backward plus one activation and one gradient received:
+    (m + p - 1)(t_fwd + t_bwd + 2(alpha + A/B)); the bubble is p - 1 of those slots (DESIGN.md).
+    Receives block in dpkit's pipeline, so a slot pays its messages' latency even in steady state."""
+    slot = t_fwd + t_bwd + (2 * pipeline_p2p_time(act_bytes, link) if p > 1 else 0.0)
+    return (m + p - 1) * slot
 
 
 def tensor_parallel_comm_time(act_bytes: float, tp: int, allreduces: int, link: Link, algo: str = "native") -> float:

@@ -293,32 +293,45 @@ def ring_steps_plot(trace: pd.DataFrame) -> Figure:
     return fig
 
 
-# ---- all-reduce bandwidth -----------------------------------------------------------------
-def bandwidth_plot(frame: pd.DataFrame, size: str = "size_bytes", time: str = "time_s", hue: str = "algo") -> Figure:
-    """Time and bus bandwidth against message size, log-log; busbw = S/t * 2(n-1)/n (nccl-tests)."""
-    for col in (size, time, hue, "world_size"):
-        if col not in frame.columns:
-            raise ValueError(f"bandwidth_plot needs a {col!r} column")
-    data = frame.copy()
-    n = data.world_size.astype(float)
-    data["busbw_GBps"] = data[size] / data[time] * 2 * (n - 1) / n / 1e9
-    fig = _figure((10, 3.8))
-    (ax_t, ax_b) = fig.subplots(1, 2)
-    for (name, ws), g in data.groupby([hue, "world_size"], sort=False):
-        g = g.groupby(size, as_index=False)[[time, "busbw_GBps"]].median()
-        label = f"{name}, n={ws}"
-        ax_t.loglog(g[size], g[time] * 1e3, "o-", ms=3, label=label)
-        ax_b.semilogx(g[size], g.busbw_GBps, "o-", ms=3, label=label)
-        if "predicted_time_s" in data.columns:
-            pred = data[(data[hue] == name) & (data.world_size == ws)].groupby(size).predicted_time_s.median()
-            ax_t.loglog(pred.index, pred.to_numpy() * 1e3, ":", color=ax_t.lines[-1].get_color())
-    ax_t.set(
-        xlabel="message size (bytes)",
-        ylabel="time (ms)",
-        title="All-reduce time" + (" (dotted: predicted)" if "predicted_time_s" in data.columns else ""),
+# ---- parameter server ----------------------------------------------------------------------
+def traffic_plot(
+    frame: pd.DataFrame,
+    x: str = "world_size",
+    y: str = "bytes_per_step",
+    hue: str = "who",
+    ylabel: str = "MB sent + received per step",
+) -> Figure:
+    """Bytes per step against `x`, one line per `hue` (e.g. PS server, PS worker, ring all-reduce rank)."""
+    fig = _figure((6.5, 3.8))
+    ax = fig.subplots()
+    for name, g in frame.groupby(hue, sort=False):
+        g = g.sort_values(x)
+        ax.plot(g[x], g[y] / 1e6, "o-", label=str(name))
+    ax.set(
+        xlabel=x,
+        ylabel="MB sent + received per step" if "in" in y else "MB per step",
+        title="Traffic per step",
+        xticks=sorted(pd.unique(frame[x])),
     )
-    ax_b.set(xlabel="message size (bytes)", ylabel="busbw (GB/s)", title="Bus bandwidth")
-    for ax in (ax_t, ax_b):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def async_plot(curves: Mapping[str, pd.DataFrame], staleness: pd.DataFrame | None = None) -> Figure:
+    """Left: each worker step's loss against wall-clock, per run (sync vs async). Right: the staleness
+    histogram of an async run (updates applied between a worker's pull and its push)."""
+    fig = _figure((11, 3.8))
+    ax_l, ax_h = fig.subplots(1, 2)
+    for name, c in curves.items():
+        ax_l.plot(c.wall_s, c.loss, "o", ms=3, label=name)
+    ax_l.set(xlabel="wall-clock seconds", ylabel="worker loss", title="Loss against wall-clock (each dot: one worker step)")
+    ax_l.grid(alpha=0.3)
+    ax_l.legend(fontsize=8)
+    if staleness is not None and len(staleness):
+        col = staleness.columns[0]
+        ax_h.bar(staleness[col], staleness.updates, color=KIND_COLORS["comm"])
+        ax_h.set(xlabel=col.replace("_", " "), ylabel="updates", title="Async: staleness of each update")
+    else:
+        ax_h.axis("off")
     return fig

@@ -7,7 +7,7 @@ comes from dpkit.costmodel with a calibrated Link. The per-strategy step models:
     data / allreduce   fwd + bwd + opt + exposed all-reduce (all of it for per-tensor and flat;
                        for bucketed/ddp what the backward does not hide: costmodel.bucketed_overlap)
     data / ps (sync)   fwd + bwd + 2 alpha + 2 max(S, nS/k)/B + the servers' optimizer step (opt/k)
-    pipeline           (m+p-1)(t_f + t_b) of the slowest stage + 2(p-1) boundary transfers + its opt
+    pipeline           (m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its opt
     tensor             (fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block
     hybrid             the pipeline on global/d samples, then each stage's gradients all-reduced over d
 """
@@ -147,7 +147,7 @@ def predict_step(cfg: RunConfig, link: Link, profile: ComputeProfile) -> dict[st
     share = max(shares)
     act = _activation_bytes(cfg, model, blocks, profile_batch(cfg))
     step = pipeline_step_time(share * t_f, share * t_b, p, m, act, link)
-    bubble = bubble_fraction(p, m) * (m + p - 1) * share * (t_f + t_b)
+    bubble = bubble_fraction(p, m) * step
     comm = 2 * m * pipeline_p2p_time(act, link) if p > 1 else 0.0
     sync = allreduce_time(algo, share * size, d, link) if d > 1 else 0.0
     out = _parts(m * share * (t_f + t_b) + share * t_o, comm + sync, sync, extra=0.0)

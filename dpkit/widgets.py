@@ -153,6 +153,56 @@ def pipeline_bubble(
     return fig, frame
 
 
+def compare_configs(configs: dict[str, RunConfig], cache: RunCache = CACHE, progress: Progress | None = None) -> PanelResult:
+    """Differently configured runs under the names given (e.g. one per strategy), side by side."""
+    frame = frame_of(cache.run_all(list(configs.values()), progress))
+    frame.insert(1, "label", list(configs))
+    return plots.time_breakdown_plot(frame, by=["label"]), frame
+
+
+def ps_traffic(
+    base: RunConfig,
+    workers: Sequence[int] = (2, 3, 4),
+    num_servers: int = 1,
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+) -> PanelResult:
+    """Bytes per step of a sync PS server and worker, beside a ring all-reduce rank, as workers grow."""
+    from .strategies import parameter_server as ps
+
+    ps_cfgs = [base.replace(parallelism="data", sync="ps", world_size=n, num_servers=num_servers) for n in workers]
+    ring_cfgs = [
+        base.replace(parallelism="data", sync="allreduce", world_size=n, grad_sync="flat", allreduce_algo="ring") for n in workers
+    ]
+    results = cache.run_all(ps_cfgs + ring_cfgs, progress)
+    rows = []
+    for n, r in zip(workers, results[: len(workers)], strict=True):
+        servers = ps.server_stats(r)
+        busiest = (servers.bytes_in_per_step + servers.bytes_out_per_step).max()
+        stats = r.step_stats()
+        worker = stats[(stats.role != "server") & (stats.step >= r.config.warmup)].bytes_sent.mean()
+        rows += [
+            {"world_size": n, "who": f"PS server (busiest of {num_servers})", "bytes_per_step": busiest},
+            {"world_size": n, "who": "PS worker", "bytes_per_step": 2 * worker},
+        ]
+    for n, r in zip(workers, results[len(workers) :], strict=True):
+        rows.append({"world_size": n, "who": "ring all-reduce rank", "bytes_per_step": 2 * r.summary["bytes_sent_per_step"]})
+    frame = pd.DataFrame(rows)
+    return plots.traffic_plot(frame), frame
+
+
+def ps_sync_vs_async(base: RunConfig, cache: RunCache = CACHE, progress: Progress | None = None) -> PanelResult:
+    """The same PS config run sync and async: loss against wall-clock, staleness, waiting time."""
+    from .strategies import parameter_server as ps
+
+    sync, asyn = cache.run_all([base.replace(sync="ps"), base.replace(sync="ps-async")], progress)
+    fig = plots.async_plot({"sync": ps.loss_curve(sync), "async": ps.loss_curve(asyn)}, ps.staleness_histogram(asyn))
+    frame = frame_of([sync, asyn])
+    waits = [ps.worker_wait(r).groupby("rank").wait_s.mean() for r in (sync, asyn)]
+    frame["mean_wait_for_server_s"] = [float(w.mean()) for w in waits]
+    return fig, frame
+
+
 # ---- the ipywidgets wrapper --------------------------------------------------------------
 class Panel(W.VBox):
     """Controls, a Run button, a progress bar, and an output area for `compute(**values, progress=...)`.
@@ -326,4 +376,52 @@ def pipeline_panel(base: RunConfig) -> Panel:
         controls,
         compute,
         ["schedule", "world_size", "microbatches", "step_time_s", "bubble_fraction", "bubble_fraction_formula"],
+    )
+
+
+def ps_panel(base: RunConfig) -> Panel:
+    """Sync against async parameter server with workers, servers, a straggler and a staleness bound."""
+    controls = {
+        "world_size": W.IntSlider(value=base.world_size, min=2, max=4, description="workers"),
+        "num_servers": W.IntSlider(value=base.num_servers, min=1, max=2, description="servers"),
+        "straggler_delay_s": W.FloatSlider(
+            value=base.straggler_delay_s, min=0.0, max=0.05, step=0.01, description="worker 0 delay (s)"
+        ),
+        "max_staleness": _dropdown([None, 0, 1, 2], base.max_staleness, "staleness bound"),
+    }
+
+    def compute(
+        world_size: int, num_servers: int, straggler_delay_s: float, max_staleness: int | None, progress: Progress | None = None
+    ) -> PanelResult:
+        cfg = base.replace(
+            world_size=world_size,
+            num_servers=num_servers,
+            straggler_delay_s=straggler_delay_s,
+            straggler_ranks=(0,) if straggler_delay_s else (),
+        )
+        return ps_sync_vs_async(cfg.replace(max_staleness=max_staleness), progress=progress)
+
+    return Panel(
+        "Parameter server: sync against async",
+        controls,
+        compute,
+        ["sync", "world_size", "num_servers", "step_time_s", "mean_wait_for_server_s", "final_loss"],
+    )
+
+
+def strategy_panel(configs: Callable[[int, int], dict[str, RunConfig]]) -> Panel:
+    """Every strategy on one workload; `configs(world_size, hidden)` names the runs to compare."""
+    controls = {
+        "world_size": _dropdown([2, 4], 4, "ranks"),
+        "hidden": _dropdown([32, 128, 512], 128, "model width (hidden)"),
+    }
+
+    def compute(world_size: int, hidden: int, progress: Progress | None = None) -> PanelResult:
+        return compare_configs(configs(world_size, hidden), progress=progress)
+
+    return Panel(
+        "Compare strategies on one workload",
+        controls,
+        compute,
+        ["label", "num_processes", "step_time_s", "compute_s", "comm_s", "bubble_s", "bytes_sent_per_step", "final_loss"],
     )

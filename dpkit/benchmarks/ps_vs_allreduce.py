@@ -123,11 +123,11 @@ def plot(frame: pd.DataFrame):
 
     fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     for (method, role), g in frame.groupby(["method", "role"]):
-        g = g.sort_values("workers")
-        line = ax_b.plot(g.workers, g.bytes_moved / 2**20, "o-", label=f"{method} {role}")[0]
+        g, label = g.sort_values("workers"), method if method == "ring" else f"{method} {role}"
+        line = ax_b.plot(g.workers, g.bytes_moved / 2**20, "o-", label=label)[0]
         ax_b.plot(g.workers, g.bytes_moved_pred / 2**20, "--", color=line.get_color())
         if role != "server":
-            line = ax_t.plot(g.workers, g.comm_s * 1e3, "o-", label=f"{method} {role}")[0]
+            line = ax_t.plot(g.workers, g.comm_s * 1e3, "o-", label=label)[0]
             if g.comm_pred_s.notna().any():
                 ax_t.plot(g.workers, g.comm_pred_s * 1e3, "--", color=line.get_color())
     ax_b.set(

@@ -1,0 +1,55 @@
+"""Launch overhead: wall time of starting N ranks that rendezvous, all-reduce once and exit.
+
+forkserver forks ranks from a server that imported torch once; spawn starts fresh interpreters
+that each import torch. The first forkserver run also starts the server: reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..launch import launch
+
+TARGET = "dpkit.diagnostics:all_reduce_ranks"
+
+
+def time_launch(world: int, method: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        launch(TARGET, {}, world, tmp, threads_per_rank=1, timeout_s=120, start_method=method)
+        return time.perf_counter() - t0
+
+
+def main(out: Path, args: argparse.Namespace) -> None:
+    worlds = [1, 2] if args.quick else [1, 2, 4]
+    repeats = {"forkserver": 2 if args.quick else max(args.repeats, 5), "spawn": 1 if args.quick else 3}
+    rows = []
+    first = time_launch(1, "forkserver")  # starts the forkserver (no-op if it already runs)
+    rows.append({"start_method": "forkserver", "world_size": 1, "what": "first run (starts the server)",
+                 "median_s": first, "runs": 1, "times_s": f"{first:.4f}"})  # fmt: skip
+    for method in ("forkserver", "spawn"):
+        for world in worlds:
+            times = [time_launch(world, method) for _ in range(repeats[method])]
+            rows.append({"start_method": method, "world_size": world, "what": "per run",
+                         "median_s": statistics.median(times), "runs": len(times),
+                         "times_s": " ".join(f"{t:.4f}" for t in times)})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame["clock"] = "perf_counter (wall)"
+    frame["cpu_count"] = os.cpu_count()
+    frame["torch"] = torch.__version__
+    frame["python"] = platform.python_version()
+    frame["host"] = platform.node()
+    frame["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    frame.to_csv(out / "launch.csv", index=False)
+    print(frame[["start_method", "world_size", "what", "median_s", "runs"]].to_string(index=False))
+    print(f"wrote {out / 'launch.csv'}")

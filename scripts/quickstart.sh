@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# dpkit quick start: one command to install and run the demo, one to install and run the tests.
+#
+#   bash scripts/quickstart.sh run     # .venv + dpkit (torch only if missing), then `dpkit demo`
+#   bash scripts/quickstart.sh test    # .venv + dpkit[test], then pytest over tests/ and the notebooks
+#
+# Environment knobs:
+#   PYTHON=python3.12           interpreter for the virtual environment (3.10 or newer)
+#   DPKIT_VENV=.venv            where the virtual environment lives
+#   DPKIT_TORCH_SPEC=torch==2.13.0   what to install when torch is missing
+#   DPKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu   optional index for that install (CPU-only wheels)
+# The venv sees system site-packages, so a torch you already have (e.g. a CUDA build) is reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-run}"
+case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
+
+PY="${PYTHON:-python3}"
+VENV="${DPKIT_VENV:-.venv}"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "dpkit needs Python 3.10 or newer ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating virtual environment $VENV"
+  "$PY" -m venv --system-site-packages "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+  echo "== torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') is already installed: keeping it"
+else
+  spec="${DPKIT_TORCH_SPEC:-torch==2.13.0}"
+  echo "== installing $spec"
+  if [ -n "${DPKIT_TORCH_INDEX:-}" ]; then
+    "${pip[@]}" "$spec" --index-url "$DPKIT_TORCH_INDEX"
+  else
+    "${pip[@]}" "$spec"
+  fi
+fi
+
+if [ "$mode" = run ]; then
+  echo "== installing dpkit"
+  "${pip[@]}" -e .
+  echo "== running the demo: data parallelism at world sizes 1, 2, 4"
+  exec "$VENV/bin/python" -m dpkit.cli demo --out results/demo
+fi
+
+echo "== installing dpkit with its test extras"
+"${pip[@]}" -e ".[test]"
+echo "== running the test suite"
+exec "$VENV/bin/python" -m pytest tests
