@@ -32,7 +32,9 @@ class Link:
 
     def __post_init__(self) -> None:
         if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0):
-            raise ValueError(f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}")
+            raise ValueError(
+                f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}"
+            )
 
     def time(self, terms: Terms) -> float:
         messages, moved, reduced = terms

@@ -96,7 +96,9 @@ def plot_whatif(scan: pd.DataFrame, title: str, crossovers: dict[str, int | None
             at.setdefault(n, []).append(label)
     for n, labels in at.items():
         ax.axvline(n, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"{', '.join(labels)} slower from n={n}", (n, ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=7)
+        ax.annotate(
+            f"{', '.join(labels)} slower from n={n}", (n, ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=7
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("workers n")

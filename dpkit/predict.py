@@ -66,7 +66,11 @@ def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = 6) ->
         tl = tl[(tl.kind == "compute") & (tl.step >= single.warmup)]
         per_step = tl.assign(d=tl.end_s - tl.start_s).groupby(["step", "name"]).d.sum().unstack(fill_value=0.0).median()
         _PROFILES[key] = ComputeProfile(
-            batch, float(per_step.get("forward", 0.0)), float(per_step.get("backward", 0.0)), float(per_step.get("optimizer", 0.0)), threads
+            batch,
+            float(per_step.get("forward", 0.0)),
+            float(per_step.get("backward", 0.0)),
+            float(per_step.get("optimizer", 0.0)),
+            threads,
         )
     return _PROFILES[key]
 
@@ -157,7 +161,13 @@ def predict_step(cfg: RunConfig, link: Link, profile: ComputeProfile) -> dict[st
 
 
 def _parts(compute: float, comm: float, exposed: float, extra: float = 0.0) -> dict[str, float]:
-    return {"step_time_s": compute + exposed + extra, "compute_s": compute, "comm_s": comm, "exposed_comm_s": exposed, "bubble_s": 0.0}
+    return {
+        "step_time_s": compute + exposed + extra,
+        "compute_s": compute,
+        "comm_s": comm,
+        "exposed_comm_s": exposed,
+        "bubble_s": 0.0,
+    }
 
 
 def compare(cfg: RunConfig, link: Link, result=None, profile: ComputeProfile | None = None) -> pd.DataFrame:
@@ -180,7 +190,9 @@ def compare(cfg: RunConfig, link: Link, result=None, profile: ComputeProfile | N
 
 def strategy_name(cfg: RunConfig) -> str:
     if cfg.parallelism == "data":
-        return f"data/{cfg.sync}" + (f"/{cfg.grad_sync}/{cfg.allreduce_algo}" if cfg.sync == "allreduce" else f"/k={cfg.num_servers}")
+        return f"data/{cfg.sync}" + (
+            f"/{cfg.grad_sync}/{cfg.allreduce_algo}" if cfg.sync == "allreduce" else f"/k={cfg.num_servers}"
+        )
     if cfg.parallelism in ("pipeline", "hybrid"):
         return f"{cfg.parallelism}/{cfg.schedule}/m={cfg.microbatches}"
     return cfg.parallelism

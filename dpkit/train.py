@@ -35,6 +35,8 @@ def rank_device(cfg_device: str, backend: str, local_rank: int) -> torch.device:
         raise RuntimeError("RunConfig.device='cuda' but this rank sees no CUDA device")
     index = local_rank % torch.cuda.device_count() if backend == "nccl" else 0
     torch.cuda.set_device(index)
+    torch.backends.cuda.matmul.allow_tf32 = False  # full fp32: GPU runs must match the CPU reference
+    torch.backends.cudnn.allow_tf32 = False
     return torch.device("cuda", index)
 
 

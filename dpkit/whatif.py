@@ -63,7 +63,12 @@ def ps_ring_crossover(size: float, k: int, link: Link, n_max: int = 1024) -> int
     return 2 if last is None else last + 1
 
 
-def crossover_table(sizes: dict[str, float] | None = None, ks: tuple[int, ...] = (1, 2, 4, 8, 16), links: dict[str, Link] | None = None, n_max: int = 1024) -> pd.DataFrame:
+def crossover_table(
+    sizes: dict[str, float] | None = None,
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16),
+    links: dict[str, Link] | None = None,
+    n_max: int = 1024,
+) -> pd.DataFrame:
     """One row per (link, model size, k): the worker count where one ring beats the PS (None = not within n_max)."""
     rows = []
     for lname, link in (links or PRESETS).items():
@@ -89,7 +94,13 @@ def comm_scan(size: float, link: Link, ns: list[int] | None = None, ks: tuple[in
 
 
 def data_parallel_scaling(
-    compute_per_sample_s: float, size: float, global_batch: int, link: Link, ns: list[int] | None = None, algo: str = "ring", overlap: float = 0.0
+    compute_per_sample_s: float,
+    size: float,
+    global_batch: int,
+    link: Link,
+    ns: list[int] | None = None,
+    algo: str = "ring",
+    overlap: float = 0.0,
 ) -> pd.DataFrame:
     """Strong scaling of data parallelism at a fixed global batch: step(n) = compute/n + (1-overlap) * allreduce(n).
     `overlap` is the share of the all-reduce hidden behind the backward (0: none, as flat sync)."""

@@ -3,7 +3,8 @@
 Inputs are small integers stored as floats, so sums are exact in any order and the comparison is
 equality. Lengths include 0, 1, fewer elements than ranks and lengths not divisible by the world size;
 with 3 or more ranks every algorithm also runs on a subgroup (ranks 1..n-1), which checks that peers
-are addressed by global rank.
+are addressed by global rank. The ring's reduce steps move chunks in pieces; tiny pieces make the
+small test tensors exercise that path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
 
 
 def run_check(world: int, out: Path) -> pd.DataFrame:
-    launch("dpkit.benchmarks.allreduce:check_ranks", {"lengths": LENGTHS}, world, out, threads_per_rank=1, timeout_s=120)
+    payload = {"lengths": LENGTHS, "segment_bytes": 12}  # ring pieces of 3 floats: many pieces, a short last one
+    launch("dpkit.benchmarks.allreduce:check_ranks", payload, world, out, threads_per_rank=1, timeout_s=120)
     return pd.DataFrame(json.loads((out / "check.json").read_text()))
 
 

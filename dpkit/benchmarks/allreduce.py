@@ -37,7 +37,12 @@ def _rank_values(length: int, index: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
-    """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json."""
+    """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json.
+    payload["segment_bytes"] shrinks the ring's pieces so that small tensors take the many-piece path too."""
+    if "segment_bytes" in payload:
+        from ..comm import ring
+
+        ring.SEGMENT_BYTES = int(payload["segment_bytes"])  # this rank process only
     groups = {"world": None}
     sub_ranks = list(range(1, world))
     sub = dist.new_group(ranks=sub_ranks) if world >= 3 else None  # every rank must create it
@@ -109,20 +114,30 @@ def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:
         rows = [
-            {"algo": a, "size_bytes": s, "world_size": world, "times_s": slowest[i].tolist(), "threads_per_rank": torch.get_num_threads()}
+            {
+                "algo": a,
+                "size_bytes": s,
+                "world_size": world,
+                "times_s": slowest[i].tolist(),
+                "threads_per_rank": torch.get_num_threads(),
+            }
             for i, (a, s) in enumerate(keys)
         ]
         Path(out_dir, "times.json").write_text(json.dumps(rows))
 
 
 # ---- parent side -----------------------------------------------------------------------------
-def measure(sizes: list[int], algos: list[str], world_sizes: list[int], repeats: int, warmup: int = 1, timeout_s: float = 900.0) -> pd.DataFrame:
+def measure(
+    sizes: list[int], algos: list[str], world_sizes: list[int], repeats: int, warmup: int = 1, timeout_s: float = 900.0
+) -> pd.DataFrame:
     """One launch per world size; a row per (algo, size, world size) with median time, algbw and busbw."""
     rows = []
     for n in world_sizes:
         with _tempdir() as tmp:
             payload = {"sizes": sizes, "algos": algos, "repeats": repeats, "warmup": warmup}
-            launch("dpkit.benchmarks.allreduce:time_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=timeout_s)
+            launch(
+                "dpkit.benchmarks.allreduce:time_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=timeout_s
+            )
             rows += json.loads(Path(tmp, "times.json").read_text())
     frame = pd.DataFrame(rows)
     frame["time_s"] = frame.times_s.map(statistics.median)

@@ -74,7 +74,10 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     times = torch.tensor(local, dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)
     if rank == 0:
-        rows = [{"pattern": p, "size_bytes": s, "world_size": 2 if p == "p2p" else world, "times_s": times[i].tolist()} for i, (p, s) in enumerate(keys)]
+        rows = [
+            {"pattern": p, "size_bytes": s, "world_size": 2 if p == "p2p" else world, "times_s": times[i].tolist()}
+            for i, (p, s) in enumerate(keys)
+        ]
         Path(out_dir, "samples.json").write_text(json.dumps(rows))
 
 
@@ -82,9 +85,17 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[int], repeats: int) -> pd.DataFrame:
     rows = []
     for i, n in enumerate(world_sizes):
-        payload = {"p2p_sizes": p2p_sizes, "allreduce_sizes": allreduce_sizes, "algos": list(FIT_ALGOS), "repeats": repeats, "pingpong": i == 0}
+        payload = {
+            "p2p_sizes": p2p_sizes,
+            "allreduce_sizes": allreduce_sizes,
+            "algos": list(FIT_ALGOS),
+            "repeats": repeats,
+            "pingpong": i == 0,
+        }
         with tempfile.TemporaryDirectory(prefix="dpkit-calib-") as tmp:
-            launch("dpkit.benchmarks.calibrate:calibrate_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=300)
+            launch(
+                "dpkit.benchmarks.calibrate:calibrate_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=300
+            )
             rows += json.loads(Path(tmp, "samples.json").read_text())
     frame = pd.DataFrame(rows)
     frame["time_s"] = frame.times_s.map(statistics.median)
@@ -142,10 +153,21 @@ def main(out: Path, args: argparse.Namespace) -> None:
     from ..plots_cost import plot_fit
 
     plot_fit(frame, title=link.describe()).savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
-    show = frame.assign(size=frame.size_bytes.map(human_bytes), time_us=frame.time_s * 1e6, predicted_us=frame.predicted_s * 1e6, err_pct=frame.rel_error * 100)
-    print(show[["pattern", "world_size", "size", "time_us", "predicted_us", "err_pct"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    show = frame.assign(
+        size=frame.size_bytes.map(human_bytes),
+        time_us=frame.time_s * 1e6,
+        predicted_us=frame.predicted_s * 1e6,
+        err_pct=frame.rel_error * 100,
+    )
+    print(
+        show[["pattern", "world_size", "size", "time_us", "predicted_us", "err_pct"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        )
+    )
     print(f"fit: {link.describe()}")
-    print(f"fit error: median |rel| = {fit['median_abs_rel_error']:.1%}, max = {fit['max_abs_rel_error']:.1%} over {fit['samples']} points")
+    print(
+        f"fit error: median |rel| = {fit['median_abs_rel_error']:.1%}, max = {fit['max_abs_rel_error']:.1%} over {fit['samples']} points"
+    )
     bench_csv = out.parent / "bench-allreduce" / "allreduce.csv"
     if bench_csv.exists():
         print(f"model vs {bench_csv} (64 KiB - 64 MiB): |relative error| per algorithm")

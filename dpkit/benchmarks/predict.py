@@ -27,18 +27,31 @@ def calibration_for(out: Path) -> tuple[Link, str]:
     from .calibrate import QUICK_ALLREDUCE, QUICK_P2P, measure, samples_of
 
     frame = measure(QUICK_P2P, QUICK_ALLREDUCE, [2], repeats=3)
-    return fit_link(samples_of(frame), name="quick calibration"), "a quick calibration (run `dpkit bench calibrate` for a better one)"
+    return fit_link(
+        samples_of(frame), name="quick calibration"
+    ), "a quick calibration (run `dpkit bench calibrate` for a better one)"
 
 
 def configs(quick: bool, max_n: int) -> list[RunConfig]:
     """The benchmark workloads: an MLP (about 8M parameters; tiny with --quick) under every strategy the model covers."""
-    base = RunConfig(model="mlp", hidden=64 if quick else 512, layers=4, global_batch=48 if quick else 96, steps=4 if quick else 8, warmup=1 if quick else 2)
+    base = RunConfig(
+        model="mlp",
+        hidden=64 if quick else 512,
+        layers=4,
+        global_batch=48 if quick else 96,
+        steps=4 if quick else 8,
+        warmup=1 if quick else 2,
+    )
     ns = [2] if quick else list(range(2, max_n + 1))
     out = []
     for n in ns:
         for grad_sync in ("flat", "bucketed"):
-            out.append(base.replace(parallelism="data", world_size=n, grad_sync=grad_sync, global_batch=base.global_batch // n * n))
-        out.append(base.replace(parallelism="data", sync="ps", world_size=n, num_servers=1, global_batch=base.global_batch // n * n))
+            out.append(
+                base.replace(parallelism="data", world_size=n, grad_sync=grad_sync, global_batch=base.global_batch // n * n)
+            )
+        out.append(
+            base.replace(parallelism="data", sync="ps", world_size=n, num_servers=1, global_batch=base.global_batch // n * n)
+        )
         for schedule in ("gpipe", "1f1b"):
             out.append(base.replace(parallelism="pipeline", world_size=n, schedule=schedule, microbatches=4))
     return [c for c in out if is_supported(c)]
@@ -62,7 +75,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     cols = ["strategy", "world_size", "pred_step_ms", "meas_step_ms", "err_pct", "pred_comm_ms", "meas_comm_ms"]
     print(f"model: {link.describe()} ({source})")
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    per = frame.assign(abs_err=frame.rel_error.abs()).groupby(frame.strategy.str.split("/").str[:2].str.join("/")).abs_err.median()
+    per = (
+        frame.assign(abs_err=frame.rel_error.abs()).groupby(frame.strategy.str.split("/").str[:2].str.join("/")).abs_err.median()
+    )
     print("median |relative error| of the step time per strategy:")
     print(pd.DataFrame({"median_abs_rel_error": per}).to_string(float_format=lambda v: f"{v:.1%}"))
     print(f"results: {out / 'predict.csv'}, {out / 'predict.png'}")

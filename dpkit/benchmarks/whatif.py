@@ -32,7 +32,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     n_max = 1024
     table = crossover_table(MODEL_SIZES, KS, links, n_max)
     table.to_csv(out / "crossover.csv", index=False)
-    wide = table.pivot_table(index=["link", "model"], columns="servers", values="crossover_workers", aggfunc="first", dropna=False)
+    wide = table.pivot_table(
+        index=["link", "model"], columns="servers", values="crossover_workers", aggfunc="first", dropna=False
+    )
     print(f"workers beyond which a k-shard sync parameter server is slower than a ring all-reduce (n <= {n_max}; NaN: never)")
     print(wide.to_string(float_format=lambda v: f"{v:.0f}"))
     for name, link in links.items():
@@ -42,5 +44,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
         scan = comm_scan(size, link, ks=(1, 16, 256))
         scan.to_csv(out / f"scan_{slug}.csv", index=False)
         marks = {f"ps k={k}": ps_ring_crossover(size, k, link, n_max) for k in (1, 16, 256)}
-        plot_whatif(scan, f"100M parameters on {link.describe()}", marks).savefig(out / f"scan_{slug}.png", dpi=110, bbox_inches="tight")
+        plot_whatif(scan, f"100M parameters on {link.describe()}", marks).savefig(
+            out / f"scan_{slug}.png", dpi=110, bbox_inches="tight"
+        )
     print(f"results: {out}/crossover.csv, crossover_*.png, scan_*.csv/png")

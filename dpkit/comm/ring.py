@@ -37,7 +37,10 @@ def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
 def _reduce_step(view: GroupView, out_c: torch.Tensor, in_c: torch.Tensor, buf: torch.Tensor) -> int:
     """Send out_c to the right neighbour and add the left neighbour's chunk into in_c, piece by piece:
     each piece is added as soon as it has arrived while the later pieces are still on the wire."""
-    recvs = [(dist.irecv(b, view.peer(view.me - 1), group=view.group), b, dst) for b, dst in zip(_pieces(buf), _pieces(in_c))]
+    recvs = [
+        (dist.irecv(b, view.peer(view.me - 1), group=view.group), b, dst)
+        for b, dst in zip(_pieces(buf), _pieces(in_c), strict=True)
+    ]
     sends = [dist.isend(p, view.peer(view.me + 1), group=view.group) for p in _pieces(out_c)]
     for work, b, dst in recvs:
         work.wait()
