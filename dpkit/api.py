@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -77,7 +78,7 @@ def sweep(
     loaded instead of rerun, so an interrupted sweep resumes where it stopped.
     """
     names = list(grid)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(list(grid[n]) for n in names))]
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*(list(grid[n]) for n in names))]
     configs = [base.replace(**combo) for combo in combos]  # all validated before the first run starts
     frames = []
     for cfg in tqdm(configs, desc="sweep", disable=not progress):

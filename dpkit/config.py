@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PARALLELISMS = ("none", "data", "pipeline", "tensor", "hybrid")

@@ -43,6 +43,6 @@ def main(out: Path, quick: bool = False) -> None:
     table.to_csv(out / "demo.csv", index=False)
     speedup_plot(frame).savefig(out / "speedup.png", dpi=120, bbox_inches="tight")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nEach rank gets cores / world_size threads, so on a small machine the ranks share the same cores:")
+    print("\nEach rank gets cores / world_size threads, so on a small machine the ranks share the same cores:")
     print("speedup is limited by the cores you have, and the all-reduce adds communication on top.")
     print(f"wrote {out / 'demo.csv'}, {out / 'speedup.png'} and one result folder per run in {out / 'runs'}")

@@ -9,9 +9,9 @@ time.perf_counter on CPU and from CUDA events on GPU, resolved after a synchroni
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

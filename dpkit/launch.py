@@ -68,7 +68,9 @@ def choose_backend(device: str, backend: str, nprocs: int) -> tuple[str, str]:
     kind = "cuda" if gpus and device != "cpu" else "cpu"
     if backend == "nccl":
         if kind != "cuda" or gpus < nprocs:
-            raise ValueError(f"RunConfig.backend='nccl' needs one GPU per rank: {nprocs} ranks, {gpus} GPUs; use 'auto' or 'gloo'")
+            raise ValueError(
+                f"RunConfig.backend='nccl' needs one GPU per rank: {nprocs} ranks, {gpus} GPUs; use 'auto' or 'gloo'"
+            )
         return "nccl", kind
     if backend == "gloo":
         return "gloo", kind

@@ -62,8 +62,8 @@ def scaling_frame(
 ) -> pd.DataFrame:
     """`frame` plus speedup, efficiency and ideal columns.
 
-    baseline: T_step of the reference run in seconds, at the same global batch as each row (strong
-    scaling). Default: the runs at the smallest `x` (of the row's `hue` group when it has one, else
+    baseline: T_step(1) of a single-process reference run in seconds, at the same global batch as
+    each row (strong scaling); efficiency then divides by `x` itself. Default: the runs at the smallest `x` (of the row's `hue` group when it has one, else
     of the whole frame), compared by throughput, so growing global batches give weak scaling.
     Efficiency = speedup / (x / x_baseline): 1.0 is perfect scaling.
     """
@@ -83,7 +83,7 @@ def scaling_frame(
             rows = g[g[x] == x0]
             base = float((rows if len(rows) else overall).samples_per_s.median())
         out.loc[g.index, "speedup"] = g.samples_per_s / base
-    out["ideal"] = out[x] / x0
+    out["ideal"] = out[x] / (1.0 if baseline is not None else x0)
     out["efficiency"] = out.speedup / out.ideal
     return out
 
@@ -94,7 +94,8 @@ def speedup_plot(frame: pd.DataFrame, x: str = "world_size", baseline: float | N
     fig = _figure((10, 3.8))
     (ax_s, ax_e) = fig.subplots(1, 2)
     xs = np.sort(pd.unique(data[x]))
-    ax_s.plot(xs, xs / xs.min(), "k--", lw=1, label="ideal (linear)")
+    ideal = data.groupby(x).ideal.first().reindex(xs)
+    ax_s.plot(xs, ideal, "k--", lw=1, label="ideal (linear)")
     ax_e.axhline(1.0, color="k", ls="--", lw=1, label="ideal")
     groups = data.groupby(hue, sort=False) if hue else [("measured", data)]
     for name, g in groups:

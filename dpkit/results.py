@@ -34,7 +34,7 @@ def _length(intervals: list[tuple[float, float]]) -> float:
 
 def _overlap(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
     """Total length of the intersection of two unions of intervals."""
-    total, j = 0.0, 0
+    total = 0.0
     for a, b in xs:
         for c, d in ys:
             total += max(0.0, min(b, d) - max(a, c))
@@ -54,7 +54,7 @@ def step_stats(timeline: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         if g is None:
             row.update(compute_s=0.0, comm_s=0.0, exposed_comm_s=0.0, idle_s=0.0, bubble_s=0.0, bytes_sent=0)
         else:
-            spans = {k: _union(list(zip(v.start_s, v.end_s))) for k, v in g.groupby("kind")}
+            spans = {k: _union(list(zip(v.start_s, v.end_s, strict=True))) for k, v in g.groupby("kind")}
             comm, compute = spans.get("comm", []), spans.get("compute", [])
             row.update(
                 compute_s=_length(compute),
@@ -143,9 +143,19 @@ class RunResult:
         tracks = {"compute": 0, "comm": 1, "idle": 2, "bubble": 2}
         roles = self.steps.groupby("rank").role.first().to_dict() if len(self.steps) else {}
         for rank in sorted(self.timeline["rank"].unique()) if len(self.timeline) else []:
-            events.append({"ph": "M", "name": "process_name", "pid": int(rank), "args": {"name": f"rank {rank} ({roles.get(rank, '')})"}})
+            events.append(
+                {"ph": "M", "name": "process_name", "pid": int(rank), "args": {"name": f"rank {rank} ({roles.get(rank, '')})"}}
+            )
             for kind, tid in (("compute", 0), ("comm", 1), ("idle", 2)):
-                events.append({"ph": "M", "name": "thread_name", "pid": int(rank), "tid": tid, "args": {"name": kind if kind != "idle" else "idle/bubble"}})
+                events.append(
+                    {
+                        "ph": "M",
+                        "name": "thread_name",
+                        "pid": int(rank),
+                        "tid": tid,
+                        "args": {"name": kind if kind != "idle" else "idle/bubble"},
+                    }
+                )
         for s in self.timeline.itertuples(index=False):
             events.append(
                 {

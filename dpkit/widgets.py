@@ -192,10 +192,12 @@ def ps_traffic(
 
 
 def ps_sync_vs_async(base: RunConfig, cache: RunCache = CACHE, progress: Progress | None = None) -> PanelResult:
-    """The same PS config run sync and async: loss against wall-clock, staleness, waiting time."""
+    """The same PS config run sync and async (base.max_staleness bounds the async run only):
+    loss against wall-clock, staleness, waiting time."""
     from .strategies import parameter_server as ps
 
-    sync, asyn = cache.run_all([base.replace(sync="ps"), base.replace(sync="ps-async")], progress)
+    asyn_cfg = base.replace(sync="ps-async")
+    sync, asyn = cache.run_all([asyn_cfg.replace(sync="ps", max_staleness=None), asyn_cfg], progress)
     fig = plots.async_plot({"sync": ps.loss_curve(sync), "async": ps.loss_curve(asyn)}, ps.staleness_histogram(asyn))
     frame = frame_of([sync, asyn])
     waits = [ps.worker_wait(r).groupby("rank").wait_s.mean() for r in (sync, asyn)]
@@ -291,7 +293,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def run_panel(base: RunConfig) -> Panel:
+def run_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """One data-parallel run: world size and batch, then the timeline."""
     controls = {
         "world_size": W.IntSlider(value=base.world_size, min=1, max=4, description="world size"),
@@ -300,12 +302,12 @@ def run_panel(base: RunConfig) -> Panel:
 
     def compute(world_size: int, global_batch: int, progress: Progress | None = None) -> PanelResult:
         cfg = base.replace(global_batch=global_batch, world_size=world_size)
-        return one_run(baseline_of(cfg) if world_size == 1 else cfg, progress=progress)
+        return one_run(baseline_of(cfg) if world_size == 1 else cfg, cache, progress)
 
     return Panel("One run: per-rank timeline", controls, compute, SUMMARY_COLUMNS)
 
 
-def scaling_panel(base: RunConfig) -> Panel:
+def scaling_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """Speedup and efficiency against world size, with batch, grad sync and model width as knobs."""
     controls = {
         "max_world_size": W.IntSlider(value=4, min=2, max=4, description="largest world size"),
@@ -318,7 +320,7 @@ def scaling_panel(base: RunConfig) -> Panel:
         max_world_size: int, global_batch: int, grad_sync: str, hidden: int, progress: Progress | None = None
     ) -> PanelResult:
         cfg = base.replace(global_batch=global_batch, grad_sync=grad_sync, hidden=hidden)
-        return scaling(cfg, list(range(1, max_world_size + 1)), progress=progress)
+        return scaling(cfg, list(range(1, max_world_size + 1)), cache, progress)
 
     return Panel(
         "Scaling: speedup and efficiency",
@@ -329,7 +331,12 @@ def scaling_panel(base: RunConfig) -> Panel:
 
 
 def compare_panel(
-    base: RunConfig, field: str, choices: Sequence[Any], title: str, world_sizes: Sequence[int] = (2, 3, 4)
+    base: RunConfig,
+    field: str,
+    choices: Sequence[Any],
+    title: str,
+    world_sizes: Sequence[int] = (2, 3, 4),
+    cache: RunCache = CACHE,
 ) -> Panel:
     """Every value of `field` side by side (the ladder, the all-reduce algorithms, ...), at a world size."""
     controls = {
@@ -338,7 +345,7 @@ def compare_panel(
     }
 
     def compute(world_size: int, hidden: int, progress: Progress | None = None) -> PanelResult:
-        return compare(base.replace(world_size=world_size, hidden=hidden), field, choices, progress=progress)
+        return compare(base.replace(world_size=world_size, hidden=hidden), field, choices, cache, progress)
 
     return Panel(
         title, controls, compute, [field, "step_time_s", "compute_s", "comm_s", "exposed_comm_s", "idle_s", "bytes_sent_per_step"]
@@ -357,7 +364,7 @@ def ring_panel() -> Panel:
     )
 
 
-def pipeline_panel(base: RunConfig) -> Panel:
+def pipeline_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """Micro-batches against the bubble: the timeline of one step, and measured beside formula.
 
     base.global_batch must split into every micro-batch count offered (48 does: 1, 2, 3, 4, 6, 8)."""
@@ -369,7 +376,7 @@ def pipeline_panel(base: RunConfig) -> Panel:
 
     def compute(world_size: int, microbatches: int, schedule: str, progress: Progress | None = None) -> PanelResult:
         cfg = base.replace(world_size=world_size, schedule=schedule)
-        return pipeline_bubble(cfg, [microbatches], show=microbatches, progress=progress)
+        return pipeline_bubble(cfg, [microbatches], microbatches, cache, progress)
 
     return Panel(
         "Pipeline: micro-batches against the bubble",
@@ -379,7 +386,7 @@ def pipeline_panel(base: RunConfig) -> Panel:
     )
 
 
-def ps_panel(base: RunConfig) -> Panel:
+def ps_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """Sync against async parameter server with workers, servers, a straggler and a staleness bound."""
     controls = {
         "world_size": W.IntSlider(value=base.world_size, min=2, max=4, description="workers"),
@@ -399,7 +406,7 @@ def ps_panel(base: RunConfig) -> Panel:
             straggler_delay_s=straggler_delay_s,
             straggler_ranks=(0,) if straggler_delay_s else (),
         )
-        return ps_sync_vs_async(cfg.replace(max_staleness=max_staleness), progress=progress)
+        return ps_sync_vs_async(cfg.replace(sync="ps-async", max_staleness=max_staleness), cache, progress)
 
     return Panel(
         "Parameter server: sync against async",
@@ -409,7 +416,7 @@ def ps_panel(base: RunConfig) -> Panel:
     )
 
 
-def strategy_panel(configs: Callable[[int, int], dict[str, RunConfig]]) -> Panel:
+def strategy_panel(configs: Callable[[int, int], dict[str, RunConfig]], cache: RunCache = CACHE) -> Panel:
     """Every strategy on one workload; `configs(world_size, hidden)` names the runs to compare."""
     controls = {
         "world_size": _dropdown([2, 4], 4, "ranks"),
@@ -417,7 +424,7 @@ def strategy_panel(configs: Callable[[int, int], dict[str, RunConfig]]) -> Panel
     }
 
     def compute(world_size: int, hidden: int, progress: Progress | None = None) -> PanelResult:
-        return compare_configs(configs(world_size, hidden), progress=progress)
+        return compare_configs(configs(world_size, hidden), cache, progress)
 
     return Panel(
         "Compare strategies on one workload",

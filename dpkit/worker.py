@@ -64,7 +64,7 @@ def rank_entry(target, payload, rank, nprocs, port, backend, threads, out_dir, e
 
 def main(argv: list[str] | None = None) -> None:
     """torchrun entry: RunConfig options plus --out; rank 0 writes the result folder there."""
-    from .cli import config_parser, config_from_args
+    from .cli import config_from_args, config_parser
     from .launch import choose_backend, default_threads
 
     parser = config_parser("python -m dpkit.worker", "one rank of a dpkit run under torchrun")

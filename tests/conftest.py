@@ -38,7 +38,9 @@ def assert_same_training(result: RunResult, ref: RunResult, rtol: float = 1e-4, 
     torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(ref.losses), rtol=rtol, atol=atol)
     assert set(result.final_state_dict) == set(ref.final_state_dict), "state_dict keys differ from single-process"
     for name, expected in ref.final_state_dict.items():
-        torch.testing.assert_close(result.final_state_dict[name], expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            result.final_state_dict[name], expected, rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def assert_params_changed(result: RunResult, ref_init: RunResult) -> None:

@@ -7,8 +7,8 @@ The model has a frozen parameter (the positional embedding) and a parameter shar
 from __future__ import annotations
 
 import pytest
-
 from conftest import assert_same_training, reference
+
 from dpkit import RunConfig, run
 from dpkit.config import ALLREDUCE_ALGOS, GRAD_SYNCS
 
@@ -55,7 +55,7 @@ def test_broadcast_really_aligns_differently_seeded_ranks() -> None:
     from dpkit.workloads import build_model
 
     a, b = build_model(TRICKY, TRICKY.seed), build_model(TRICKY, TRICKY.seed + 1)
-    assert any((pa != pb).any() for pa, pb in zip(a.parameters(), b.parameters()))
+    assert any((pa != pb).any() for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
     assert_same_training(run(TRICKY.replace(world_size=2)), reference(TRICKY))
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import alive, rank_processes
 
 from dpkit import RankFailedError, RunConfig, RunTimeoutError, run
 from dpkit.launch import launch
-
-from conftest import alive, rank_processes
 
 
 def test_healthy_job_returns_and_leaves_nothing(tmp_path: Path) -> None:

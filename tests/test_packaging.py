@@ -83,3 +83,16 @@ def test_bench_launch_writes_medians(tmp_path: Path) -> None:
     frame = pd.read_csv(tmp_path / "launch.csv")
     assert {"forkserver", "spawn"} == set(frame.start_method)
     assert (frame.median_s > 0).all()
+
+
+def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a GPU: the check itself runs in `dpkit bench gpu_check`")
+    done = _cli("bench", "gpu_check", "--out", str(tmp_path))
+    assert done.returncode != 0
+    assert "needs a CUDA GPU" in done.stderr
+    assert not list(tmp_path.iterdir())

@@ -16,9 +16,7 @@ class SingleProcess(Strategy):
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         accum = self.cfg.grad_accum
-        losses = [
-            self.forward_backward(self.model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)
-        ]
+        losses = [self.forward_backward(self.model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)]
         with self.rec.span("compute", "optimizer"):
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
