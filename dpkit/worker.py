@@ -53,8 +53,7 @@ def rank_entry(target, payload, rank, nprocs, port, backend, threads, out_dir, e
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
         report = {"time": time.time(), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        Path(err_dir, f"rank{rank}.json").write_text(json.dumps(report))
-        sys.stderr.write(f"[dpkit rank {rank}] {report['traceback']}")
+        Path(err_dir, f"rank{rank}.json").write_text(json.dumps(report))  # the parent raises it
         sys.stderr.flush()
         os._exit(1)
     sys.stdout.flush()

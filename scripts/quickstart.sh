@@ -48,4 +48,4 @@ fi
 echo "== installing dpkit with its test extras"
 "${pip[@]}" -e ".[test]"
 echo "== running the test suite"
-exec "$VENV/bin/python" -m pytest tests
+exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg

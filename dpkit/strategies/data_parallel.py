@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..comm import allreduce_sum, predicted_bytes_sent
 from ..comm.group import nbytes
-from ..workloads import build_model, shard
+from ..workloads import build_model, loss_fn, shard
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .grad_sync import make_grad_sync
 
@@ -44,6 +44,11 @@ class DataParallel(Strategy):
             self.model = DistributedDataParallel(model, process_group=group, bucket_cap_mb=cfg.bucket_mb)
             self.model.register_comm_hook(None, self._ddp_hook)
             self.sync = None
+            # DDP waits for its all-reduces inside backward(); the last gradient's arrival marks where
+            # backward's compute ends, so that wait is not counted as compute (it is exposed comm).
+            self._last_grad_at: float | None = None
+            for p in params:
+                p.register_post_accumulate_grad_hook(self._note_grad)
         else:
             self.model = model
             self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, cfg.allreduce_algo, self.world, group, cfg.bucket_mb)
@@ -80,6 +85,19 @@ class DataParallel(Strategy):
         self._ddp_pool.submit(job)
         return fut
 
+    def _note_grad(self, _p) -> None:
+        self._last_grad_at = time.perf_counter()
+
+    def _ddp_forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
+        with self.rec.span("compute", "forward"):
+            loss = loss_fn(self.model(x.to(self.ctx.device)), y.to(self.ctx.device))
+        self._last_grad_at = None
+        start = time.perf_counter()
+        (loss * scale).backward()
+        end = time.perf_counter()
+        self.rec.add("compute", "backward", start, self._last_grad_at or end)
+        return float(loss.detach())
+
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         accum = self.cfg.grad_accum
         xs, ys = shard(x, self.index, self.world), shard(y, self.index, self.world)
@@ -94,7 +112,11 @@ class DataParallel(Strategy):
             else:
                 ctx = contextlib.nullcontext() if last else self.model.no_sync()
             with ctx:
-                losses.append(self.forward_backward(self.model, shard(xs, i, accum), shard(ys, i, accum), 1.0 / accum))
+                mx, my = shard(xs, i, accum), shard(ys, i, accum)
+                if self.sync is None:
+                    losses.append(self._ddp_forward_backward(mx, my, 1.0 / accum))
+                else:
+                    losses.append(self.forward_backward(self.model, mx, my, 1.0 / accum))
         if self.sync is not None:
             self.sync.finish()
         with self.rec.span("compute", "optimizer"):
