@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .group import GroupView, exchange, nbytes
 
-SEGMENT_BYTES = 1 << 20  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
+SEGMENT_BYTES = 1 << 21  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
 _scratch = threading.local()  # per thread: the comm thread and the training thread may both run a ring
 
 
@@ -34,38 +34,52 @@ def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
     return [p for p in torch.split(t, step) if p.numel()]
 
 
-def _reduce_step(view: GroupView, out_c: torch.Tensor, in_c: torch.Tensor, buf: torch.Tensor) -> int:
-    """Send out_c to the right neighbour and add the left neighbour's chunk into in_c, piece by piece:
-    each piece is added as soon as it has arrived while the later pieces are still on the wire."""
-    recvs = [
-        (dist.irecv(b, view.peer(view.me - 1), group=view.group), b, dst)
-        for b, dst in zip(_pieces(buf), _pieces(in_c), strict=True)
-    ]
-    sends = [dist.isend(p, view.peer(view.me + 1), group=view.group) for p in _pieces(out_c)]
-    for work, b, dst in recvs:
-        work.wait()
-        dst.add_(b)
-    for work in sends:
-        work.wait()
-    return nbytes(out_c)
-
-
 def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
-    """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent."""
+    """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
+
+    2(n-1) steps: n-1 of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of
+    all-gather (overwrite with the left neighbour's finished chunk). What a rank sends in step s+1
+    is exactly the chunk it received in step s, so it is pipelined piece by piece: each piece goes
+    on to the right neighbour as soon as it has arrived (and been added), as NCCL's ring does,
+    instead of waiting for the whole chunk.
+    """
     n, me = view.size, view.me
     if n == 1:
         return 0
     chunks = list(torch.tensor_split(t, n))
     scratch = _scratch_buffer(max(c.numel() for c in chunks), t)
-    sent = 0
-    # reduce-scatter: after step i, chunk (me - i - 1) holds the sum over i + 2 ranks
-    for i in range(n - 1):
-        out_c, in_c = chunks[(me - i) % n], chunks[(me - i - 1) % n]
-        sent += _reduce_step(view, out_c, in_c, scratch[: in_c.numel()])
-    # all-gather: rank `me` now owns the full sum of chunk (me + 1); pass finished chunks along
-    for i in range(n - 1):
-        out_c, in_c = chunks[(me + 1 - i) % n], chunks[(me - i) % n]
-        sent += exchange(view, out_c, me + 1, in_c, me - 1)
+    right, left = view.peer(me + 1), view.peer(me - 1)
+    steps = 2 * (n - 1)
+    pending: dict[int, list] = {c: [] for c in range(n)}  # sends still reading each chunk
+
+    def send(c: int, piece: torch.Tensor) -> None:
+        pending[c].append(dist.isend(piece, right, group=view.group))
+
+    for piece in _pieces(chunks[me]):
+        send(me, piece)
+    sent = nbytes(chunks[me])
+    for s in range(steps):
+        c = (me - s - 1) % n  # the chunk arriving in step s (reduce-scatter and all-gather alike)
+        reducing = s < n - 1
+        if reducing:
+            targets = list(zip(_pieces(scratch[: chunks[c].numel()]), _pieces(chunks[c]), strict=True))
+        else:
+            for work in pending[c]:  # about to overwrite chunk c: its earlier sends must be done
+                work.wait()
+            pending[c] = []
+            targets = [(p, p) for p in _pieces(chunks[c])]
+        recvs = [dist.irecv(buf, left, group=view.group) for buf, _ in targets]
+        for work, (buf, dst) in zip(recvs, targets, strict=True):
+            work.wait()
+            if reducing:
+                dst.add_(buf)
+            if s + 1 < steps:
+                send(c, dst)
+        if s + 1 < steps:
+            sent += nbytes(chunks[c])
+    for works in pending.values():
+        for work in works:
+            work.wait()
     return sent
 
 
