@@ -38,16 +38,18 @@ def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
     """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
 
     2(n-1) steps: n-1 of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of
-    all-gather (overwrite with the left neighbour's finished chunk). What a rank sends in step s+1
-    is exactly the chunk it received in step s, so it is pipelined piece by piece: each piece goes
-    on to the right neighbour as soon as it has arrived (and been added), as NCCL's ring does,
-    instead of waiting for the whole chunk.
+    all-gather (overwrite with the left neighbour's finished chunk). Two things keep the links busy,
+    as in NCCL's and gloo's own rings: what a rank sends in step s+1 is exactly the chunk it received
+    in step s, so each piece goes on to the right neighbour as soon as it has arrived (and been
+    added); and the receives of step s+1 are posted before step s is processed (into the other half
+    of a double buffer), so the next step's data flows in while this step's is being added.
     """
     n, me = view.size, view.me
     if n == 1:
         return 0
     chunks = list(torch.tensor_split(t, n))
-    scratch = _scratch_buffer(max(c.numel() for c in chunks), t)
+    longest = max(c.numel() for c in chunks)
+    scratch = _scratch_buffer(2 * longest, t)
     right, left = view.peer(me + 1), view.peer(me - 1)
     steps = 2 * (n - 1)
     pending: dict[int, list] = {c: [] for c in range(n)}  # sends still reading each chunk
@@ -55,23 +57,29 @@ def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
     def send(c: int, piece: torch.Tensor) -> None:
         pending[c].append(dist.isend(piece, right, group=view.group))
 
-    for piece in _pieces(chunks[me]):
-        send(me, piece)
-    sent = nbytes(chunks[me])
-    for s in range(steps):
+    def post_receives(s: int) -> list[tuple]:
+        """Step s's receives: (work, buffer, destination piece); reduce steps land in scratch first."""
         c = (me - s - 1) % n  # the chunk arriving in step s (reduce-scatter and all-gather alike)
-        reducing = s < n - 1
-        if reducing:
-            targets = list(zip(_pieces(scratch[: chunks[c].numel()]), _pieces(chunks[c]), strict=True))
+        if s < n - 1:
+            half = scratch[(s % 2) * longest :][: chunks[c].numel()]
+            targets = list(zip(_pieces(half), _pieces(chunks[c]), strict=True))
         else:
             for work in pending[c]:  # about to overwrite chunk c: its earlier sends must be done
                 work.wait()
             pending[c] = []
             targets = [(p, p) for p in _pieces(chunks[c])]
-        recvs = [dist.irecv(buf, left, group=view.group) for buf, _ in targets]
-        for work, (buf, dst) in zip(recvs, targets, strict=True):
+        return [(dist.irecv(buf, left, group=view.group), buf, dst) for buf, dst in targets]
+
+    for piece in _pieces(chunks[me]):
+        send(me, piece)
+    sent = nbytes(chunks[me])
+    receives = post_receives(0)
+    for s in range(steps):
+        c = (me - s - 1) % n
+        current, receives = receives, (post_receives(s + 1) if s + 1 < steps else [])
+        for work, buf, dst in current:
             work.wait()
-            if reducing:
+            if s < n - 1:
                 dst.add_(buf)
             if s + 1 < steps:
                 send(c, dst)
