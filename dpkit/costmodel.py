@@ -6,6 +6,18 @@ host the "network" is a memory copy, so adding is as expensive as moving and the
 with gamma = 0 every formula is exactly the one in DESIGN.md. Each pattern is written as its
 *terms*: (messages on the critical path, bytes over the busiest link, bytes reduced), so that
 time = messages*alpha + bytes/B + reduced*gamma and calibration is a linear least-squares fit.
+
+Two views, both in this file:
+- "cluster" (the DESIGN.md formulas, `allreduce_time`): every rank has its own independent link, so
+  a pattern costs what crosses its busiest link. The what-if at 1,024 workers uses this view.
+- "single host" (`host_terms`, `HostModel`): all ranks share one machine's cores and memory, as in
+  `dpkit bench` on a laptop. Measured there, the DESIGN terms do not explain the algorithms' relative
+  times (the whole-tensor ring is slower than reduce-broadcast though it moves fewer bytes per link,
+  and with more processes than cores every hop may wait for a context switch). The single-host terms
+  count what one process really does on its critical path: rounds of messages it waits for, bytes it
+  copies through loopback TCP (sent *plus* received: both are a CPU copy on this host), bytes it adds,
+  and bytes of fresh memory it copies outside the transfers (mu per byte). The parameters are fitted
+  per world size (`fit_host`), because the per-message latency depends on processes per core.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 Terms = tuple[float, float, float]  # (messages, bytes moved, bytes reduced) on the critical path
+HostTerms = tuple[float, float, float, float]  # single host: (rounds, bytes copied in+out, bytes reduced, local copies)
 
 
 @dataclass(frozen=True)
@@ -28,17 +41,18 @@ class Link:
     bandwidth: float
     gamma: float = 0.0
     name: str = "custom"
+    mu: float = 0.0  # single-host view only: seconds per byte copied locally outside the transfers
     meta: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0):
+        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0 and self.mu >= 0):
             raise ValueError(
-                f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}"
+                f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0, mu >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}, {self.mu}"
             )
 
-    def time(self, terms: Terms) -> float:
-        messages, moved, reduced = terms
-        return messages * self.alpha + moved / self.bandwidth + reduced * self.gamma
+    def time(self, terms: Terms | HostTerms) -> float:
+        messages, moved, reduced, *local = terms
+        return messages * self.alpha + moved / self.bandwidth + reduced * self.gamma + (local[0] * self.mu if local else 0.0)
 
     def describe(self) -> str:
         return f"{self.name}: alpha = {self.alpha * 1e6:.1f} us, B = {self.bandwidth / 1e9:.3g} GB/s, gamma = {self.gamma * 1e9:.3g} ns/byte"
@@ -165,10 +179,10 @@ def pipeline_step_time(t_fwd: float, t_bwd: float, p: int, m: int, act_bytes: fl
     return (m + p - 1) * slot
 
 
-def tensor_parallel_comm_time(act_bytes: float, tp: int, allreduces: int, link: Link, algo: str = "native") -> float:
+def tensor_parallel_comm_time(act_bytes: float, tp: int, allreduces: int, link: Link | HostModel, algo: str = "native") -> float:
     """Megatron-style layers: every parallel FFN or attention block all-reduces its activations once in
     the forward (row-parallel output) and once in the backward (input gradient); `allreduces` counts them."""
-    return allreduces * allreduce_time(algo, act_bytes, tp, link)
+    return allreduces * comm_time(algo, act_bytes, tp, link)
 
 
 # ---- data parallel with buckets: how much of the all-reduce the backward hides ------------------
@@ -179,7 +193,14 @@ class Overlap:
     buckets: int
 
 
-def bucketed_overlap(bucket_bytes: list[float], t_backward: float, n: int, link: Link, algo: str = "native") -> Overlap:
+def comm_time(algo: str, size: float, n: int, model: Link | HostModel) -> float:
+    """One all-reduce in either view: a Link prices the DESIGN.md (cluster) terms, a HostModel the single-host ones."""
+    return model.allreduce_time(algo, size, n) if isinstance(model, HostModel) else allreduce_time(algo, size, n, model)
+
+
+def bucketed_overlap(
+    bucket_bytes: list[float], t_backward: float, n: int, link: Link | HostModel, algo: str = "native"
+) -> Overlap:
     """Buckets (in launch order) become ready as the backward produces their gradients, in proportion
     to their bytes; all-reduces run one at a time, each starting when its bucket is ready and the
     previous one is done. Exposed = how far the last one ends after the backward."""
@@ -187,7 +208,7 @@ def bucketed_overlap(bucket_bytes: list[float], t_backward: float, n: int, link:
     ready = end = comm = 0.0
     for b in bucket_bytes:
         ready += t_backward * b / total
-        t = allreduce_time(algo, b, n, link)
+        t = comm_time(algo, b, n, link)
         end = max(ready, end) + t
         comm += t
     return Overlap(comm, max(0.0, end - t_backward) if bucket_bytes else 0.0, len(bucket_bytes))
@@ -212,18 +233,12 @@ def sample_terms(pattern: str, size: float, n: int) -> Terms:
     return p2p_terms(size) if pattern == "p2p" else allreduce_terms(pattern, size, n)
 
 
-def fit_link(samples: list[Sample], name: str = "fitted", with_gamma: bool = True) -> Link:
-    """Least-squares alpha, 1/B (and gamma) minimising the squared *relative* error, so a 1 KiB and a
-    64 MiB message weigh the same. Coefficients are kept >= 0 by trying each subset of the terms
-    (there are three) and keeping the best fit with no negative coefficient."""
-    if not samples:
-        raise ValueError("fit_link needs at least one measurement")
-    terms = np.array([sample_terms(p, s, n) for p, s, n, _ in samples], dtype=float)
-    t = np.array([s[3] for s in samples], dtype=float)
+def _fit_nonneg(terms: np.ndarray, t: np.ndarray, cols: list[int]) -> np.ndarray:
+    """Least squares on the *relative* error (a 1 KiB and a 64 MiB message weigh the same), coefficients
+    >= 0: every subset of the columns that contains the bandwidth one (1) is tried, the best kept."""
     if np.any(t <= 0):
         raise ValueError("every measured time must be > 0")
     a = terms / t[:, None]
-    cols = [0, 1, 2] if with_gamma else [0, 1]
     best, best_err = None, math.inf
     for mask in range(1, 2 ** len(cols)):
         use = [c for i, c in enumerate(cols) if mask >> i & 1]
@@ -234,16 +249,114 @@ def fit_link(samples: list[Sample], name: str = "fitted", with_gamma: bool = Tru
             continue
         err = float(np.sum((a[:, use] @ coef - 1.0) ** 2))
         if err < best_err:
-            full = np.zeros(3)
+            full = np.zeros(terms.shape[1])
             full[use] = coef
             best, best_err = full, err
     if best is None or best[1] <= 0:
         raise ValueError("the measurements do not fit alpha + S/B with B > 0 (are the times increasing with size?)")
+    return best
+
+
+def fit_link(samples: list[Sample], name: str = "fitted", with_gamma: bool = True) -> Link:
+    """Cluster view: least-squares alpha, 1/B (and gamma) of the DESIGN.md terms, relative error, all >= 0."""
+    if not samples:
+        raise ValueError("fit_link needs at least one measurement")
+    terms = np.array([sample_terms(p, s, n) for p, s, n, _ in samples], dtype=float)
+    best = _fit_nonneg(terms, np.array([s[3] for s in samples], dtype=float), [0, 1, 2] if with_gamma else [0, 1])
     return Link(alpha=float(best[0]), bandwidth=float(1.0 / best[1]), gamma=float(best[2]), name=name)
 
 
 def relative_errors(samples: list[Sample], link: Link) -> np.ndarray:
     """(predicted - measured) / measured for each sample."""
     pred = np.array([link.time(sample_terms(p, s, n)) for p, s, n, _ in samples])
+    meas = np.array([s[3] for s in samples])
+    return (pred - meas) / meas
+
+
+# ---- the single-host view ------------------------------------------------------------------------
+def host_terms(algo: str, size: float, n: int) -> HostTerms:
+    """Single host: (rounds waited for, bytes the busiest process copies in + out, bytes it adds, bytes it
+    copies into fresh memory outside the transfers), for dpkit's implementations (dpkit/comm/):
+
+    ring, native   2(n-1) rounds; a rank sends and receives 2(n-1)/n S each: 4(n-1)/n S copied;
+                   its adds overlap the next piece's arrival (pipelined), so no add term
+    ring-whole     n-1 rounds; sends and receives S per round: 2(n-1) S; adds (n-1) S; clones the
+                   tensor and allocates a receive buffer per call: 2 S of local copies
+    reduce-bcast   2 rounds (the root posts all n-1 receives, then all n-1 sends, at once); the root
+                   copies 2(n-1) S and adds (n-1) S
+    tree           2 ceil(log2 n) rounds; the root copies 2 ceil(log2 n) S and adds ceil(log2 n) S
+    p2p            1 round, S copied (one message, as ping-pong measures it)
+    """
+    if algo == "p2p":
+        return (1.0, float(size), 0.0, 0.0)
+    if algo not in ALLREDUCE_TERMS:
+        raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALLREDUCE_TERMS)}")
+    if n <= 1:
+        return (0.0, 0.0, 0.0, 0.0)
+    if algo in ("ring", "native"):
+        return (2.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
+    if algo == "ring-whole":
+        return (float(n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, 2.0 * size)
+    if algo == "reduce-broadcast":
+        return (2.0, 2.0 * (n - 1) * size, float(n - 1) * size, 0.0)
+    rounds = math.ceil(math.log2(n))
+    return (2.0 * rounds, 2.0 * rounds * size, float(rounds) * size, 0.0)
+
+
+def fit_host(samples: list[Sample], name: str = "single host") -> dict[int, Link]:
+    """Single-host view: alpha, B, gamma, mu fitted separately for each world size in the samples
+    (p2p samples count for n = 2). Why per n: with more processes than cores, a rank waiting for its
+    neighbour waits for the scheduler too, so latency and effective bandwidth depend on n / cores."""
+    if not samples:
+        raise ValueError("fit_host needs at least one measurement")
+    out = {}
+    for n in sorted({s[2] for s in samples}):
+        mine = [s for s in samples if s[2] == n]
+        terms = np.array([host_terms(p, s, k) for p, s, k, _ in mine], dtype=float)
+        c = _fit_nonneg(terms, np.array([s[3] for s in mine], dtype=float), [0, 1, 2, 3])
+        out[n] = Link(alpha=float(c[0]), bandwidth=float(1.0 / c[1]), gamma=float(c[2]), mu=float(c[3]), name=f"{name} n={n}")
+    return out
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """The single-host view: one fitted Link per world size; a world size not calibrated uses the nearest."""
+
+    links: dict[int, Link]
+
+    def link(self, n: int) -> Link:
+        if not self.links:
+            raise ValueError("HostModel needs at least one calibrated world size")
+        return self.links[min(self.links, key=lambda k: (abs(k - n), -k))]
+
+    def allreduce_time(self, algo: str, size: float, n: int) -> float:
+        return self.link(n).time(host_terms(algo, size, n)) if n > 1 else 0.0
+
+    def p2p_time(self, size: float, n: int) -> float:
+        return self.link(n).time(host_terms("p2p", size, n))
+
+    def describe(self) -> str:
+        return "single host: " + "; ".join(
+            f"n={n}: alpha = {lk.alpha * 1e6:.0f} us, B = {lk.bandwidth / 1e9:.3g} GB/s, "
+            f"gamma = {lk.gamma * 1e9:.3g} ns/B, mu = {lk.mu * 1e9:.3g} ns/B"
+            for n, lk in sorted(self.links.items())
+        )
+
+    def to_json(self) -> dict:
+        return {str(n): {k: v for k, v in asdict(lk).items() if k != "meta"} for n, lk in self.links.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> HostModel:
+        return cls({int(n): Link(**v) for n, v in data.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> HostModel | None:
+        """The single-host fits a calibration.json holds under meta.single_host (None in older files)."""
+        data = json.loads(Path(path).read_text()).get("meta", {}).get("single_host")
+        return cls.from_json(data) if data else None
+
+
+def host_relative_errors(samples: list[Sample], model: HostModel) -> np.ndarray:
+    pred = np.array([model.link(n).time(host_terms(p, s, n)) for p, s, n, _ in samples])
     meas = np.array([s[3] for s in samples])
     return (pred - meas) / meas

@@ -1,8 +1,13 @@
 """Predicted against measured: the cost model's step time for a RunConfig, next to a real run's.
 
 Compute is measured, not modelled: a single-process run of the same model at the batch one rank
-sees, with the threads one rank gets, gives forward, backward and optimizer seconds. Communication
-comes from dpkit.costmodel with a calibrated Link. The per-strategy step models:
+sees, with the threads one rank gets, gives forward, backward and optimizer seconds. That process
+had the machine to itself; N ranks of t threads on c cores get c / (N t) of that speed when N t > c
+(4 ranks on 2 cores: half), so compute is scaled by max(1, N t / c) (`oversubscription`). A pipeline
+stage is busy only outside the bubble, so there N counts the stages busy on average: N (1 - bubble).
+Communication comes from dpkit.costmodel: a HostModel (the single-host view, per world size, as
+`dpkit bench calibrate` saves it) for runs on this machine, or a Link (cluster view). The per-strategy
+step models:
 
     data / allreduce   fwd + bwd + opt + exposed all-reduce (all of it for per-tensor and flat;
                        for bucketed/ddp what the backward does not hide: costmodel.bucketed_overlap)
@@ -15,17 +20,19 @@ comes from dpkit.costmodel with a calibrated Link. The per-strategy step models:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import pandas as pd
 
 from .config import RunConfig
 from .costmodel import (
+    HostModel,
     Link,
-    allreduce_time,
     bubble_fraction,
     bucketed_overlap,
     buckets_of,
+    comm_time,
     pipeline_p2p_time,
     pipeline_step_time,
     ps_time,
@@ -116,26 +123,39 @@ def _activation_bytes(cfg: RunConfig, model, blocks: list[list[str]], batch: int
     return 4.0 * batch * max(per_sample)
 
 
-def predict_step(cfg: RunConfig, link: Link, profile: ComputeProfile) -> dict[str, float]:
-    """The cost model's step time and its parts for `cfg` (seconds; per rank, as RunResult.summary has them)."""
-    t_f, t_b, t_o = profile.forward_s, profile.backward_s, profile.optimizer_s
+def oversubscription(processes: float, threads: int, cores: int | None = None) -> float:
+    """How much slower a rank computes than the profile's lone process: max(1, N t / c)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1.0, processes * threads / cores)
+
+
+def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    """The cost model's step time and its parts for `cfg` (seconds; per rank, as RunResult.summary has them).
+    With a HostModel, messages are priced at this run's process count (the machine is shared by all)."""
+    busy = cfg.num_processes
+    if cfg.parallelism in ("pipeline", "hybrid") and cfg.schedule != "naive":
+        p_, m_ = cfg.num_processes // (cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1), cfg.microbatches
+        busy = cfg.num_processes * (1 - bubble_fraction(p_, m_))  # stages idle in the bubble leave their core to others
+    slow = oversubscription(busy, profile.threads, cores)
+    t_f, t_b, t_o = slow * profile.forward_s, slow * profile.backward_s, slow * profile.optimizer_s
     algo = cfg.allreduce_algo
     model, grads = _model_facts(cfg)
     size, n = float(sum(grads)), cfg.world_size
+    one = link.link(cfg.num_processes) if isinstance(link, HostModel) else link  # for p2p and PS terms
     if cfg.parallelism == "none":
         return _parts(t_f + t_b + t_o, 0.0, 0.0)
     if cfg.parallelism == "data" and cfg.sync == "allreduce":
         if cfg.grad_sync == "per-tensor":
-            comm = sum(allreduce_time(algo, g, n, link) for g in grads)
+            comm = sum(comm_time(algo, g, n, link) for g in grads)
             exposed = comm
         elif cfg.grad_sync == "flat":
-            comm = exposed = allreduce_time(algo, size, n, link)
+            comm = exposed = comm_time(algo, size, n, link)
         else:  # bucketed and ddp: both bucket by bucket_mb in reverse order and overlap with the backward
             ov = bucketed_overlap(buckets_of(grads, cfg.bucket_mb), t_b, n, link, algo)
             comm, exposed = ov.comm_s, ov.exposed_s
         return _parts(t_f + t_b + t_o, comm, exposed)
     if cfg.parallelism == "data" and cfg.sync == "ps":
-        comm = ps_time(size, n, cfg.num_servers, link)
+        comm = ps_time(size, n, cfg.num_servers, one)
         return _parts(t_f + t_b, comm, comm, extra=t_o / cfg.num_servers)
     if cfg.parallelism == "data":
         raise ValueError(f"RunConfig.sync={cfg.sync!r} has no step model: the cost model covers synchronous steps only")
@@ -150,10 +170,10 @@ def predict_step(cfg: RunConfig, link: Link, profile: ComputeProfile) -> dict[st
     shares, blocks = _stage_shares(cfg, model, p)
     share = max(shares)
     act = _activation_bytes(cfg, model, blocks, profile_batch(cfg))
-    step = pipeline_step_time(share * t_f, share * t_b, p, m, act, link)
+    step = pipeline_step_time(share * t_f, share * t_b, p, m, act, one)
     bubble = bubble_fraction(p, m) * step
-    comm = 2 * m * pipeline_p2p_time(act, link) if p > 1 else 0.0
-    sync = allreduce_time(algo, share * size, d, link) if d > 1 else 0.0
+    comm = 2 * m * pipeline_p2p_time(act, one) if p > 1 else 0.0
+    sync = comm_time(algo, share * size, d, link) if d > 1 else 0.0
     out = _parts(m * share * (t_f + t_b) + share * t_o, comm + sync, sync, extra=0.0)
     out["step_time_s"] = step + share * t_o + sync
     out["bubble_s"] = bubble
@@ -170,7 +190,7 @@ def _parts(compute: float, comm: float, exposed: float, extra: float = 0.0) -> d
     }
 
 
-def compare(cfg: RunConfig, link: Link, result=None, profile: ComputeProfile | None = None) -> pd.DataFrame:
+def compare(cfg: RunConfig, link: Link | HostModel, result=None, profile: ComputeProfile | None = None) -> pd.DataFrame:
     """Predicted and measured side by side for one config: a row per quantity, with the relative error.
     Runs `cfg` (and the single-process compute profile) unless given."""
     if result is None:
@@ -198,7 +218,7 @@ def strategy_name(cfg: RunConfig) -> str:
     return cfg.parallelism
 
 
-def compare_many(configs: list[RunConfig], link: Link) -> pd.DataFrame:
+def compare_many(configs: list[RunConfig], link: Link | HostModel) -> pd.DataFrame:
     """One row per config: world size, strategy, and predicted/measured step and comm time (for the plot)."""
     rows = []
     for cfg in configs:

@@ -48,10 +48,13 @@ def assert_params_changed(result: RunResult, ref_init: RunResult) -> None:
     assert changed, "training changed no parameter"
 
 
+SMALL = RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)
+
+
 @pytest.fixture
 def small() -> RunConfig:
     """A small, quick MLP config: 3 steps, one thread per rank."""
-    return RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)
+    return SMALL
 
 
 # ---- processes: nothing may outlive a run --------------------------------------------

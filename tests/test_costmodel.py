@@ -14,12 +14,15 @@ from dpkit.comm import Comm
 from dpkit.config import RunConfig
 from dpkit.costmodel import (
     PRESETS,
+    HostModel,
     Link,
     allreduce_time,
     bubble_fraction,
     bucketed_overlap,
     buckets_of,
+    fit_host,
     fit_link,
+    host_terms,
     pipeline_step_time,
     preset,
     ps_time,
@@ -28,7 +31,7 @@ from dpkit.costmodel import (
     tensor_parallel_comm_time,
 )
 from dpkit.instrument import HostClock, Recorder
-from dpkit.predict import ComputeProfile, predict_step
+from dpkit.predict import ComputeProfile, oversubscription, predict_step
 from dpkit.strategies.grad_sync import BucketedOverlapSync
 from dpkit.whatif import comm_scan, crossover_table, data_parallel_scaling, ps_ring_crossover
 from dpkit.workloads import build_model
@@ -207,15 +210,15 @@ def _grad_bytes(cfg: RunConfig) -> float:
 def test_step_model_for_data_parallel_and_parameter_server() -> None:
     link = Link(alpha=1e-4, bandwidth=1e8)
     cfg = RunConfig(parallelism="data", world_size=2, grad_sync="flat", global_batch=32, freeze=("embed",))
-    pred = predict_step(cfg, link, PROFILE)
+    pred = predict_step(cfg, link, PROFILE, cores=64)
     comm = allreduce_time("native", _grad_bytes(cfg), 2, link)
     assert pred["comm_s"] == pytest.approx(comm) and pred["exposed_comm_s"] == pytest.approx(comm)
     assert pred["step_time_s"] == pytest.approx(0.033 + comm)
-    bucketed = predict_step(cfg.replace(grad_sync="bucketed", bucket_mb=0.01), link, PROFILE)
+    bucketed = predict_step(cfg.replace(grad_sync="bucketed", bucket_mb=0.01), link, PROFILE, cores=64)
     assert bucketed["exposed_comm_s"] < bucketed["comm_s"] and bucketed["step_time_s"] < pred["step_time_s"] + 1e-3
-    one = predict_step(cfg.replace(world_size=1), link, PROFILE)
+    one = predict_step(cfg.replace(world_size=1), link, PROFILE, cores=64)
     assert one["comm_s"] == 0.0 and one["step_time_s"] == pytest.approx(0.033)
-    ps = predict_step(cfg.replace(sync="ps", num_servers=2), link, PROFILE)
+    ps = predict_step(cfg.replace(sync="ps", num_servers=2), link, PROFILE, cores=64)
     assert ps["comm_s"] == pytest.approx(ps_time(_grad_bytes(cfg), 2, 2, link))
     assert ps["step_time_s"] == pytest.approx(0.03 + ps["comm_s"] + 0.003 / 2)
 
@@ -223,7 +226,7 @@ def test_step_model_for_data_parallel_and_parameter_server() -> None:
 def test_step_model_for_pipeline_and_tensor_parallel() -> None:
     link = Link(alpha=1e-4, bandwidth=1e8)
     cfg = RunConfig(parallelism="pipeline", world_size=2, schedule="gpipe", microbatches=4, global_batch=32)
-    pred = predict_step(cfg, link, PROFILE)
+    pred = predict_step(cfg, link, PROFILE, cores=64)
     model = build_model(cfg, 0)
     sizes = [sum(p.numel() for p in b.parameters()) for b in model.children()]
     share = min(max(sum(sizes[:k]), sum(sizes[k:])) for k in range(1, len(sizes))) / sum(sizes)  # best 2-way cut
@@ -232,14 +235,14 @@ def test_step_model_for_pipeline_and_tensor_parallel() -> None:
     assert slots == pytest.approx(5 * (share * 0.03 + 2 * c))
     assert pred["step_time_s"] == pytest.approx(slots + share * 0.003)
     assert pred["bubble_s"] == pytest.approx(bubble_fraction(2, 4) * slots)
-    more = predict_step(cfg.replace(microbatches=8, global_batch=64), link, PROFILE)
+    more = predict_step(cfg.replace(microbatches=8, global_batch=64), link, PROFILE, cores=64)
     assert more["bubble_s"] == pytest.approx(pred["bubble_s"])  # (p-1) slots whatever m (same micro-batch size)
-    tp = predict_step(RunConfig(parallelism="tensor", world_size=2, hidden=32, layers=3), link, PROFILE)
+    tp = predict_step(RunConfig(parallelism="tensor", world_size=2, hidden=32, layers=3), link, PROFILE, cores=64)
     act = 4.0 * 64 * 32
     assert tp["comm_s"] == pytest.approx(tensor_parallel_comm_time(act, 2, 2 * 3, link))
     assert tp["compute_s"] == pytest.approx(0.033 / 2)
     with pytest.raises(ValueError, match="ps-async"):
-        predict_step(RunConfig(parallelism="data", world_size=2, sync="ps-async"), link, PROFILE)
+        predict_step(RunConfig(parallelism="data", world_size=2, sync="ps-async"), link, PROFILE, cores=64)
 
 
 def test_plots_render(tmp_path: Path) -> None:
@@ -278,3 +281,52 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     for q in ("step_time_s", "comm_s", "compute_s"):
         assert frame.loc[q, "measured"] == pytest.approx(result.summary[q])
     assert frame.loc["compute_s", "predicted"] == pytest.approx(profile.forward_s + profile.backward_s + profile.optimizer_s)
+
+
+@pytest.mark.parametrize(
+    ("algo", "n", "expected"),
+    [
+        ("ring", 4, (6, 3 * S, 0, 0)),  # 2(n-1) rounds; sends and receives 2(n-1)/n S each; adds hidden
+        ("native", 2, (2, 2 * S, 0, 0)),
+        ("ring-whole", 4, (3, 6 * S, 3 * S, 2 * S)),  # (n-1) rounds of S out and S in; clone + buffer
+        ("reduce-broadcast", 4, (2, 6 * S, 3 * S, 0)),  # the root: all receives, then all sends
+        ("tree", 5, (6, 6 * S, 3 * S, 0)),  # ceil(log2 5) = 3 levels up and down
+        ("p2p", 2, (1, S, 0, 0)),
+        ("tree", 1, (0, 0, 0, 0)),
+        ("ring-whole", 1, (0, 0, 0, 0)),
+    ],
+)
+def test_single_host_terms_by_hand(algo: str, n: int, expected: tuple) -> None:
+    assert host_terms(algo, S, n) == pytest.approx(expected)
+
+
+def test_single_host_fit_recovers_parameters_per_world_size() -> None:
+    truth = {2: Link(alpha=150e-6, bandwidth=3e9, gamma=0.2e-9, mu=0.3e-9), 4: Link(alpha=600e-6, bandwidth=1.5e9, mu=1e-9)}
+    samples = [
+        (algo, size, n, truth[n].time(host_terms(algo, size, n)))
+        for n in truth
+        for algo in ("native", "ring-whole", "reduce-broadcast", "tree", "p2p")
+        for size in [2**10 * 4**i for i in range(8)]
+    ]
+    fitted = fit_host(samples)
+    assert set(fitted) == {2, 4}
+    for n, link in truth.items():
+        for field in ("alpha", "bandwidth", "gamma", "mu"):
+            assert getattr(fitted[n], field) == pytest.approx(getattr(link, field), rel=1e-6, abs=1e-15)
+    model = HostModel(fitted)
+    assert model.link(3) is fitted[4] and model.link(1) is fitted[2] and model.link(64) is fitted[4]  # nearest (ties: larger)
+    assert model.allreduce_time("tree", S, 4) == pytest.approx(truth[4].time((4, 4 * S, 2 * S, 0)))
+    assert model.allreduce_time("ring", S, 1) == 0.0
+    assert HostModel.from_json(model.to_json()) == model
+
+
+def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:
+    assert oversubscription(2, 1, cores=2) == 1.0 and oversubscription(4, 1, cores=2) == 2.0
+    assert oversubscription(3, 2, cores=8) == 1.0
+    cfg = RunConfig(parallelism="data", world_size=4, grad_sync="flat", global_batch=32, freeze=("embed",))
+    link = Link(alpha=1e-4, bandwidth=1e8)
+    pred = predict_step(cfg, link, PROFILE, cores=2)
+    assert pred["compute_s"] == pytest.approx(2 * 0.033)
+    host = HostModel({2: Link(alpha=1e-4, bandwidth=1e8), 4: Link(alpha=1e-3, bandwidth=1e7)})
+    on_host = predict_step(cfg, host, PROFILE, cores=2)
+    assert on_host["comm_s"] == pytest.approx(host.links[4].time(host_terms("native", _grad_bytes(cfg), 4)))

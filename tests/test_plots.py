@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import SMALL
 from matplotlib.figure import Figure
 
-from dpkit import RunConfig, plots, run
+from dpkit import plots, run
 from dpkit.ringtrace import trace_ring
 
 
@@ -58,19 +59,7 @@ def test_speedup_plot_draws_ideal_and_measured_lines() -> None:
 
 @pytest.fixture(scope="module")
 def dp_run():
-    cfg = RunConfig(
-        parallelism="data",
-        world_size=2,
-        model="mlp",
-        hidden=32,
-        layers=3,
-        global_batch=24,
-        steps=3,
-        warmup=1,
-        threads_per_rank=1,
-        timeout_s=60,
-    )
-    return run(cfg)
+    return run(SMALL.replace(parallelism="data", world_size=2))
 
 
 def test_time_breakdown_stacks_compute_exposed_comm_and_idle(dp_run) -> None:

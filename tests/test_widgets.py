@@ -4,23 +4,13 @@ and a Panel driven like a learner would (set values, press Run) shows new result
 from __future__ import annotations
 
 import pytest
+from conftest import SMALL
 from matplotlib.figure import Figure
 
 from dpkit import RunConfig, run
 from dpkit import widgets as w
 
-BASE = RunConfig(
-    parallelism="data",
-    world_size=2,
-    model="mlp",
-    hidden=32,
-    layers=3,
-    global_batch=24,
-    steps=3,
-    warmup=1,
-    threads_per_rank=1,
-    timeout_s=60,
-)
+BASE = SMALL.replace(parallelism="data", world_size=2)
 
 
 class CountingRunner:

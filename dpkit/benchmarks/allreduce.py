@@ -166,19 +166,23 @@ def _tempdir():
 
 
 def add_predictions(frame: pd.DataFrame, calibration: Path | None) -> tuple[pd.DataFrame, str]:
-    """predicted_s from the alpha-beta formulas: a saved calibration if there is one, else a fit to this run's native times."""
-    from ..costmodel import Link, allreduce_time, fit_link
+    """predicted_s from a saved calibration: its single-host view (per world size) if it has one, else its
+    cluster-view Link; with no calibration, a cluster-view fit to this run's native times."""
+    from ..costmodel import HostModel, Link, comm_time, fit_link
 
-    if calibration is not None and calibration.exists():
-        link, source = Link.load(calibration), f"calibration {calibration}"
+    model = HostModel.load(calibration) if calibration is not None and calibration.exists() else None
+    if model is not None:
+        source = f"calibration {calibration}"
+    elif calibration is not None and calibration.exists():
+        model, source = Link.load(calibration), f"calibration {calibration} (cluster view)"
     else:
         native = frame[frame.algo == "native"]
-        link = fit_link([("native", int(r.size_bytes), int(r.world_size), float(r.time_s)) for r in native.itertuples()])
-        source = "fitted to this run's native all-reduce times (run `dpkit bench calibrate` for an independent fit)"
+        model = fit_link([("native", int(r.size_bytes), int(r.world_size), float(r.time_s)) for r in native.itertuples()])
+        source = "cluster view fitted to this run's native all-reduce times (run `dpkit bench calibrate` for an independent fit)"
     frame = frame.copy()
-    frame["predicted_s"] = [allreduce_time(r.algo, r.size_bytes, r.world_size, link) for r in frame.itertuples()]
+    frame["predicted_s"] = [comm_time(r.algo, r.size_bytes, r.world_size, model) for r in frame.itertuples()]
     frame["rel_error"] = (frame.predicted_s - frame.time_s) / frame.time_s
-    return frame, f"{source}: {link.describe()}"
+    return frame, f"{source}: {model.describe()}"
 
 
 def ratio_table(frame: pd.DataFrame, sizes: list[int]) -> pd.DataFrame:

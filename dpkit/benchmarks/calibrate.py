@@ -1,10 +1,14 @@
 """`dpkit bench calibrate`: measure alpha, B (and gamma) on this machine and backend, and save them.
 
-Ping-pong between ranks 0 and 1 (one-way time = half the round trip) and all-reduces (the
-backend's and dpkit's chunked ring) over a range of sizes, median of repeats; then a linear
-least-squares fit of the cost model (costmodel.fit_link) to all of it. The fit's own error is
-reported, and, when `dpkit bench allreduce` has left its CSV next to this folder, the error of
-the calibrated model on every algorithm it measured (issue 7's check: 64 KiB - 64 MiB, n = 2-4).
+Ping-pong between ranks 0 and 1 (one-way time = half the round trip) and every all-reduce
+algorithm over a range of sizes and every world size 2..max, median of repeats. Two fits, both saved
+in calibration.json:
+- single host (costmodel.fit_host, under meta.single_host): alpha, B, gamma, mu per world size, the
+  model of this machine that predicted-vs-measured uses;
+- cluster (costmodel.fit_link, the top-level alpha/bandwidth/gamma): the DESIGN.md formulas fitted at
+  n = 2 (one process per core, the closest this host gets to independent links), for the what-if.
+The fit's own error is reported, and, when `dpkit bench allreduce` has left its CSV next to this
+folder, the single-host model's error on it (issue 7's check: 64 KiB - 64 MiB, n = 2-4).
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from ..costmodel import Link, fit_link, relative_errors, sample_terms
+from ..comm import ALGORITHMS
+from ..costmodel import HostModel, Link, fit_host, fit_link, host_relative_errors, host_terms
 from ..launch import default_threads, launch
 from .allreduce import KIB, MIB, _timed, human_bytes
 
 FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
-FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(6)]  # 4 KiB .. 16 MiB
+FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(7)]  # 4 KiB .. 16 MiB
 QUICK_P2P = [KIB, 64 * KIB, MIB]
 QUICK_ALLREDUCE = [16 * KIB, MIB]
-FIT_ALGOS = ("native", "ring")
+FIT_ALGOS = tuple(ALGORITHMS)  # every algorithm: the single-host terms differ between them
 
 
 # ---- rank side -------------------------------------------------------------------------------
@@ -61,16 +66,22 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     for size in payload["p2p_sizes"] if payload.get("pingpong") else []:
         keys.append(("p2p", size))
         local.append(_pingpong(size, rank, repeats, warmup))
-    for algo in payload["algos"]:
-        for size in payload["allreduce_sizes"]:
-            buf = torch.ones(size // 4, dtype=torch.float32)
+    for size in payload["allreduce_sizes"]:  # algorithms take turns repeat by repeat, as in `dpkit bench allreduce`
+        buf = torch.ones(size // 4, dtype=torch.float32)
 
-            def once(algo=algo, buf=buf) -> None:
-                buf.fill_(1.0)
-                allreduce_sum(buf, algo)
+        def once(algo: str, buf: torch.Tensor = buf) -> None:
+            buf.fill_(1.0)
+            allreduce_sum(buf, algo)
 
+        for algo in payload["algos"]:
+            _timed(lambda a=algo: once(a), 0, warmup)
+        times = {algo: [] for algo in payload["algos"]}
+        for _ in range(repeats):
+            for algo in payload["algos"]:
+                times[algo] += _timed(lambda a=algo: once(a), 1, 0)
+        for algo in payload["algos"]:
             keys.append((algo, size))
-            local.append(_timed(once, repeats, warmup))
+            local.append(times[algo])
     times = torch.tensor(local, dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)
     if rank == 0:
@@ -121,10 +132,10 @@ def machine() -> dict:
     }
 
 
-def validation_table(bench: pd.DataFrame, link: Link, lo: int = 64 * KIB, hi: int = 64 * MIB) -> pd.DataFrame:
-    """Median and max |relative error| of the model on an allreduce benchmark CSV, per algorithm (sizes lo..hi)."""
+def validation_table(bench: pd.DataFrame, model: HostModel, lo: int = 64 * KIB, hi: int = 64 * MIB) -> pd.DataFrame:
+    """Median and max |relative error| of the single-host model on an allreduce benchmark CSV, per algorithm (sizes lo..hi)."""
     sel = bench[(bench.size_bytes >= lo) & (bench.size_bytes <= hi)]
-    err = relative_errors(samples_of(sel, "algo"), link)
+    err = host_relative_errors(samples_of(sel, "algo"), model)
     sel = sel.assign(abs_rel_error=np.abs(err))
     table = sel.groupby("algo").abs_rel_error.agg(["median", "max", "count"])
     table.loc["all"] = [sel.abs_rel_error.median(), sel.abs_rel_error.max(), len(sel)]
@@ -137,22 +148,30 @@ def main(out: Path, args: argparse.Namespace) -> None:
     max_n = int(getattr(args, "max_world_size", 4))
     if max_n < 2:
         raise ValueError(f"--max-world-size={max_n} is not allowed: calibration needs at least 2 ranks")
-    repeats = 2 if quick else int(getattr(args, "repeats", 5))
-    world_sizes = [2] if quick else sorted({2, max_n})
+    # medians of 5 drift by tens of percent between runs on a shared 2-core VM: 3x the repeats (still < 1 min)
+    repeats = 2 if quick else 3 * int(getattr(args, "repeats", 5))
+    world_sizes = [2] if quick else list(range(2, max_n + 1))
     frame = measure(QUICK_P2P if quick else FULL_P2P, QUICK_ALLREDUCE if quick else FULL_ALLREDUCE, world_sizes, repeats)
     samples = samples_of(frame)
-    link = fit_link(samples, name="calibrated gloo/CPU")
-    frame["predicted_s"] = [link.time(sample_terms(p, s, n)) for p, s, n, _ in samples]
-    frame["rel_error"] = relative_errors(samples, link)
+    host = HostModel(fit_host(samples, name="single host gloo/CPU"))
+    cluster = fit_link([s for s in samples if s[2] == 2], name="cluster view of this host (DESIGN formulas at n=2)")
+    frame["predicted_s"] = [host.link(n).time(host_terms(p, s, n)) for p, s, n, _ in samples]
+    frame["rel_error"] = host_relative_errors(samples, host)
     errors = np.abs(frame.rel_error)
     fit = {"median_abs_rel_error": float(errors.median()), "max_abs_rel_error": float(errors.max()), "samples": len(frame)}
-    meta = {**machine(), "threads_per_rank": {str(n): default_threads(n) for n in world_sizes}, "repeats": repeats, "fit": fit}
-    link = Link(link.alpha, link.bandwidth, link.gamma, link.name, meta)
+    meta = {
+        **machine(),
+        "threads_per_rank": {str(n): default_threads(n) for n in world_sizes},
+        "repeats": repeats,
+        "fit": fit,
+        "single_host": host.to_json(),
+    }
+    link = Link(cluster.alpha, cluster.bandwidth, cluster.gamma, cluster.name, meta=meta)
     link.save(out / "calibration.json")
     frame.to_csv(out / "calibration.csv", index=False)
     from ..plots_cost import plot_fit
 
-    plot_fit(frame, title=link.describe()).savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
+    plot_fit(frame, title="single host: per world size fit").savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
     show = frame.assign(
         size=frame.size_bytes.map(human_bytes),
         time_us=frame.time_s * 1e6,
@@ -164,12 +183,13 @@ def main(out: Path, args: argparse.Namespace) -> None:
             index=False, float_format=lambda v: f"{v:.4g}"
         )
     )
-    print(f"fit: {link.describe()}")
+    print(f"fit: {host.describe()}")
     print(
-        f"fit error: median |rel| = {fit['median_abs_rel_error']:.1%}, max = {fit['max_abs_rel_error']:.1%} over {fit['samples']} points"
+        f"single-host fit error: median |rel| = {fit['median_abs_rel_error']:.1%}, max = {fit['max_abs_rel_error']:.1%} over {fit['samples']} points"
     )
+    print(f"cluster view (what-if): {link.describe()}")
     bench_csv = out.parent / "bench-allreduce" / "allreduce.csv"
     if bench_csv.exists():
-        print(f"model vs {bench_csv} (64 KiB - 64 MiB): |relative error| per algorithm")
-        print(validation_table(pd.read_csv(bench_csv), link).to_string(float_format=lambda v: f"{v:.3f}"))
+        print(f"single-host model vs {bench_csv} (64 KiB - 64 MiB): |relative error| per algorithm")
+        print(validation_table(pd.read_csv(bench_csv), host).to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"saved: {out / 'calibration.json'} ({time.monotonic() - t0:.1f} s)")

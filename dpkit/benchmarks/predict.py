@@ -15,21 +15,23 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import RunConfig
-from ..costmodel import Link, fit_link
+from ..costmodel import HostModel, Link, fit_host
 from ..predict import compare_many
 from ..strategies import is_supported
 
 
-def calibration_for(out: Path) -> tuple[Link, str]:
+def calibration_for(out: Path) -> tuple[HostModel | Link, str]:
+    """The single-host view of this machine (what runs here pay); the cluster Link only from an older file."""
     path = out.parent / "bench-calibrate" / "calibration.json"
     if path.exists():
-        return Link.load(path), str(path)
+        host = HostModel.load(path)
+        return (host, f"single-host view, {path}") if host else (Link.load(path), f"cluster view (older file), {path}")
     from .calibrate import QUICK_ALLREDUCE, QUICK_P2P, measure, samples_of
 
     frame = measure(QUICK_P2P, QUICK_ALLREDUCE, [2], repeats=3)
-    return fit_link(
-        samples_of(frame), name="quick calibration"
-    ), "a quick calibration (run `dpkit bench calibrate` for a better one)"
+    return HostModel(fit_host(samples_of(frame), name="quick calibration")), (
+        "single-host view, a quick calibration at n=2 (run `dpkit bench calibrate` for a better one)"
+    )
 
 
 def configs(quick: bool, max_n: int) -> list[RunConfig]:

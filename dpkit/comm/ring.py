@@ -8,6 +8,7 @@ as many tutorials write it: simple, but every link carries n/2 times more bytes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -34,8 +35,10 @@ def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
     return [p for p in torch.split(t, step) if p.numel()]
 
 
-def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
+def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: Callable[[int, int, int], None] | None = None) -> int:
     """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
+
+    `on_step(s, sent_chunk, received_chunk)` is called when step s is complete (for tracing).
 
     2(n-1) steps: n-1 of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of
     all-gather (overwrite with the left neighbour's finished chunk). Two things keep the links busy,
@@ -85,6 +88,8 @@ def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
                 send(c, dst)
         if s + 1 < steps:
             sent += nbytes(chunks[c])
+        if on_step is not None:
+            on_step(s, (me - s) % n, c)
     for works in pending.values():
         for work in works:
             work.wait()

@@ -11,7 +11,7 @@ from torch import nn
 from ..comm import Comm
 from ..config import RunConfig
 from ..instrument import Recorder
-from ..workloads import loss_fn
+from ..workloads import loss_fn, shard
 
 
 @dataclass
@@ -77,6 +77,15 @@ class Strategy:
         with self.rec.span("compute", "backward"):
             (loss * scale).backward()
         return float(loss.detach())
+
+    def accumulate_and_step(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward/backward over cfg.grad_accum equal micro-batches of (x, y), one optimizer step; mean loss."""
+        accum = self.cfg.grad_accum
+        losses = [self.forward_backward(model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)]
+        with self.rec.span("compute", "optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return sum(losses) / accum
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:

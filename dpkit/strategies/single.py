@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..workloads import build_model, shard
+from ..workloads import build_model
 from .base import RankContext, Strategy, state_on_cpu, trainable
 
 
@@ -15,12 +15,7 @@ class SingleProcess(Strategy):
         self.opt = self.make_optimizer(trainable(self.model))
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        accum = self.cfg.grad_accum
-        losses = [self.forward_backward(self.model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)]
-        with self.rec.span("compute", "optimizer"):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-        return sum(losses) / accum, x.shape[0]
+        return self.accumulate_and_step(self.model, self.opt, x, y), x.shape[0]
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         return state_on_cpu(self.model)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..comm import Comm
 from ..tp_layers import SHARD_DIM, ColumnParallelLinear, RowParallelLinear, copy_to_parallel
-from ..workloads import Attention, FeedForward, build_model, shard
+from ..workloads import Attention, FeedForward, build_model
 from .base import RankContext, Strategy, trainable
 
 SHARD_KEY = "#shard-dim"  # owned_state key suffix: "block0.up.weight#shard-dim0"
@@ -90,13 +90,9 @@ class TensorParallel(Strategy):
         self.opt = self.make_optimizer(trainable(self.model))
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        accum = self.cfg.grad_accum
-        losses = [self.forward_backward(self.model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)]
-        with self.rec.span("compute", "optimizer"):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+        loss = self.accumulate_and_step(self.model, self.opt, x, y)
         # every rank computed the same loss on the same batch: count it once
-        return (sum(losses) / accum, x.shape[0]) if self.ctx.rank == 0 else (0.0, 0)
+        return (loss, x.shape[0]) if self.ctx.rank == 0 else (0.0, 0)
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         """Rank 0: the replicated tensors; every rank: its shards."""
