@@ -9,8 +9,9 @@ Communication comes from dpkit.costmodel: a HostModel (the single-host view, per
 `dpkit bench calibrate` saves it) for runs on this machine, or a Link (cluster view). The per-strategy
 step models:
 
-    data / allreduce   fwd + bwd + opt + exposed all-reduce (all of it for per-tensor and flat;
-                       for bucketed/ddp what the backward does not hide: costmodel.bucketed_overlap)
+    data / allreduce   fwd + bwd + opt + gradient buffer copies (2S mu, not for per-tensor) + exposed
+                       all-reduce (all of it for per-tensor and flat; for bucketed/ddp what the
+                       backward does not hide: costmodel.bucketed_overlap)
     data / ps (sync)   fwd + bwd + 2 alpha + 2 max(S, nS/k)/B + the servers' optimizer step (opt/k)
     pipeline           (m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its opt
     tensor             (fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block
@@ -145,6 +146,9 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
     if cfg.parallelism == "none":
         return _parts(t_f + t_b + t_o, 0.0, 0.0)
     if cfg.parallelism == "data" and cfg.sync == "allreduce":
+        # flat, bucketed and ddp copy every gradient into a buffer and back out (2S bytes of local
+        # copies, priced at the host's mu): compute-side work the single-process profile never did
+        copies = 0.0 if cfg.grad_sync == "per-tensor" or n == 1 else slow * 2 * size * one.mu
         if cfg.grad_sync == "per-tensor":
             comm = sum(comm_time(algo, g, n, link) for g in grads)
             exposed = comm
@@ -153,7 +157,7 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
         else:  # bucketed and ddp: both bucket by bucket_mb in reverse order and overlap with the backward
             ov = bucketed_overlap(buckets_of(grads, cfg.bucket_mb), t_b, n, link, algo)
             comm, exposed = ov.comm_s, ov.exposed_s
-        return _parts(t_f + t_b + t_o, comm, exposed)
+        return _parts(t_f + t_b + t_o + copies, comm, exposed)
     if cfg.parallelism == "data" and cfg.sync == "ps":
         comm = ps_time(size, n, cfg.num_servers, one)
         return _parts(t_f + t_b, comm, comm, extra=t_o / cfg.num_servers)

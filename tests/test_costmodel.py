@@ -223,6 +223,16 @@ def test_step_model_for_data_parallel_and_parameter_server() -> None:
     assert ps["step_time_s"] == pytest.approx(0.03 + ps["comm_s"] + 0.003 / 2)
 
 
+def test_gradient_buffer_copies_cost_2S_mu_except_per_tensor() -> None:
+    link = Link(alpha=1e-4, bandwidth=1e8, mu=1e-9)
+    cfg = RunConfig(parallelism="data", world_size=2, grad_sync="flat", global_batch=32)
+    copies = 2 * _grad_bytes(cfg) * 1e-9
+    assert predict_step(cfg, link, PROFILE, cores=64)["compute_s"] == pytest.approx(0.033 + copies)
+    assert predict_step(cfg.replace(grad_sync="ddp"), link, PROFILE, cores=64)["compute_s"] == pytest.approx(0.033 + copies)
+    assert predict_step(cfg.replace(grad_sync="per-tensor"), link, PROFILE, cores=64)["compute_s"] == pytest.approx(0.033)
+    assert predict_step(cfg.replace(world_size=1), link, PROFILE, cores=64)["compute_s"] == pytest.approx(0.033)
+
+
 def test_step_model_for_pipeline_and_tensor_parallel() -> None:
     link = Link(alpha=1e-4, bandwidth=1e8)
     cfg = RunConfig(parallelism="pipeline", world_size=2, schedule="gpipe", microbatches=4, global_batch=32)
