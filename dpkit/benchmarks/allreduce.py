@@ -96,30 +96,34 @@ def _timed(fn, repeats: int, warmup: int) -> list[float]:
     return out
 
 
-def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
-    """Time each (algorithm, size); per repeat the slowest rank's time; rank 0 writes times.json.
-
-    Algorithms take turns repeat by repeat (not one block each), so drift in the machine's load hits
-    every algorithm alike and the ratios between them are fair.
-    """
-    repeats, warmup = payload["repeats"], payload.get("warmup", 1)
+def interleaved_times(
+    sizes: list[int], algos: list[str], repeats: int, warmup: int
+) -> tuple[list[tuple[str, int]], list[list[float]]]:
+    """This rank's durations of every (algorithm, size): algorithms take turns repeat by repeat (not one
+    block each), so drift in the machine's load hits every algorithm alike and their ratios are fair."""
     keys, local = [], []
-    for size in payload["sizes"]:
+    for size in sizes:
         buf = torch.ones(size // 4, dtype=torch.float32)
 
         def once(algo: str, buf: torch.Tensor = buf) -> None:
             buf.fill_(1.0)  # values stay bounded over repeats; outside nothing but this fill
             allreduce_sum(buf, algo)
 
-        for algo in payload["algos"]:
+        for algo in algos:
             _timed(lambda a=algo: once(a), 0, warmup)
-        times = {algo: [] for algo in payload["algos"]}
+        times: dict[str, list[float]] = {algo: [] for algo in algos}
         for _ in range(repeats):
-            for algo in payload["algos"]:
+            for algo in algos:
                 times[algo] += _timed(lambda a=algo: once(a), 1, 0)
-        for algo in payload["algos"]:
+        for algo in algos:
             keys.append((algo, size))
             local.append(times[algo])
+    return keys, local
+
+
+def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """Time each (algorithm, size); per repeat the slowest rank's time; rank 0 writes times.json."""
+    keys, local = interleaved_times(payload["sizes"], payload["algos"], payload["repeats"], payload.get("warmup", 1))
     slowest = torch.tensor(local, dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:

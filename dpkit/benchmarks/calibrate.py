@@ -59,29 +59,16 @@ def _pingpong(size: int, rank: int, repeats: int, warmup: int) -> list[float]:
 
 def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """Rank side: ping-pong then all-reduces; rank 0 writes samples.json (slowest rank per repeat)."""
-    from ..comm import allreduce_sum
+    from .allreduce import interleaved_times
 
     repeats, warmup = payload["repeats"], payload.get("warmup", 1)
     keys, local = [], []
     for size in payload["p2p_sizes"] if payload.get("pingpong") else []:
         keys.append(("p2p", size))
         local.append(_pingpong(size, rank, repeats, warmup))
-    for size in payload["allreduce_sizes"]:  # algorithms take turns repeat by repeat, as in `dpkit bench allreduce`
-        buf = torch.ones(size // 4, dtype=torch.float32)
-
-        def once(algo: str, buf: torch.Tensor = buf) -> None:
-            buf.fill_(1.0)
-            allreduce_sum(buf, algo)
-
-        for algo in payload["algos"]:
-            _timed(lambda a=algo: once(a), 0, warmup)
-        times = {algo: [] for algo in payload["algos"]}
-        for _ in range(repeats):
-            for algo in payload["algos"]:
-                times[algo] += _timed(lambda a=algo: once(a), 1, 0)
-        for algo in payload["algos"]:
-            keys.append((algo, size))
-            local.append(times[algo])
+    ar_keys, ar_local = interleaved_times(payload["allreduce_sizes"], payload["algos"], repeats, warmup)
+    keys += ar_keys
+    local += ar_local
     times = torch.tensor(local, dtype=torch.float64)
     dist.all_reduce(times, op=dist.ReduceOp.MAX)
     if rank == 0:
