@@ -89,16 +89,20 @@ def add_time_prediction(frame: pd.DataFrame, calibration: Path) -> tuple[pd.Data
     """comm_pred_s from the cost model (PS: a worker's push + pull; ring: one all-reduce), if calibrated."""
     if not calibration.exists():
         return frame.assign(comm_pred_s=float("nan")), f"no link calibration at {calibration}: run `dpkit bench calibrate`"
-    from ..costmodel import Link, allreduce_time, ps_time
+    from ..costmodel import HostModel, Link, comm_time, ps_time
 
-    link = Link.load(calibration)
+    host = HostModel.load(calibration)  # the single-host view, per process count, when calibrated so
+    model = host or Link.load(calibration)
 
     def one(r) -> float:
         if r.method == "ring":
-            return allreduce_time("ring", r.S_bytes, r.workers, link)
-        return ps_time(r.S_bytes, r.workers, r.servers, link) if r.role == "worker" else float("nan")
+            return comm_time("ring", r.S_bytes, r.workers, model)
+        if r.role != "worker":
+            return float("nan")
+        link = host.link(r.workers + r.servers) if host is not None else model  # all processes share the host
+        return ps_time(r.S_bytes, r.workers, r.servers, link)
 
-    return frame.assign(comm_pred_s=[one(r) for r in frame.itertuples()]), f"calibration {calibration} ({link.describe()})"
+    return frame.assign(comm_pred_s=[one(r) for r in frame.itertuples()]), f"calibration {calibration} ({model.describe()})"
 
 
 def measure(world_sizes: list[int], quick: bool) -> pd.DataFrame:
