@@ -54,6 +54,7 @@ def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
                 timeout_s=cfg.timeout_s,
                 roles=roles_of(cfg),
                 start_method=method,
+                gloo_loop=cfg.gloo_loop,
             )
         except RankFailedError as exc:
             if exc.role.startswith("parameter server"):  # say what it means, not only which rank

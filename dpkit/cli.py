@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
 
+from . import gloo_loop
 from .config import RunConfig
+from .gloo_loop import GLOO_LOOP_MODES
 
 _HELP = {
     "parallelism": "none | data | pipeline | tensor | hybrid",
@@ -17,6 +20,7 @@ _HELP = {
     "grad_sync": "per-tensor | flat | bucketed | ddp",
     "allreduce_algo": "native | ring | ring-whole | reduce-broadcast | tree",
     "schedule": "naive | gpipe | 1f1b",
+    "gloo_loop": "idle | normal: scheduling of gloo's busy-polling I/O thread (dpkit/gloo_loop.py)",
     "freeze": "comma-separated parameter-name prefixes to freeze",
 }
 
@@ -39,7 +43,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
-        help_text = f"{_HELP.get(f.name, '')} (default: {f.default!r})".strip()
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        help_text = f"{_HELP.get(f.name, '')} (default: {default!r})".strip()
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
@@ -111,6 +116,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmarks import run_benchmark
 
+    if args.gloo_loop is not None:  # launch() and RunConfig read their default from it
+        os.environ[gloo_loop.ENV_VAR] = args.gloo_loop
+    print(f"gloo I/O threads: {gloo_loop.default_mode()} (dpkit/gloo_loop.py)")
     run_benchmark(args.what, Path(args.out or f"results/bench-{args.what}"), args)
 
 
@@ -138,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-world-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a small grid (for tests)")
+    p.add_argument(
+        "--gloo-loop", choices=GLOO_LOOP_MODES, default=None, help="scheduling of gloo's I/O threads in every run (default idle)"
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

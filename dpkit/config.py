@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .gloo_loop import GLOO_LOOP_MODES, default_mode
+
 PARALLELISMS = ("none", "data", "pipeline", "tensor", "hybrid")
 SYNCS = ("allreduce", "ps", "ps-async")
 MODELS = ("mlp", "cnn", "transformer")
@@ -78,6 +80,8 @@ class RunConfig:
     device: str = "auto"
     backend: str = "auto"
     threads_per_rank: int | None = None
+    # gloo's busy-polling I/O thread: "idle" (SCHED_IDLE) or "normal"; default $DPKIT_GLOO_LOOP or "idle" (dpkit/gloo_loop.py)
+    gloo_loop: str = dataclasses.field(default_factory=default_mode)
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -158,6 +162,7 @@ def validate(cfg: RunConfig) -> None:
         ("optimizer", OPTIMIZERS),
         ("device", DEVICES),
         ("backend", BACKENDS),
+        ("gloo_loop", GLOO_LOOP_MODES),
     ):
         _choice(cfg, name, choices)
     for name, low in (

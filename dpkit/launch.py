@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .gloo_loop import check_mode, default_mode
+
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' errors
 _PRELOAD = ["dpkit.worker", "torch._dynamo"]  # optimizers import dynamo lazily: ~1 s per rank if not preloaded
 
@@ -93,8 +95,11 @@ def launch(
     timeout_s: float = 300.0,
     roles: list[str] | None = None,
     start_method: str | None = None,
+    gloo_loop: str | None = None,
 ) -> None:
-    """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks."""
+    """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks.
+    `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "idle")."""
+    gloo_loop = check_mode(gloo_loop, "launch(gloo_loop)") if gloo_loop is not None else default_mode()
     ctx = mp_context(start_method)
     threads = threads_per_rank or default_threads(nprocs)
     roles = roles or [f"rank {r}" for r in range(nprocs)]
@@ -104,7 +109,19 @@ def launch(
         try:
             with _main_not_reimported():
                 for rank in range(nprocs):
-                    args = (target, payload, rank, nprocs, store.port, backend, threads, str(out_dir), err_dir, timeout_s)
+                    args = (
+                        target,
+                        payload,
+                        rank,
+                        nprocs,
+                        store.port,
+                        backend,
+                        threads,
+                        str(out_dir),
+                        err_dir,
+                        timeout_s,
+                        gloo_loop,
+                    )
                     p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)
                     p.start()
                     procs.append(p)

@@ -101,6 +101,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "final_loss": float(losses[-1]),
         "clock": meta.get("clock"),
         "threads_per_rank": meta.get("threads_per_rank"),
+        "gloo_loop": meta.get("gloo_loop"),
         "backend": meta.get("backend"),
         "device": meta.get("device"),
         "num_processes": meta.get("num_processes"),

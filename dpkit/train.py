@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from . import gloo_loop
 from .comm import Comm
 from .config import RunConfig
 from .instrument import CudaClock, HostClock, Recorder
@@ -51,6 +52,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     recorder = Recorder(rank, clock)
     ctx = RankContext(cfg, rank, world, device, recorder, Comm(recorder))
     strategy = make_strategy(ctx)
+    gloo_threads = gloo_loop.apply(cfg.gloo_loop)  # again: building the strategy may have made process groups
     recorder.role, recorder.gap_kind = strategy.role, strategy.gap_kind
     recorder.flush_outside_step()
     data = build_dataset(cfg)
@@ -90,6 +92,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         backend=dist.get_backend(),
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         threads_per_rank=torch.get_num_threads(),
+        gloo_loop=cfg.gloo_loop,
+        gloo_loop_threads=gloo_threads,
         num_processes=world,
         world_size=cfg.world_size,
         roles=[g["steps"][0]["role"] if g["steps"] else "" for g in gathered],

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import dpkit.gloo_loop
 import dpkit.train  # noqa: F401  (preloaded into the forkserver with torch)
 
 
@@ -39,7 +40,7 @@ def resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def rank_entry(target, payload, rank, nprocs, port, backend, threads, out_dir, err_dir, timeout_s) -> None:
+def rank_entry(target, payload, rank, nprocs, port, backend, threads, out_dir, err_dir, timeout_s, gloo_loop="idle") -> None:
     """Run one rank; on any exception write its traceback where the launcher looks, then exit 1."""
     _die_with_parent()
     try:
@@ -49,6 +50,7 @@ def rank_entry(target, payload, rank, nprocs, port, backend, threads, out_dir, e
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, store=store, rank=rank, world_size=nprocs, timeout=timeout)
+        dpkit.gloo_loop.apply(gloo_loop)
         resolve(target)(payload, rank, nprocs, out_dir)
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    dpkit.gloo_loop.apply(cfg.gloo_loop)
     payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun"}}
     dpkit.train.rank_main(payload, dist.get_rank(), world, args.out)
     dist.destroy_process_group()
