@@ -280,8 +280,8 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
 
     ring, native   2(n-1) rounds; a rank sends and receives 2(n-1)/n S each: 4(n-1)/n S copied;
                    its adds overlap the next piece's arrival (pipelined), so no add term
-    ring-whole     n-1 rounds; sends and receives S per round: 2(n-1) S; adds (n-1) S; clones the
-                   tensor and allocates a receive buffer per call: 2 S of local copies
+    ring-whole     n-1 rounds; sends and receives S per round: 2(n-1) S; adds (n-1) S; copies the
+                   tensor into its (reused) send buffer: S of local copies
     reduce-bcast   2 rounds (the root posts all n-1 receives, then all n-1 sends, at once); the root
                    copies 2(n-1) S and adds (n-1) S
     tree           2 ceil(log2 n) rounds; the root copies 2 ceil(log2 n) S and adds ceil(log2 n) S
@@ -296,7 +296,7 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
     if algo in ("ring", "native"):
         return (2.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
     if algo == "ring-whole":
-        return (float(n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, 2.0 * size)
+        return (float(n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, float(size))
     if algo == "reduce-broadcast":
         return (2.0, 2.0 * (n - 1) * size, float(n - 1) * size, 0.0)
     rounds = math.ceil(math.log2(n))

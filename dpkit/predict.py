@@ -12,7 +12,7 @@ step models:
     data / allreduce   fwd + bwd + opt + gradient buffer copies (2S mu, not for per-tensor) + exposed
                        all-reduce (all of it for per-tensor and flat; for bucketed/ddp what the
                        backward does not hide: costmodel.bucketed_overlap)
-    data / ps (sync)   fwd + bwd + 2 alpha + 2 max(S, nS/k)/B + the servers' optimizer step (opt/k)
+    data / ps (sync)   fwd + bwd + copies (2S + 2S/k, mu) + 2 alpha + 2 max(S, nS/k)/B + the servers' opt/k
     pipeline           (m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its opt
     tensor             (fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block
     hybrid             the pipeline on global/d samples, then each stage's gradients all-reduced over d
@@ -159,8 +159,12 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
             comm, exposed = ov.comm_s, ov.exposed_s
         return _parts(t_f + t_b + t_o + copies, comm, exposed)
     if cfg.parallelism == "data" and cfg.sync == "ps":
-        comm = ps_time(size, n, cfg.num_servers, one)
-        return _parts(t_f + t_b, comm, comm, extra=t_o / cfg.num_servers)
+        # a worker packs its gradients into a flat buffer and unpacks the parameters (2S of copies); a
+        # server copies the first gradient into its sum and divides it (2S/k), then steps its optimizer
+        k = cfg.num_servers
+        copies = slow * (2 * size + 2 * size / k) * one.mu
+        comm = ps_time(size, n, k, one)
+        return _parts(t_f + t_b + copies, comm, comm, extra=t_o / k)
     if cfg.parallelism == "data":
         raise ValueError(f"RunConfig.sync={cfg.sync!r} has no step model: the cost model covers synchronous steps only")
     if cfg.parallelism == "tensor":

@@ -233,6 +233,17 @@ def test_gradient_buffer_copies_cost_2S_mu_except_per_tensor() -> None:
     assert predict_step(cfg.replace(world_size=1), link, PROFILE, cores=64)["compute_s"] == pytest.approx(0.033)
 
 
+def test_parameter_server_copies_cost_2S_plus_2S_over_k_mu() -> None:
+    link = Link(alpha=1e-4, bandwidth=1e8, mu=1e-9)
+    cfg = RunConfig(parallelism="data", world_size=2, sync="ps", num_servers=2, global_batch=32)
+    size = _grad_bytes(cfg)
+    pred = predict_step(cfg, link, PROFILE, cores=64)
+    assert pred["compute_s"] == pytest.approx(
+        0.03 + (2 * size + 2 * size / 2) * 1e-9
+    )  # workers: pack + unpack; servers: sum + divide
+    assert pred["step_time_s"] == pytest.approx(pred["compute_s"] + ps_time(size, 2, 2, link) + 0.003 / 2)
+
+
 def test_step_model_for_pipeline_and_tensor_parallel() -> None:
     link = Link(alpha=1e-4, bandwidth=1e8)
     cfg = RunConfig(parallelism="pipeline", world_size=2, schedule="gpipe", microbatches=4, global_batch=32)
@@ -298,7 +309,7 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     [
         ("ring", 4, (6, 3 * S, 0, 0)),  # 2(n-1) rounds; sends and receives 2(n-1)/n S each; adds hidden
         ("native", 2, (2, 2 * S, 0, 0)),
-        ("ring-whole", 4, (3, 6 * S, 3 * S, 2 * S)),  # (n-1) rounds of S out and S in; clone + buffer
+        ("ring-whole", 4, (3, 6 * S, 3 * S, S)),  # (n-1) rounds of S out and S in; one copy into the send buffer
         ("reduce-broadcast", 4, (2, 6 * S, 3 * S, 0)),  # the root: all receives, then all sends
         ("tree", 5, (6, 6 * S, 3 * S, 0)),  # ceil(log2 5) = 3 levels up and down
         ("p2p", 2, (1, S, 0, 0)),

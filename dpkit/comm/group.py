@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,28 @@ class GroupView:
     def peer(self, index: int) -> int:
         """Global rank of the group member at `index` (taken modulo the group size)."""
         return self.ranks[index % self.size]
+
+
+_scratch = threading.local()  # per thread: the comm thread and the training thread may both run an all-reduce
+
+
+def scratch_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A reusable 1-D receive buffer (`like`'s dtype and device), valid until the next call on this thread.
+    A fresh one per call would page-fault its way through every byte, and how often that happens
+    depends on the allocator's state: timings would change from one launch to the next."""
+    key = (like.dtype, like.device)
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = cache[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
+
+
+def scratch_like(t: torch.Tensor, count: int = 1) -> list[torch.Tensor]:
+    """`count` reusable tensors shaped like `t` (one scratch_buffer split up): same caveat."""
+    k = t.numel()
+    buf = scratch_buffer(count * k, t)
+    return [buf[i * k : (i + 1) * k].view_as(t) for i in range(count)]
 
 
 def nbytes(t: torch.Tensor) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .group import GroupView, nbytes
+from .group import GroupView, nbytes, scratch_like
 
 
 def reduce_broadcast_allreduce(t: torch.Tensor, view: GroupView) -> int:
@@ -18,7 +18,7 @@ def reduce_broadcast_allreduce(t: torch.Tensor, view: GroupView) -> int:
     if n == 1:
         return 0
     if view.me == 0:
-        parts = [torch.empty_like(t) for _ in range(n - 1)]
+        parts = scratch_like(t, n - 1)
         for work in [dist.irecv(p, view.peer(i + 1), group=view.group) for i, p in enumerate(parts)]:
             work.wait()
         for p in parts:  # rank order: the same sum on every run

@@ -7,26 +7,14 @@ as many tutorials write it: simple, but every link carries n/2 times more bytes.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from .group import GroupView, exchange, nbytes
+from .group import GroupView, exchange, nbytes, scratch_buffer, scratch_like
 
 SEGMENT_BYTES = 1 << 21  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
-_scratch = threading.local()  # per thread: the comm thread and the training thread may both run a ring
-
-
-def _scratch_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
-    """A reusable receive buffer: a fresh one per call would page-fault its way through every byte."""
-    key = (like.dtype, like.device)
-    cache = _scratch.__dict__.setdefault("buffers", {})
-    buf = cache.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = cache[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel]
 
 
 def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
@@ -52,7 +40,7 @@ def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: Callable[[int, int
         return 0
     chunks = list(torch.tensor_split(t, n))
     longest = max(c.numel() for c in chunks)
-    scratch = _scratch_buffer(2 * longest, t)
+    scratch = scratch_buffer(2 * longest, t)
     right, left = view.peer(me + 1), view.peer(me - 1)
     steps = 2 * (n - 1)
     pending: dict[int, list] = {c: [] for c in range(n)}  # sends still reading each chunk
@@ -101,7 +89,8 @@ def ring_whole_allreduce(t: torch.Tensor, view: GroupView) -> int:
     n = view.size
     if n == 1:
         return 0
-    outgoing, incoming = t.clone(), torch.empty_like(t)
+    outgoing, incoming = scratch_like(t, 2)
+    outgoing.copy_(t)
     sent = 0
     for _ in range(n - 1):
         sent += exchange(view, outgoing, view.me + 1, incoming, view.me - 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .group import GroupView, nbytes
+from .group import GroupView, nbytes, scratch_like
 
 
 def _lowbit(i: int) -> int:
@@ -26,7 +26,7 @@ def tree_allreduce(t: torch.Tensor, view: GroupView) -> int:
         top <<= 1
     limit = _lowbit(me) if me else top  # children of `me` are me + 2^k for 2^k < limit
     sent = 0
-    scratch = torch.empty_like(t)
+    (scratch,) = scratch_like(t)
     mask = 1
     while mask < limit:  # reduce: gather children's partial sums, smallest subtree first
         if me + mask < n:

@@ -40,18 +40,32 @@ class PerTensorSync(GradSync):
 
 
 class FlatSync(GradSync):
+    """Copy every gradient into one flat buffer (kept from step to step), one all-reduce, copy back."""
+
+    def __init__(self, params, comm, algo, world, group=None) -> None:
+        super().__init__(params, comm, algo, world, group)
+        p0 = self.params[0]
+        self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=p0.dtype, device=p0.device)
+        self.views, offset = [], 0
+        for p in self.params:
+            self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
     def finish(self) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         with self.comm.recorder.span("compute", "flatten"):
-            flat = torch.cat([g.reshape(-1) for g in grads])
-        self.comm.all_reduce(flat, self.algo, self.group, name="allreduce-flat")
+            for p, view in zip(self.params, self.views, strict=True):
+                if p.grad is None:
+                    view.zero_()
+                else:
+                    view.copy_(p.grad)
+        self.comm.all_reduce(self.flat, self.algo, self.group, name="allreduce-flat")
         with self.comm.recorder.span("compute", "unflatten"):
-            flat.div_(self.world)
-            offset = 0
-            for p in self.params:
-                n = p.numel()
-                p.grad = flat[offset : offset + n].view_as(p).clone()
-                offset += n
+            self.flat.div_(self.world)
+            for p, view in zip(self.params, self.views, strict=True):
+                if p.grad is None:
+                    p.grad = view.clone()
+                else:
+                    p.grad.copy_(view)
 
 
 class Bucket:

@@ -78,9 +78,18 @@ class ShardLayout:
         return out
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One contiguous host buffer: one message per shard, not one per tensor."""
-    return torch.cat([t.detach().reshape(-1).to("cpu") for t in tensors]) if tensors else torch.empty(0)
+def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """One contiguous host buffer: one message per shard, not one per tensor. Pass `out` (kept from step
+    to step) to allocate nothing: fresh memory every step would page-fault through every byte."""
+    if out is None:
+        out = torch.empty(sum(t.numel() for t in tensors))
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            out[offset : offset + n].copy_(t.detach().reshape(-1))
+            offset += n
+    return out
 
 
 def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..workloads import build_model
 from .base import RankContext, Strategy
-from .parameter_server import ShardLayout, flatten, ps_group, unflatten_into
+from .parameter_server import ShardLayout, flatten, ps_group
 
 
 class ParameterServer(Strategy):
@@ -31,6 +31,16 @@ class ParameterServer(Strategy):
         self.params = self.layout.params_of(self.index)
         self.numel = self.layout.numel_of(self.index)
         self.opt = self.make_optimizer(self.params) if self.params else None
+        # buffers kept from step to step (fresh ones would page-fault through every byte, every step):
+        # one inbox row per worker, the averaged gradient (the parameters' .grad are views of it), the outbox
+        n = cfg.world_size
+        self.inbox = torch.empty(n, self.numel)
+        self.grad = torch.zeros(self.numel)
+        offset = 0
+        for p in self.params:
+            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self.outbox = torch.empty(self.numel)
         self.bytes_in = self.bytes_out = 0
         self.busy: list[float] = []
         self.version = 0  # updates applied to this shard
@@ -54,17 +64,17 @@ class ParameterServer(Strategy):
 
     # -- sync ---------------------------------------------------------------------------------
     def _sync_round(self) -> None:
-        bufs = [torch.empty(self.numel) for _ in self.workers]
+        bufs = list(self.inbox)
         with self.rec.span("idle", "wait-for-gradients"):
             for work in [dist.irecv(b, w, group=self.group) for w, b in zip(self.workers, bufs, strict=True)]:
                 work.wait()
         self.bytes_in += sum(b.numel() * b.element_size() for b in bufs)
         t0 = time.perf_counter()
         with self.rec.span("compute", "average+update"):
-            total = bufs[0].clone()
+            self.grad.copy_(bufs[0])
             for b in bufs[1:]:  # fixed order: same sum, bit for bit, every run
-                total += b
-            self._update(total.div_(len(bufs)))
+                self.grad += b
+            self._update(self.grad.div_(len(bufs)))
         for w in self.workers:
             self.updates.append([w, self.pushes[w], 0, 0])
             self.pushes[w] += 1
@@ -73,7 +83,7 @@ class ParameterServer(Strategy):
 
     # -- async --------------------------------------------------------------------------------
     def _apply_next_push(self) -> None:
-        buf = torch.empty(self.numel)
+        buf = self.inbox[0]
         with self.rec.span("idle", "wait-for-gradient"):
             w = dist.recv(buf, None, group=self.group)
         self.bytes_in += buf.numel() * buf.element_size()
@@ -96,11 +106,10 @@ class ParameterServer(Strategy):
 
     # -- shared -------------------------------------------------------------------------------
     def _update(self, grad: torch.Tensor) -> None:
-        for p in self.params:
-            p.grad = torch.empty_like(p)
-        unflatten_into(grad, [p.grad for p in self.params])
+        """One optimizer step with `grad` (flat) as the shard's gradient; the .grad views read self.grad."""
+        if grad is not self.grad:
+            self.grad.copy_(grad)
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
         self.version += 1
 
     def _answer(self, workers: list[int]) -> None:
@@ -108,7 +117,7 @@ class ParameterServer(Strategy):
         if not workers:
             return
         t0 = time.perf_counter()
-        flat = flatten(self.params)
+        flat = flatten(self.params, out=self.outbox)
         works = [self.ctx.comm.isend(flat, w, group=self.group, name="answer-pull") for w in workers]
         for work in works:
             work.wait()

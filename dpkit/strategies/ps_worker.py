@@ -28,6 +28,7 @@ class PushPullWorker(Strategy):
         layout = ShardLayout(self.model, cfg.num_servers)
         self.shards = [(server_rank(cfg, j), layout.params_of(j)) for j in range(cfg.num_servers) if layout.shards[j]]
         self.pulled = [torch.empty(sum(p.numel() for p in params)) for _, params in self.shards]
+        self.packed = [torch.empty_like(buf) for buf in self.pulled]  # gradients out, reused every step
         self.bytes_in = self.bytes_out = 0
         self.waits: list[float] = []
         self.losses: list[float] = []
@@ -38,7 +39,8 @@ class PushPullWorker(Strategy):
         losses = [self.forward_backward(self.model, shard(xs, i, accum), shard(ys, i, accum), 1.0 / accum) for i in range(accum)]
         with self.rec.span("compute", "pack-gradients"):
             grads = [
-                flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params]) for _, params in self.shards
+                flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in params], out=buf)
+                for (_, params), buf in zip(self.shards, self.packed, strict=True)
             ]
             self.model.zero_grad(set_to_none=True)
         self._push_pull(grads)
