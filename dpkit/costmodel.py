@@ -233,21 +233,23 @@ def sample_terms(pattern: str, size: float, n: int) -> Terms:
     return p2p_terms(size) if pattern == "p2p" else allreduce_terms(pattern, size, n)
 
 
-def _fit_nonneg(terms: np.ndarray, t: np.ndarray, cols: list[int]) -> np.ndarray:
+def _fit_nonneg(terms: np.ndarray, t: np.ndarray, cols: list[int], known: np.ndarray | None = None) -> np.ndarray:
     """Least squares on the *relative* error (a 1 KiB and a 64 MiB message weigh the same), coefficients
-    >= 0: every subset of the columns that contains the bandwidth one (1) is tried, the best kept."""
+    >= 0: every subset of the columns that contains the bandwidth one (1) is tried, the best kept.
+    `known`: seconds of each sample already accounted for (priced with a coefficient measured apart)."""
     if np.any(t <= 0):
         raise ValueError("every measured time must be > 0")
+    rhs = np.ones(len(t)) if known is None else 1.0 - known / t
     a = terms / t[:, None]
     best, best_err = None, math.inf
     for mask in range(1, 2 ** len(cols)):
         use = [c for i, c in enumerate(cols) if mask >> i & 1]
         if 1 not in use:  # bandwidth must be finite and positive
             continue
-        coef, *_ = np.linalg.lstsq(a[:, use], np.ones(len(t)), rcond=None)
+        coef, *_ = np.linalg.lstsq(a[:, use], rhs, rcond=None)
         if np.any(coef < 0):
             continue
-        err = float(np.sum((a[:, use] @ coef - 1.0) ** 2))
+        err = float(np.sum((a[:, use] @ coef - rhs) ** 2))
         if err < best_err:
             full = np.zeros(terms.shape[1])
             full[use] = coef
@@ -286,9 +288,12 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
                    copies 2(n-1) S and adds (n-1) S
     tree           2 ceil(log2 n) rounds; the root copies 2 ceil(log2 n) S and adds ceil(log2 n) S
     p2p            1 round, S copied (one message, as ping-pong measures it)
+    copy           S bytes copied locally, every rank at once (`dpkit bench calibrate` measures mu so)
     """
     if algo == "p2p":
         return (1.0, float(size), 0.0, 0.0)
+    if algo == "copy":
+        return (0.0, 0.0, 0.0, float(size))
     if algo not in ALLREDUCE_TERMS:
         raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALLREDUCE_TERMS)}")
     if n <= 1:
@@ -303,17 +308,37 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
     return (2.0 * rounds, 2.0 * rounds * size, float(rounds) * size, 0.0)
 
 
+def fit_copy_cost(samples: list[Sample]) -> float:
+    """mu (seconds per byte) from local-copy samples ("copy", S, n, t): the relative least-squares slope
+    through the origin, mu = sum(S/t) / sum((S/t)^2)."""
+    x = np.array([s[1] / s[3] for s in samples], dtype=float)
+    if not len(x) or not np.all(np.isfinite(x)) or np.any(x <= 0):
+        raise ValueError("fit_copy_cost needs copy samples with bytes > 0 and times > 0")
+    return float(x.sum() / (x**2).sum())
+
+
 def fit_host(samples: list[Sample], name: str = "single host") -> dict[int, Link]:
     """Single-host view: alpha, B, gamma, mu fitted separately for each world size in the samples
     (p2p samples count for n = 2). Why per n: with more processes than cores, a rank waiting for its
-    neighbour waits for the scheduler too, so latency and effective bandwidth depend on n / cores."""
+    neighbour waits for the scheduler too, so latency and effective bandwidth depend on n / cores.
+    mu is measured, not fitted, where there are "copy" samples for that n (every rank copying at once):
+    fitted, it soaks up whatever else the one algorithm with local copies costs and stops meaning a copy."""
     if not samples:
         raise ValueError("fit_host needs at least one measurement")
     out = {}
     for n in sorted({s[2] for s in samples}):
-        mine = [s for s in samples if s[2] == n]
+        copies = [s for s in samples if s[2] == n and s[0] == "copy"]
+        mine = [s for s in samples if s[2] == n and s[0] != "copy"]
+        if not mine:
+            raise ValueError(f"fit_host: only copy samples at n={n}; alpha and B need messages")
         terms = np.array([host_terms(p, s, k) for p, s, k, _ in mine], dtype=float)
-        c = _fit_nonneg(terms, np.array([s[3] for s in mine], dtype=float), [0, 1, 2, 3])
+        t = np.array([s[3] for s in mine], dtype=float)
+        if copies:
+            mu = fit_copy_cost(copies)
+            c = _fit_nonneg(terms, t, [0, 1, 2], known=terms[:, 3] * mu)
+            c[3] = mu
+        else:
+            c = _fit_nonneg(terms, t, [0, 1, 2, 3])
         out[n] = Link(alpha=float(c[0]), bandwidth=float(1.0 / c[1]), gamma=float(c[2]), mu=float(c[3]), name=f"{name} n={n}")
     return out
 

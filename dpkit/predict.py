@@ -147,8 +147,9 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
         return _parts(t_f + t_b + t_o, 0.0, 0.0)
     if cfg.parallelism == "data" and cfg.sync == "allreduce":
         # flat, bucketed and ddp copy every gradient into a buffer and back out (2S bytes of local
-        # copies, priced at the host's mu): compute-side work the single-process profile never did
-        copies = 0.0 if cfg.grad_sync == "per-tensor" or n == 1 else slow * 2 * size * one.mu
+        # copies, priced at the host's mu, which calibration measures with every rank copying at once,
+        # so no oversubscription factor): compute-side work the single-process profile never did
+        copies = 0.0 if cfg.grad_sync == "per-tensor" or n == 1 else 2 * size * one.mu
         if cfg.grad_sync == "per-tensor":
             comm = sum(comm_time(algo, g, n, link) for g in grads)
             exposed = comm
@@ -162,7 +163,7 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
         # a worker packs its gradients into a flat buffer and unpacks the parameters (2S of copies); a
         # server copies the first gradient into its sum and divides it (2S/k), then steps its optimizer
         k = cfg.num_servers
-        copies = slow * (2 * size + 2 * size / k) * one.mu
+        copies = (2 * size + 2 * size / k) * one.mu
         comm = ps_time(size, n, k, one)
         return _parts(t_f + t_b + copies, comm, comm, extra=t_o / k)
     if cfg.parallelism == "data":

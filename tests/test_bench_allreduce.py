@@ -25,7 +25,7 @@ def test_calibrate_quick_saves_a_fit_with_the_machine(bench_root: Path, capsys) 
     for key in ("hostname", "cpu_count", "torch_version", "date", "fit"):
         assert key in saved["meta"]
     samples = pd.read_csv(bench_root / "bench-calibrate" / "calibration.csv")
-    assert set(samples.pattern) == {"p2p", *ALGORITHMS} and (samples.time_s > 0).all()
+    assert set(samples.pattern) == {"p2p", "copy", *ALGORITHMS} and (samples.time_s > 0).all()
     host = saved["meta"]["single_host"]  # the single-host view: one fit per world size measured
     assert set(host) == {"2"} and host["2"]["bandwidth"] > 0 and host["2"]["mu"] >= 0
     assert saved["meta"]["fit"]["samples"] == len(samples)

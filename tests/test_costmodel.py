@@ -20,6 +20,7 @@ from dpkit.costmodel import (
     bubble_fraction,
     bucketed_overlap,
     buckets_of,
+    fit_copy_cost,
     fit_host,
     fit_link,
     host_terms,
@@ -313,6 +314,7 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
         ("reduce-broadcast", 4, (2, 6 * S, 3 * S, 0)),  # the root: all receives, then all sends
         ("tree", 5, (6, 6 * S, 3 * S, 0)),  # ceil(log2 5) = 3 levels up and down
         ("p2p", 2, (1, S, 0, 0)),
+        ("copy", 3, (0, 0, 0, S)),  # a local copy: mu only
         ("tree", 1, (0, 0, 0, 0)),
         ("ring-whole", 1, (0, 0, 0, 0)),
     ],
@@ -339,6 +341,30 @@ def test_single_host_fit_recovers_parameters_per_world_size() -> None:
     assert model.allreduce_time("tree", S, 4) == pytest.approx(truth[4].time((4, 4 * S, 2 * S, 0)))
     assert model.allreduce_time("ring", S, 1) == 0.0
     assert HostModel.from_json(model.to_json()) == model
+
+
+def test_copy_cost_is_the_relative_least_squares_slope() -> None:
+    # t = 1 ms for 1 MB and 4 ms for 2 MB: x = S/t = 1e9 and 5e8; mu = (1e9 + 5e8) / (1e18 + 2.5e17) = 1.2e-9
+    assert fit_copy_cost([("copy", 10**6, 2, 1e-3), ("copy", 2 * 10**6, 2, 4e-3)]) == pytest.approx(1.2e-9)
+    assert fit_copy_cost([("copy", 10**6, 2, 1e-3)]) == pytest.approx(1e-9)
+    with pytest.raises(ValueError, match="copy samples"):
+        fit_copy_cost([])
+
+
+def test_measured_copies_fix_mu_and_the_rest_is_fitted_around_it() -> None:
+    truth = Link(alpha=200e-6, bandwidth=2e9, gamma=0.1e-9, mu=0.25e-9)
+    sizes = [2**10 * 4**i for i in range(8)]
+    samples = [(a, b, 3, truth.time(host_terms(a, b, 3))) for a in ("native", "ring-whole", "tree") for b in sizes]
+    # the copies say mu is twice what would fit the all-reduces best: the measurement wins
+    copies = [("copy", b, 3, 2 * truth.mu * b) for b in sizes[4:]]
+    fitted = fit_host(samples + copies)[3]
+    assert fitted.mu == pytest.approx(2 * truth.mu)
+    assert fitted.alpha > 0 and fitted.bandwidth > 0
+    exact = fit_host(samples + [("copy", b, 3, truth.mu * b) for b in sizes[4:]])[3]
+    for field in ("alpha", "bandwidth", "gamma", "mu"):
+        assert getattr(exact, field) == pytest.approx(getattr(truth, field), rel=1e-6, abs=1e-15)
+    with pytest.raises(ValueError, match="only copy samples"):
+        fit_host(copies)
 
 
 def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:

@@ -1,6 +1,7 @@
 """`dpkit bench calibrate`: measure alpha, B (and gamma) on this machine and backend, and save them.
 
-Ping-pong between ranks 0 and 1 (one-way time = half the round trip) and every all-reduce
+Ping-pong between ranks 0 and 1 (one-way time = half the round trip), a local copy on every rank at
+once (mu, seconds per byte copied: measured, then held fixed in the fit), and every all-reduce
 algorithm over a range of sizes and every world size 2..max, median of repeats. Two fits, both saved
 in calibration.json:
 - single host (costmodel.fit_host, under meta.single_host): alpha, B, gamma, mu per world size, the
@@ -38,6 +39,7 @@ FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
 FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(7)]  # 4 KiB .. 16 MiB
 QUICK_P2P = [KIB, 64 * KIB, MIB]
 QUICK_ALLREDUCE = [16 * KIB, MIB]
+COPY_MIN = 256 * KIB  # local copies from here up price mu (smaller ones are mostly call overhead)
 FIT_ALGOS = tuple(ALGORITHMS)  # every algorithm: the single-host terms differ between them
 
 
@@ -57,6 +59,13 @@ def _pingpong(size: int, rank: int, repeats: int, warmup: int) -> list[float]:
     return [t / 2 for t in _timed(once, repeats, warmup)]
 
 
+def _copies(size: int, repeats: int, warmup: int) -> list[float]:
+    """A local copy of `size` bytes into a buffer kept from call to call, every rank at once (mu)."""
+    src = torch.ones(size // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    return _timed(lambda: dst.copy_(src), repeats, warmup)
+
+
 def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """Rank side: ping-pong then all-reduces; rank 0 writes samples.json (slowest rank per repeat)."""
     from .allreduce import interleaved_times
@@ -66,6 +75,9 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     for size in payload["p2p_sizes"] if payload.get("pingpong") else []:
         keys.append(("p2p", size))
         local.append(_pingpong(size, rank, repeats, warmup))
+    for size in payload.get("copy_sizes", []):
+        keys.append(("copy", size))
+        local.append(_copies(size, repeats, warmup))
     ar_keys, ar_local = interleaved_times(payload["allreduce_sizes"], payload["algos"], repeats, warmup)
     keys += ar_keys
     local += ar_local
@@ -89,6 +101,7 @@ def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[
             "algos": list(FIT_ALGOS),
             "repeats": repeats,
             "pingpong": i == 0,
+            "copy_sizes": [b for b in allreduce_sizes if b >= COPY_MIN],
         }
         with tempfile.TemporaryDirectory(prefix="dpkit-calib-") as tmp:
             launch(
@@ -141,7 +154,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     frame = measure(QUICK_P2P if quick else FULL_P2P, QUICK_ALLREDUCE if quick else FULL_ALLREDUCE, world_sizes, repeats)
     samples = samples_of(frame)
     host = HostModel(fit_host(samples, name="single host gloo/CPU"))
-    cluster = fit_link([s for s in samples if s[2] == 2], name="cluster view of this host (DESIGN formulas at n=2)")
+    cluster = fit_link(
+        [s for s in samples if s[2] == 2 and s[0] != "copy"], name="cluster view of this host (DESIGN formulas at n=2)"
+    )
     frame["predicted_s"] = [host.link(n).time(host_terms(p, s, n)) for p, s, n, _ in samples]
     frame["rel_error"] = host_relative_errors(samples, host)
     errors = np.abs(frame.rel_error)
