@@ -2,16 +2,19 @@
 
 Compute is measured, not modelled: a single-process run of the same model at the batch one rank
 sees, with the threads one rank gets, gives forward, backward and optimizer seconds. That process
-had the machine to itself; N ranks of t threads on c cores get c / (N t) of that speed when N t > c
-(4 ranks on 2 cores: half), so compute is scaled by max(1, N t / c) (`oversubscription`). A pipeline
-stage is busy only outside the bubble, so there N counts the stages busy on average: N (1 - bubble).
+had the machine to itself; N ranks of t threads on c cores share them when N t > c. A synchronous
+data- or tensor-parallel step waits for its slowest rank, and the scheduler keeps whole processes on
+cores, so that rank computes ceil(N t / c) times slower (`slowest_rank_slowdown`: 3 ranks on 2 cores,
+2x). A pipeline's stages hand work along, so there the average share counts, max(1, N t / c)
+(`oversubscription`), with N the stages busy on average outside the bubble: N (1 - bubble).
 Communication comes from dpkit.costmodel: a HostModel (the single-host view, per world size, as
 `dpkit bench calibrate` saves it) for runs on this machine, or a Link (cluster view). The per-strategy
 step models:
 
     data / allreduce   fwd + bwd + opt + gradient buffer copies (2S mu, not for per-tensor) + exposed
                        all-reduce (all of it for per-tensor and flat; for bucketed/ddp what the
-                       backward does not hide: costmodel.bucketed_overlap)
+                       backward does not hide: costmodel.bucketed_overlap, except on one host whose
+                       cores are all computing: there the copies take turns with the backward)
     data / ps (sync)   fwd + bwd + copies (2S + 2S/k, mu) + 2 alpha + 2 max(S, nS/k)/B + the servers' opt/k
     pipeline           (m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its opt
     tensor             (fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass
 
 import pandas as pd
@@ -58,7 +62,7 @@ class ComputeProfile:
 _PROFILES: dict[str, ComputeProfile] = {}
 
 
-def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = 6) -> ComputeProfile:
+def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = 12) -> ComputeProfile:
     """Run the full model in one process on `batch` samples per step; cached per (model, batch, threads)."""
     from .api import run
 
@@ -130,6 +134,16 @@ def oversubscription(processes: float, threads: int, cores: int | None = None) -
     return max(1.0, processes * threads / cores)
 
 
+def slowest_rank_slowdown(processes: int, threads: int, cores: int | None = None) -> float:
+    """How much slower the *slowest* of `processes` ranks computes than the profile's lone process:
+    ceil(N t / c). The scheduler places whole processes on cores and does not rotate them to even out
+    a remainder: measured with 3 ranks on 2 cores, one rank reached the all-reduce after ~1x the
+    profile's compute and the two sharing the other core after ~2x, and a synchronous step waits
+    for them (N t / c = 1.5 would be the average, not the slowest)."""
+    cores = cores or os.cpu_count() or 1
+    return float(max(1, math.ceil(processes * threads / cores)))
+
+
 def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
     """The cost model's step time and its parts for `cfg` (seconds; per rank, as RunResult.summary has them).
     With a HostModel, messages are priced at this run's process count (the machine is shared by all)."""
@@ -137,7 +151,11 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
     if cfg.parallelism in ("pipeline", "hybrid") and cfg.schedule != "naive":
         p_, m_ = cfg.num_processes // (cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1), cfg.microbatches
         busy = cfg.num_processes * (1 - bubble_fraction(p_, m_))  # stages idle in the bubble leave their core to others
-    slow = oversubscription(busy, profile.threads, cores)
+    if cfg.parallelism in ("data", "tensor"):  # every rank computes, then all wait for the slowest
+        computing = cfg.world_size  # a parameter server's servers sleep while the workers compute
+        slow = slowest_rank_slowdown(computing, profile.threads, cores)
+    else:  # a pipeline's stages hand work along: the average share of the cores sets the pace
+        slow = oversubscription(busy, profile.threads, cores)
     t_f, t_b, t_o = slow * profile.forward_s, slow * profile.backward_s, slow * profile.optimizer_s
     algo = cfg.allreduce_algo
     model, grads = _model_facts(cfg)
@@ -158,6 +176,11 @@ def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile
         else:  # bucketed and ddp: both bucket by bucket_mb in reverse order and overlap with the backward
             ov = bucketed_overlap(buckets_of(grads, cfg.bucket_mb), t_b, n, link, algo)
             comm, exposed = ov.comm_s, ov.exposed_s
+            if isinstance(link, HostModel) and n * profile.threads >= (cores or os.cpu_count() or 1):
+                # one host with every core computing: its "links" are kernel copies, CPU work that
+                # takes turns with the backward instead of running beside it (measured here:
+                # bucketed steps as long as flat ones at n = 2, 3, 4 on 2 cores)
+                exposed = comm
         return _parts(t_f + t_b + t_o + copies, comm, exposed)
     if cfg.parallelism == "data" and cfg.sync == "ps":
         # a worker packs its gradients into a flat buffer and unpacks the parameters (2S of copies); a
@@ -199,21 +222,30 @@ def _parts(compute: float, comm: float, exposed: float, extra: float = 0.0) -> d
     }
 
 
+def measured_quantities(results: list) -> dict[str, float]:
+    """Each of QUANTITIES as the median over runs of the same config (each run's value is already a
+    median over its timed steps): one run on a shared 2-core machine can be 20% off the next."""
+    out = {}
+    for q in QUANTITIES:
+        values = [float(r.summary[q]) for r in results if r.summary.get(q) is not None]
+        out[q] = statistics.median(values) if values else float("nan")
+    return out
+
+
 def compare(cfg: RunConfig, link: Link | HostModel, result=None, profile: ComputeProfile | None = None) -> pd.DataFrame:
     """Predicted and measured side by side for one config: a row per quantity, with the relative error.
-    Runs `cfg` (and the single-process compute profile) unless given."""
+    Runs `cfg` (and the single-process compute profile) unless given; `result` may be a list of runs."""
     if result is None:
         from .api import run
 
         result = run(cfg)
+    measured = measured_quantities(result if isinstance(result, list) else [result])
     profile = profile or measure_compute(cfg, profile_batch(cfg), target_threads(cfg))
     pred = predict_step(cfg, link, profile)
     rows = []
     for q in QUANTITIES:
-        measured = result.summary.get(q)
-        measured = float(measured) if measured is not None else float("nan")
-        err = (pred[q] - measured) / measured if measured else float("nan")
-        rows.append({"quantity": q, "predicted": pred[q], "measured": measured, "rel_error": err})
+        err = (pred[q] - measured[q]) / measured[q] if measured[q] else float("nan")
+        rows.append({"quantity": q, "predicted": pred[q], "measured": measured[q], "rel_error": err})
     return pd.DataFrame(rows)
 
 
@@ -227,12 +259,22 @@ def strategy_name(cfg: RunConfig) -> str:
     return cfg.parallelism
 
 
-def compare_many(configs: list[RunConfig], link: Link | HostModel) -> pd.DataFrame:
-    """One row per config: world size, strategy, and predicted/measured step and comm time (for the plot)."""
+def compare_many(configs: list[RunConfig], link: Link | HostModel, repeats: int = 1) -> pd.DataFrame:
+    """One row per config: world size, strategy, and predicted/measured step and comm time (for the plot).
+    Each config runs `repeats` times, the configs taking turns (so drift in the machine's load hits all
+    alike); measured values are medians over those runs."""
+    from .api import run
+
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} is not allowed: at least 1 run per config")
+    results: list[list] = [[] for _ in configs]
+    for _ in range(repeats):
+        for mine, cfg in zip(results, configs, strict=True):
+            mine.append(run(cfg))
     rows = []
-    for cfg in configs:
-        c = compare(cfg, link).set_index("quantity")
-        row = {"strategy": strategy_name(cfg), "world_size": cfg.world_size, "run_id": cfg.run_id()}
+    for cfg, mine in zip(configs, results, strict=True):
+        c = compare(cfg, link, result=mine).set_index("quantity")
+        row = {"strategy": strategy_name(cfg), "world_size": cfg.world_size, "run_id": cfg.run_id(), "runs": len(mine)}
         for q in ("step_time_s", "comm_s", "bubble_s"):
             row[f"predicted_{q}"], row[f"measured_{q}"] = c.loc[q, "predicted"], c.loc[q, "measured"]
         row["rel_error"] = c.loc["step_time_s", "rel_error"]

@@ -224,6 +224,17 @@ def test_step_model_for_data_parallel_and_parameter_server() -> None:
     assert ps["step_time_s"] == pytest.approx(0.03 + ps["comm_s"] + 0.003 / 2)
 
 
+def test_bucketed_overlap_needs_a_spare_core_on_one_host() -> None:
+    cfg = RunConfig(parallelism="data", world_size=2, grad_sync="bucketed", bucket_mb=0.01, global_batch=32)
+    host = HostModel({2: Link(alpha=1e-4, bandwidth=1e8)})
+    busy = predict_step(cfg, host, PROFILE, cores=2)  # 2 ranks x 1 thread on 2 cores: nothing spare
+    assert busy["exposed_comm_s"] == pytest.approx(busy["comm_s"])
+    spare = predict_step(cfg, host, PROFILE, cores=8)
+    assert spare["exposed_comm_s"] < spare["comm_s"]
+    cluster = predict_step(cfg, host.links[2], PROFILE, cores=2)  # the cluster view: links are not CPU work
+    assert cluster["exposed_comm_s"] < cluster["comm_s"]
+
+
 def test_gradient_buffer_copies_cost_2S_mu_except_per_tensor() -> None:
     link = Link(alpha=1e-4, bandwidth=1e8, mu=1e-9)
     cfg = RunConfig(parallelism="data", world_size=2, grad_sync="flat", global_batch=32)
@@ -305,6 +316,17 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     assert frame.loc["compute_s", "predicted"] == pytest.approx(profile.forward_s + profile.backward_s + profile.optimizer_s)
 
 
+def test_measured_side_is_the_median_over_runs() -> None:
+    from types import SimpleNamespace
+
+    from dpkit.predict import QUANTITIES, compare_many, measured_quantities
+
+    runs = [SimpleNamespace(summary={q: v for q in QUANTITIES}) for v in (0.3, 0.1, 0.2)]
+    assert measured_quantities(runs) == {q: pytest.approx(0.2) for q in QUANTITIES}
+    with pytest.raises(ValueError, match="repeats=0 is not allowed"):
+        compare_many([RunConfig()], Link(alpha=1e-4, bandwidth=1e8), repeats=0)
+
+
 @pytest.mark.parametrize(
     ("algo", "n", "expected"),
     [
@@ -368,6 +390,10 @@ def test_measured_copies_fix_mu_and_the_rest_is_fitted_around_it() -> None:
 
 
 def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:
+    from dpkit.predict import slowest_rank_slowdown
+
+    assert slowest_rank_slowdown(2, 1, cores=2) == 1.0 and slowest_rank_slowdown(3, 1, cores=2) == 2.0  # mean: 1.5
+    assert slowest_rank_slowdown(4, 1, cores=2) == 2.0 and slowest_rank_slowdown(5, 2, cores=4) == 3.0
     assert oversubscription(2, 1, cores=2) == 1.0 and oversubscription(4, 1, cores=2) == 2.0
     assert oversubscription(3, 2, cores=8) == 1.0
     cfg = RunConfig(parallelism="data", world_size=4, grad_sync="flat", global_batch=32, freeze=("embed",))

@@ -34,6 +34,9 @@ def calibration_for(out: Path) -> tuple[HostModel | Link, str]:
     )
 
 
+RUNS_PER_CONFIG = 3  # one run on 2 shared cores can be 20% off the next
+
+
 def configs(quick: bool, max_n: int) -> list[RunConfig]:
     """The benchmark workloads: an MLP (about 8M parameters; tiny with --quick) under every strategy the model covers."""
     base = RunConfig(
@@ -62,7 +65,8 @@ def configs(quick: bool, max_n: int) -> list[RunConfig]:
 def main(out: Path, args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     link, source = calibration_for(out)
-    frame = compare_many(configs(quick, int(getattr(args, "max_world_size", 4))), link)
+    repeats = 1 if quick else RUNS_PER_CONFIG
+    frame = compare_many(configs(quick, int(getattr(args, "max_world_size", 4))), link, repeats=repeats)
     frame.to_csv(out / "predict.csv", index=False)
     from ..plots_cost import plot_predicted_vs_measured
 
@@ -76,6 +80,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
     )
     cols = ["strategy", "world_size", "pred_step_ms", "meas_step_ms", "err_pct", "pred_comm_ms", "meas_comm_ms"]
     print(f"model: {link.describe()} ({source})")
+    print(f"measured: median over {repeats} run(s) per config (configs taking turns), each the median of its timed steps")
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     per = (
         frame.assign(abs_err=frame.rel_error.abs()).groupby(frame.strategy.str.split("/").str[:2].str.join("/")).abs_err.median()
