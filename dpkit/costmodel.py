@@ -277,17 +277,23 @@ def relative_errors(samples: list[Sample], link: Link) -> np.ndarray:
 
 # ---- the single-host view ------------------------------------------------------------------------
 def host_terms(algo: str, size: float, n: int) -> HostTerms:
-    """Single host: (rounds waited for, bytes the busiest process copies in + out, bytes it adds, bytes it
-    copies into fresh memory outside the transfers), for dpkit's implementations (dpkit/comm/):
+    """Single host: (message latencies on the busiest process's critical path, bytes it copies in + out,
+    bytes it adds, bytes it copies locally outside the transfers), for dpkit's implementations (dpkit/comm/).
 
-    ring, native   2(n-1) rounds; a rank sends and receives 2(n-1)/n S each: 4(n-1)/n S copied;
-                   its adds overlap the next piece's arrival (pipelined), so no add term
-    ring-whole     n-1 rounds; sends and receives S per round: 2(n-1) S; adds (n-1) S; copies the
-                   tensor into its (reused) send buffer: S of local copies
-    reduce-bcast   2 rounds (the root posts all n-1 receives, then all n-1 sends, at once); the root
-                   copies 2(n-1) S and adds (n-1) S
-    tree           2 ceil(log2 n) rounds; the root copies 2 ceil(log2 n) S and adds ceil(log2 n) S
-    p2p            1 round, S copied (one message, as ping-pong measures it)
+    Latencies: a round in which every rank both sends and receives (the rings) counts two, because on
+    one host that rank's single I/O thread carries both messages, one after the other; a round of
+    one-way messages counts one, also when a root gathers from several peers at once (their sends run
+    in parallel). Fitted with one alpha, the rings were under-predicted by ~25% and the tree
+    over-predicted by ~25% at small sizes; counted so, both fit (`dpkit bench calibrate`).
+
+    ring, native   2(n-1) exchange rounds: 4(n-1) latencies; a rank sends and receives 2(n-1)/n S
+                   each: 4(n-1)/n S copied; its adds overlap the next piece's arrival (pipelined)
+    ring-whole     n-1 exchange rounds: 2(n-1) latencies; S out and S in per round: 2(n-1) S;
+                   adds (n-1) S; copies the tensor into its (reused) send buffer: S of local copies
+    reduce-bcast   2 one-way rounds (the root posts all n-1 receives, then all n-1 sends, at once);
+                   the root copies 2(n-1) S and adds (n-1) S
+    tree           2 ceil(log2 n) one-way rounds; the root copies 2 ceil(log2 n) S, adds ceil(log2 n) S
+    p2p            1 latency, S copied (one message, as ping-pong measures it)
     copy           S bytes copied locally, every rank at once (`dpkit bench calibrate` measures mu so)
     """
     if algo == "p2p":
@@ -299,9 +305,9 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
     if n <= 1:
         return (0.0, 0.0, 0.0, 0.0)
     if algo in ("ring", "native"):
-        return (2.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
+        return (4.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
     if algo == "ring-whole":
-        return (float(n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, float(size))
+        return (2.0 * (n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, float(size))
     if algo == "reduce-broadcast":
         return (2.0, 2.0 * (n - 1) * size, float(n - 1) * size, 0.0)
     rounds = math.ceil(math.log2(n))

@@ -72,3 +72,18 @@ def test_predict_quick_puts_model_and_runs_side_by_side(bench_root: Path, capsys
     pd.testing.assert_series_equal(frame.rel_error, err, check_names=False)
     assert (out / "predict.png").stat().st_size > 1000
     assert "median |relative error|" in capsys.readouterr().out
+
+
+def test_repeats_are_spread_over_launches_and_merged_back() -> None:
+    from dpkit.benchmarks.allreduce import merge_launches, split_repeats
+
+    assert split_repeats(15, 3) == [5, 5, 5] and split_repeats(7, 3) == [3, 2, 2]
+    assert split_repeats(2, 3) == [1, 1] and split_repeats(1, 3) == [1]
+    rows = [
+        {"algo": "ring", "size_bytes": 4, "world_size": 2, "times_s": [1.0, 2.0]},
+        {"algo": "tree", "size_bytes": 4, "world_size": 2, "times_s": [5.0]},
+        {"algo": "ring", "size_bytes": 4, "world_size": 2, "times_s": [3.0]},
+    ]
+    merged = merge_launches(rows, ("algo", "size_bytes", "world_size"))
+    assert [(r["algo"], r["times_s"]) for r in merged] == [("ring", [1.0, 2.0, 3.0]), ("tree", [5.0])]
+    assert rows[0]["times_s"] == [1.0, 2.0]  # the input rows are left as they were

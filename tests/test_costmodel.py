@@ -330,9 +330,9 @@ def test_measured_side_is_the_median_over_runs() -> None:
 @pytest.mark.parametrize(
     ("algo", "n", "expected"),
     [
-        ("ring", 4, (6, 3 * S, 0, 0)),  # 2(n-1) rounds; sends and receives 2(n-1)/n S each; adds hidden
-        ("native", 2, (2, 2 * S, 0, 0)),
-        ("ring-whole", 4, (3, 6 * S, 3 * S, S)),  # (n-1) rounds of S out and S in; one copy into the send buffer
+        ("ring", 4, (12, 3 * S, 0, 0)),  # 2(n-1) exchange rounds, 2 latencies each; 2(n-1)/n S out and in; adds hidden
+        ("native", 2, (4, 2 * S, 0, 0)),
+        ("ring-whole", 4, (6, 6 * S, 3 * S, S)),  # (n-1) exchange rounds of S out and S in; one copy into the send buffer
         ("reduce-broadcast", 4, (2, 6 * S, 3 * S, 0)),  # the root: all receives, then all sends
         ("tree", 5, (6, 6 * S, 3 * S, 0)),  # ceil(log2 5) = 3 levels up and down
         ("p2p", 2, (1, S, 0, 0)),

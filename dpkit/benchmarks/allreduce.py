@@ -1,7 +1,8 @@
 """`dpkit bench allreduce`: time every all-reduce algorithm over message sizes and world sizes.
 
 Each measurement: warm-up runs, then `repeats` timed runs, each between barriers and taken as the
-slowest rank's time (an all-reduce is done when the last rank has the sum); the median is reported.
+slowest rank's time (an all-reduce is done when the last rank has the sum); the repeats are spread
+over LAUNCHES launches of the ranks, and the median over all of them is reported.
 algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (DESIGN.md). The same
 module holds the rank-side correctness check the tests launch (rank code must be importable).
 """
@@ -141,19 +142,55 @@ def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 
 
 # ---- parent side -----------------------------------------------------------------------------
+LAUNCHES = 3  # repeats are spread over this many launches per world size (see split_repeats)
+
+
+def split_repeats(repeats: int, launches: int = LAUNCHES) -> list[int]:
+    """Repeats per launch. Where the scheduler puts a launch's ranks sets that launch's speed (4 ranks
+    on 2 cores: one launch measured 1.6-1.9x the next for 256 KiB-4 MiB), so the median is taken
+    over several launches' repeats: one unlucky placement then moves it less."""
+    launches = max(1, min(launches, repeats))
+    return [repeats // launches + (i < repeats % launches) for i in range(launches)]
+
+
+def merge_launches(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Rows from several launches of the same measurement, one per key, their times_s lists joined."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        if key in merged:
+            merged[key]["times_s"] = merged[key]["times_s"] + row["times_s"]
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())
+
+
 def measure(
-    sizes: list[int], algos: list[str], world_sizes: list[int], repeats: int, warmup: int = 1, timeout_s: float = 900.0
+    sizes: list[int],
+    algos: list[str],
+    world_sizes: list[int],
+    repeats: int,
+    warmup: int = 1,
+    timeout_s: float = 900.0,
+    launches: int = LAUNCHES,
 ) -> pd.DataFrame:
-    """One launch per world size; a row per (algo, size, world size) with median time, algbw and busbw."""
+    """`launches` launches per world size sharing the repeats; a row per (algo, size, world size) with
+    the median over all its repeats, algbw and busbw."""
     rows = []
     for n in world_sizes:
-        with _tempdir() as tmp:
-            payload = {"sizes": sizes, "algos": algos, "repeats": repeats, "warmup": warmup}
-            launch(
-                "dpkit.benchmarks.allreduce:time_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=timeout_s
-            )
-            rows += json.loads(Path(tmp, "times.json").read_text())
-    frame = pd.DataFrame(rows)
+        for reps in split_repeats(repeats, launches):
+            with _tempdir() as tmp:
+                payload = {"sizes": sizes, "algos": algos, "repeats": reps, "warmup": warmup}
+                launch(
+                    "dpkit.benchmarks.allreduce:time_ranks",
+                    payload,
+                    n,
+                    tmp,
+                    threads_per_rank=default_threads(n),
+                    timeout_s=timeout_s,
+                )
+                rows += json.loads(Path(tmp, "times.json").read_text())
+    frame = pd.DataFrame(merge_launches(rows, ("algo", "size_bytes", "world_size")))
     frame["time_s"] = frame.times_s.map(statistics.median)
     frame["repeats"] = frame.times_s.map(len)
     frame["algbw_GBps"] = frame.size_bytes / frame.time_s / 1e9
@@ -218,7 +255,10 @@ def main(out: Path, args: argparse.Namespace) -> None:
         err_pct=frame.rel_error * 100,
     )
     cols = ["world_size", "size", "algo", "time_ms", "predicted_ms", "err_pct", "algbw_GBps", "busbw_GBps"]
-    print(f"all-reduce on gloo/CPU, {os.cpu_count()} cores, threads per rank = cores // world size, median of {repeats}")
+    print(
+        f"all-reduce on gloo/CPU, {os.cpu_count()} cores, threads per rank = cores // world size, "
+        f"median of {repeats} repeats over {len(split_repeats(repeats))} launches per world size"
+    )
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"predicted: {source}")
     big = [s for s in (16 * MIB, 64 * MIB) if s in sizes] or [max(sizes)]

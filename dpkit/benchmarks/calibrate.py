@@ -33,7 +33,7 @@ import torch.distributed as dist
 from ..comm import ALGORITHMS
 from ..costmodel import HostModel, Link, fit_host, fit_link, host_relative_errors, host_terms
 from ..launch import default_threads, launch
-from .allreduce import KIB, MIB, _timed, human_bytes
+from .allreduce import KIB, MIB, _timed, human_bytes, merge_launches, split_repeats
 
 FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
 FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(7)]  # 4 KiB .. 16 MiB
@@ -93,21 +93,29 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 
 # ---- parent side -----------------------------------------------------------------------------
 def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[int], repeats: int) -> pd.DataFrame:
+    """Every world size in LAUNCHES launches sharing the repeats (allreduce.split_repeats says why)."""
     rows = []
     for i, n in enumerate(world_sizes):
-        payload = {
-            "p2p_sizes": p2p_sizes,
-            "allreduce_sizes": allreduce_sizes,
-            "algos": list(FIT_ALGOS),
-            "repeats": repeats,
-            "pingpong": i == 0,
-            "copy_sizes": [b for b in allreduce_sizes if b >= COPY_MIN],
-        }
-        with tempfile.TemporaryDirectory(prefix="dpkit-calib-") as tmp:
-            launch(
-                "dpkit.benchmarks.calibrate:calibrate_ranks", payload, n, tmp, threads_per_rank=default_threads(n), timeout_s=300
-            )
-            rows += json.loads(Path(tmp, "samples.json").read_text())
+        for reps in split_repeats(repeats):
+            payload = {
+                "p2p_sizes": p2p_sizes,
+                "allreduce_sizes": allreduce_sizes,
+                "algos": list(FIT_ALGOS),
+                "repeats": reps,
+                "pingpong": i == 0,
+                "copy_sizes": [b for b in allreduce_sizes if b >= COPY_MIN],
+            }
+            with tempfile.TemporaryDirectory(prefix="dpkit-calib-") as tmp:
+                launch(
+                    "dpkit.benchmarks.calibrate:calibrate_ranks",
+                    payload,
+                    n,
+                    tmp,
+                    threads_per_rank=default_threads(n),
+                    timeout_s=300,
+                )
+                rows += json.loads(Path(tmp, "samples.json").read_text())
+    rows = merge_launches(rows, ("pattern", "size_bytes", "world_size"))
     frame = pd.DataFrame(rows)
     frame["time_s"] = frame.times_s.map(statistics.median)
     frame["times_s"] = frame.times_s.map(lambda ts: " ".join(f"{t:.6g}" for t in ts))
