@@ -142,13 +142,13 @@ def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 
 
 # ---- parent side -----------------------------------------------------------------------------
-LAUNCHES = 3  # repeats are spread over this many launches per world size (see split_repeats)
+LAUNCHES = 5  # repeats are spread over this many launches per world size (see split_repeats)
 
 
 def split_repeats(repeats: int, launches: int = LAUNCHES) -> list[int]:
-    """Repeats per launch. Where the scheduler puts a launch's ranks sets that launch's speed (4 ranks
-    on 2 cores: one launch measured 1.6-1.9x the next for 256 KiB-4 MiB), so the median is taken
-    over several launches' repeats: one unlucky placement then moves it less."""
+    """Repeats per launch. A launch can be slow as a whole (4 ranks on 2 cores: one measured 1.6-1.9x
+    the next for 256 KiB-4 MiB; the first launches after another benchmark were up to 1.7x slower),
+    so the median is taken over several launches' repeats, the world sizes taking turns."""
     launches = max(1, min(launches, repeats))
     return [repeats // launches + (i < repeats % launches) for i in range(launches)]
 
@@ -177,8 +177,8 @@ def measure(
     """`launches` launches per world size sharing the repeats; a row per (algo, size, world size) with
     the median over all its repeats, algbw and busbw."""
     rows = []
-    for n in world_sizes:
-        for reps in split_repeats(repeats, launches):
+    for reps in split_repeats(repeats, launches):
+        for n in world_sizes:  # world sizes take turns launch by launch: drift over the run hits all alike
             with _tempdir() as tmp:
                 payload = {"sizes": sizes, "algos": algos, "repeats": reps, "warmup": warmup}
                 launch(

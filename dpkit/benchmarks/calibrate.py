@@ -93,10 +93,11 @@ def calibrate_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 
 # ---- parent side -----------------------------------------------------------------------------
 def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[int], repeats: int) -> pd.DataFrame:
-    """Every world size in LAUNCHES launches sharing the repeats (allreduce.split_repeats says why)."""
+    """Every world size in LAUNCHES launches sharing the repeats, the world sizes taking turns
+    (allreduce.split_repeats says why)."""
     rows = []
-    for i, n in enumerate(world_sizes):
-        for reps in split_repeats(repeats):
+    for reps in split_repeats(repeats):
+        for i, n in enumerate(world_sizes):  # world sizes take turns launch by launch
             payload = {
                 "p2p_sizes": p2p_sizes,
                 "allreduce_sizes": allreduce_sizes,
