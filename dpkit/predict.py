@@ -60,30 +60,53 @@ class ComputeProfile:
 
 
 _PROFILES: dict[str, ComputeProfile] = {}
+PROFILE_STEPS = 12  # 2 warm-up + 10 timed
 
 
-def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = 12) -> ComputeProfile:
-    """Run the full model in one process on `batch` samples per step; cached per (model, batch, threads)."""
-    from .api import run
-
-    single = RunConfig(
+def _single(cfg: RunConfig, batch: int, threads: int, steps: int) -> RunConfig:
+    """The one-process config whose compute a rank of `cfg` repeats on `batch` samples."""
+    return RunConfig(
         model=cfg.model, hidden=cfg.hidden, layers=cfg.layers, seq_len=cfg.seq_len, freeze=cfg.freeze, tie_weights=cfg.tie_weights,
         optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, seed=cfg.seed, device=cfg.device, timeout_s=cfg.timeout_s,
         global_batch=batch, steps=steps, warmup=min(2, steps - 1), threads_per_rank=threads,
     )  # fmt: skip
+
+
+def profile_once(single: RunConfig) -> ComputeProfile:
+    """One run of the one-process config: median forward, backward and optimizer seconds of its timed steps."""
+    from .api import run
+
+    tl = run(single).timeline
+    tl = tl[(tl.kind == "compute") & (tl.step >= single.warmup)]
+    per_step = tl.assign(d=tl.end_s - tl.start_s).groupby(["step", "name"]).d.sum().unstack(fill_value=0.0).median()
+    return ComputeProfile(
+        single.global_batch,
+        float(per_step.get("forward", 0.0)),
+        float(per_step.get("backward", 0.0)),
+        float(per_step.get("optimizer", 0.0)),
+        int(single.threads_per_rank or 1),
+    )
+
+
+def median_profile(profiles: list[ComputeProfile]) -> ComputeProfile:
+    """Component by component, the median of several runs' profiles (same batch and threads)."""
+    first = profiles[0]
+    return ComputeProfile(
+        first.batch,
+        statistics.median(p.forward_s for p in profiles),
+        statistics.median(p.backward_s for p in profiles),
+        statistics.median(p.optimizer_s for p in profiles),
+        first.threads,
+    )
+
+
+def measure_compute(cfg: RunConfig, batch: int, threads: int, steps: int = PROFILE_STEPS, runs: int = 1) -> ComputeProfile:
+    """Run the full model in one process on `batch` samples per step (`runs` times: the median);
+    cached per (model, batch, threads)."""
+    single = _single(cfg, batch, threads, steps)
     key = single.run_id()
     if key not in _PROFILES:
-        result = run(single)
-        tl = result.timeline
-        tl = tl[(tl.kind == "compute") & (tl.step >= single.warmup)]
-        per_step = tl.assign(d=tl.end_s - tl.start_s).groupby(["step", "name"]).d.sum().unstack(fill_value=0.0).median()
-        _PROFILES[key] = ComputeProfile(
-            batch,
-            float(per_step.get("forward", 0.0)),
-            float(per_step.get("backward", 0.0)),
-            float(per_step.get("optimizer", 0.0)),
-            threads,
-        )
+        _PROFILES[key] = median_profile([profile_once(single) for _ in range(runs)])
     return _PROFILES[key]
 
 
@@ -267,13 +290,19 @@ def compare_many(configs: list[RunConfig], link: Link | HostModel, repeats: int 
 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not allowed: at least 1 run per config")
+    single_of = [_single(cfg, profile_batch(cfg), target_threads(cfg), PROFILE_STEPS) for cfg in configs]
+    specs = {single.run_id(): single for single in single_of}  # each distinct profile once per round
     results: list[list] = [[] for _ in configs]
-    for _ in range(repeats):
+    profiles: dict[str, list[ComputeProfile]] = {key: [] for key in specs}
+    for _ in range(repeats):  # the compute profiles take their turns with the runs, so drift hits both
         for mine, cfg in zip(results, configs, strict=True):
             mine.append(run(cfg))
+        for key, single in specs.items():
+            profiles[key].append(profile_once(single))
     rows = []
-    for cfg, mine in zip(configs, results, strict=True):
-        c = compare(cfg, link, result=mine).set_index("quantity")
+    for cfg, single, mine in zip(configs, single_of, results, strict=True):
+        profile = median_profile(profiles[single.run_id()])
+        c = compare(cfg, link, result=mine, profile=profile).set_index("quantity")
         row = {"strategy": strategy_name(cfg), "world_size": cfg.world_size, "run_id": cfg.run_id(), "runs": len(mine)}
         for q in ("step_time_s", "comm_s", "bubble_s"):
             row[f"predicted_{q}"], row[f"measured_{q}"] = c.loc[q, "predicted"], c.loc[q, "measured"]

@@ -316,6 +316,13 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     assert frame.loc["compute_s", "predicted"] == pytest.approx(profile.forward_s + profile.backward_s + profile.optimizer_s)
 
 
+def test_profiles_combine_by_median_component_by_component() -> None:
+    from dpkit.predict import median_profile
+
+    runs = [ComputeProfile(16, f, b, o, 1) for f, b, o in ((0.1, 0.9, 0.5), (0.3, 0.2, 0.4), (0.2, 0.4, 0.6))]
+    assert median_profile(runs) == ComputeProfile(16, 0.2, 0.4, 0.5, 1)
+
+
 def test_measured_side_is_the_median_over_runs() -> None:
     from types import SimpleNamespace
 

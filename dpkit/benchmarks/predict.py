@@ -80,7 +80,10 @@ def main(out: Path, args: argparse.Namespace) -> None:
     )
     cols = ["strategy", "world_size", "pred_step_ms", "meas_step_ms", "err_pct", "pred_comm_ms", "meas_comm_ms"]
     print(f"model: {link.describe()} ({source})")
-    print(f"measured: median over {repeats} run(s) per config (configs taking turns), each the median of its timed steps")
+    print(
+        f"measured: median over {repeats} run(s) per config (configs taking turns), each the median of its timed steps; "
+        f"compute profiles: median over {repeats} single-process runs, taking turns with them"
+    )
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     per = (
         frame.assign(abs_err=frame.rel_error.abs()).groupby(frame.strategy.str.split("/").str[:2].str.join("/")).abs_err.median()
