@@ -11,7 +11,6 @@ from pathlib import Path
 
 from . import gloo_loop
 from .config import RunConfig
-from .gloo_loop import GLOO_LOOP_MODES
 
 _HELP = {
     "parallelism": "none | data | pipeline | tensor | hybrid",
@@ -147,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a small grid (for tests)")
     p.add_argument(
-        "--gloo-loop", choices=GLOO_LOOP_MODES, default=None, help="scheduling of gloo's I/O threads in every run (default idle)"
+        "--gloo-loop",
+        choices=gloo_loop.GLOO_LOOP_MODES,
+        default=None,
+        help="scheduling of gloo's I/O threads in every run (default idle)",
     )
     p.set_defaults(func=cmd_bench)
     return parser

@@ -63,7 +63,7 @@ def apply(mode: str) -> int:
         try:
             os.sched_setscheduler(tid, policy, os.sched_param(0))
             done += 1
-        except (OSError, PermissionError):  # raising back from SCHED_IDLE may need privileges
+        except OSError:  # raising back from SCHED_IDLE may need privileges (PermissionError)
             continue
     return done
 
