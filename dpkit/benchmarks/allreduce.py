@@ -147,7 +147,7 @@ LAUNCHES = 5  # repeats are spread over this many launches per world size (see s
 
 def split_repeats(repeats: int, launches: int = LAUNCHES) -> list[int]:
     """Repeats per launch. A launch can be slow as a whole (4 ranks on 2 cores: one measured 1.6-1.9x
-    the next for 256 KiB-4 MiB; the first launches after another benchmark were up to 1.7x slower),
+    the next for 256 KiB-4 MiB; the first launches after another benchmark were up to 1.8x slower),
     so the median is taken over several launches' repeats, the world sizes taking turns."""
     launches = max(1, min(launches, repeats))
     return [repeats // launches + (i < repeats % launches) for i in range(launches)]
