@@ -170,14 +170,14 @@ def slowest_rank_slowdown(processes: int, threads: int, cores: int | None = None
 def predict_step(cfg: RunConfig, link: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
     """The cost model's step time and its parts for `cfg` (seconds; per rank, as RunResult.summary has them).
     With a HostModel, messages are priced at this run's process count (the machine is shared by all)."""
-    busy = cfg.num_processes
-    if cfg.parallelism in ("pipeline", "hybrid") and cfg.schedule != "naive":
-        p_, m_ = cfg.num_processes // (cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1), cfg.microbatches
-        busy = cfg.num_processes * (1 - bubble_fraction(p_, m_))  # stages idle in the bubble leave their core to others
     if cfg.parallelism in ("data", "tensor"):  # every rank computes, then all wait for the slowest
-        computing = cfg.world_size  # a parameter server's servers sleep while the workers compute
-        slow = slowest_rank_slowdown(computing, profile.threads, cores)
+        # (cfg.world_size: a parameter server's servers sleep while the workers compute)
+        slow = slowest_rank_slowdown(cfg.world_size, profile.threads, cores)
     else:  # a pipeline's stages hand work along: the average share of the cores sets the pace
+        busy = float(cfg.num_processes)
+        if cfg.parallelism in ("pipeline", "hybrid") and cfg.schedule != "naive":
+            p_, m_ = cfg.num_processes // (cfg.data_parallel_size if cfg.parallelism == "hybrid" else 1), cfg.microbatches
+            busy *= 1 - bubble_fraction(p_, m_)  # stages idle in the bubble leave their core to others
         slow = oversubscription(busy, profile.threads, cores)
     t_f, t_b, t_o = slow * profile.forward_s, slow * profile.backward_s, slow * profile.optimizer_s
     algo = cfg.allreduce_algo
