@@ -2,8 +2,8 @@
 
 from .api import load_sweep, run, sweep
 from .config import RunConfig
-from .launch import RankFailedError, RunTimeoutError
 from .results import RunResult
+from .runtime.launch import RankFailedError, RunTimeoutError
 
 __all__ = ["RankFailedError", "RunConfig", "RunResult", "RunTimeoutError", "load_sweep", "run", "sweep"]
 __version__ = "0.1.0"

@@ -12,8 +12,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import RunConfig
-from .launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
 from .results import RunResult
+from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
 from .strategies import is_supported, unsupported_reason
 
 
@@ -45,7 +45,7 @@ def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="dpkit-run-") as tmp:
         try:
             launch(
-                "dpkit.train:rank_main",
+                "dpkit.runtime.training:rank_main",
                 payload,
                 nprocs,
                 tmp,

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .gloo_loop import GLOO_LOOP_MODES, default_mode
+from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
 
 PARALLELISMS = ("none", "data", "pipeline", "tensor", "hybrid")
 SYNCS = ("allreduce", "ps", "ps-async")

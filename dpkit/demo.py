@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
 from .api import sweep
 from .config import RunConfig
+from .viz.plots import scaling_frame, speedup_plot
 
 
 def demo_config(quick: bool = False) -> RunConfig:
@@ -29,9 +28,6 @@ def demo_config(quick: bool = False) -> RunConfig:
 
 
 def main(out: Path, quick: bool = False) -> None:
-    matplotlib.use("Agg")
-    from .plots import scaling_frame, speedup_plot
-
     out.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(quick)
     print(f"dpkit demo: {cfg.model} (hidden={cfg.model_hidden}, layers={cfg.model_layers}), global batch "

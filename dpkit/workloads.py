@@ -13,7 +13,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 
 import numpy as np
 import torch
@@ -22,8 +22,7 @@ from torch import nn
 
 from .config import RunConfig
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DIGITS_FILE = "digits.csv.gz"
+DIGITS_FILE = "digits.csv.gz"  # package data: dpkit/data/ (provenance in the repository's data/README.md)
 VOCAB = 64
 TOKEN_SEQUENCES = 4096
 TOKEN_DATA_SEED = 1234
@@ -172,11 +171,12 @@ def count_parameters(model: nn.Module) -> int:
 # ---- data --------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The shipped 8x8 digits (data/README.md): pixels scaled to [0, 1], labels 0..9."""
-    path = DATA_DIR / DIGITS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the digits data ships with dpkit's repository (data/)")
-    with gzip.open(path, "rt") as fh:
+    """The shipped 8x8 digits (package data, read through importlib.resources so that any install
+    finds it, a wheel's too): pixels scaled to [0, 1], labels 0..9."""
+    resource = resources.files("dpkit") / "data" / DIGITS_FILE
+    if not resource.is_file():
+        raise FileNotFoundError(f"{resource} is missing: the digits data ships inside the dpkit package (dpkit/data/)")
+    with resource.open("rb") as raw, gzip.open(raw, "rt") as fh:
         table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
     x = torch.from_numpy(table[:, :64] / 16.0)
     y = torch.from_numpy(table[:, 64].astype(np.int64))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dpkit.comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
-from dpkit.launch import launch
+from dpkit.runtime.launch import launch
 
 LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
 

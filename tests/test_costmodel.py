@@ -12,7 +12,7 @@ import pytest
 
 from dpkit.comm import Comm
 from dpkit.config import RunConfig
-from dpkit.costmodel import (
+from dpkit.cost.model import (
     PRESETS,
     HostModel,
     Link,
@@ -31,10 +31,10 @@ from dpkit.costmodel import (
     sample_terms,
     tensor_parallel_comm_time,
 )
-from dpkit.instrument import HostClock, Recorder
-from dpkit.predict import ComputeProfile, oversubscription, predict_step
+from dpkit.cost.predict import ComputeProfile, oversubscription, predict_step
+from dpkit.cost.whatif import comm_scan, crossover_table, data_parallel_scaling, ps_ring_crossover
+from dpkit.runtime.recorder import HostClock, Recorder
 from dpkit.strategies.grad_sync import BucketedOverlapSync
-from dpkit.whatif import comm_scan, crossover_table, data_parallel_scaling, ps_ring_crossover
 from dpkit.workloads import build_model
 
 LINK = Link(alpha=1e-3, bandwidth=1e6)  # 1 ms per message, 1 MB/s: numbers easy to do by hand
@@ -279,7 +279,7 @@ def test_step_model_for_pipeline_and_tensor_parallel() -> None:
 
 
 def test_plots_render(tmp_path: Path) -> None:
-    from dpkit.plots_cost import plot_crossover, plot_fit, plot_predicted_vs_measured, plot_whatif
+    from dpkit.viz.cost_plots import crossover_plot, fit_plot, predicted_vs_measured_plot, whatif_plot
 
     fit = pd.DataFrame(
         {"pattern": ["p2p", "p2p", "native", "native"], "world_size": [2, 2, 2, 2], "size_bytes": [1024, 4096, 1024, 4096],
@@ -291,10 +291,10 @@ def test_plots_render(tmp_path: Path) -> None:
     )  # fmt: skip
     link = PRESETS["10GbE"]
     figs = [
-        plot_fit(fit),
-        plot_predicted_vs_measured(pvm),
-        plot_whatif(comm_scan(4e8, link), "10GbE", {"k=1": ps_ring_crossover(4e8, 1, link)}),
-        plot_crossover(crossover_table(ks=(1, 2, 4)), "10GbE"),
+        fit_plot(fit),
+        predicted_vs_measured_plot(pvm),
+        whatif_plot(comm_scan(4e8, link), "10GbE", {"k=1": ps_ring_crossover(4e8, 1, link)}),
+        crossover_plot(crossover_table(ks=(1, 2, 4)), "10GbE"),
     ]
     for i, fig in enumerate(figs):
         fig.savefig(tmp_path / f"{i}.png")
@@ -304,7 +304,7 @@ def test_plots_render(tmp_path: Path) -> None:
 
 def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     from dpkit import run
-    from dpkit.predict import compare, measure_compute
+    from dpkit.cost.predict import compare, measure_compute
 
     cfg = small.replace(parallelism="data", world_size=2, grad_sync="flat")
     result = run(cfg)
@@ -317,7 +317,7 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
 
 
 def test_profiles_combine_by_median_component_by_component() -> None:
-    from dpkit.predict import median_profile
+    from dpkit.cost.predict import median_profile
 
     runs = [ComputeProfile(16, f, b, o, 1) for f, b, o in ((0.1, 0.9, 0.5), (0.3, 0.2, 0.4), (0.2, 0.4, 0.6))]
     assert median_profile(runs) == ComputeProfile(16, 0.2, 0.4, 0.5, 1)
@@ -326,7 +326,7 @@ def test_profiles_combine_by_median_component_by_component() -> None:
 def test_measured_side_is_the_median_over_runs() -> None:
     from types import SimpleNamespace
 
-    from dpkit.predict import QUANTITIES, compare_many, measured_quantities
+    from dpkit.cost.predict import QUANTITIES, compare_many, measured_quantities
 
     runs = [SimpleNamespace(summary={q: v for q in QUANTITIES}) for v in (0.3, 0.1, 0.2)]
     assert measured_quantities(runs) == {q: pytest.approx(0.2) for q in QUANTITIES}
@@ -397,7 +397,7 @@ def test_measured_copies_fix_mu_and_the_rest_is_fitted_around_it() -> None:
 
 
 def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:
-    from dpkit.predict import slowest_rank_slowdown
+    from dpkit.cost.predict import slowest_rank_slowdown
 
     assert slowest_rank_slowdown(2, 1, cores=2) == 1.0 and slowest_rank_slowdown(3, 1, cores=2) == 2.0  # mean: 1.5
     assert slowest_rank_slowdown(4, 1, cores=2) == 2.0 and slowest_rank_slowdown(5, 2, cores=4) == 3.0

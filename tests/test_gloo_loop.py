@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from dpkit import RunConfig, run
-from dpkit.gloo_loop import ENV_VAR, check_mode, default_mode
-from dpkit.launch import launch
+from dpkit.runtime.gloo_loop import ENV_VAR, check_mode, default_mode
+from dpkit.runtime.launch import launch
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread scheduling classes are Linux's")
 
@@ -24,14 +24,14 @@ def test_bad_modes_are_named_with_the_allowed_values(monkeypatch):
 
 def test_a_bad_mode_fails_before_any_rank_starts(tmp_path):
     with pytest.raises(ValueError, match=r"launch\(gloo_loop\)='x'"):
-        launch("dpkit.gloo_loop:report_ranks", {}, 2, tmp_path, gloo_loop="x")
+        launch("rank_targets:report_ranks", {}, 2, tmp_path, gloo_loop="x")
     assert not list(tmp_path.iterdir())
 
 
 @linux_only
 @pytest.mark.parametrize("mode", ["idle", "normal"])
 def test_launched_ranks_have_their_loop_threads_in_the_mode(tmp_path, mode):
-    launch("dpkit.gloo_loop:report_ranks", {"new_group": True, "mode": mode}, 2, tmp_path, gloo_loop=mode, timeout_s=60)
+    launch("rank_targets:report_ranks", {"new_group": True, "mode": mode}, 2, tmp_path, gloo_loop=mode, timeout_s=60)
     for rank in range(2):
         report = json.loads((tmp_path / f"gloo_loop_rank{rank}.json").read_text())
         assert report["at_start"] == [mode]  # the world group's thread, set by the launcher
@@ -47,7 +47,7 @@ def test_environment_variable_sets_the_launch_and_config_default(tmp_path, monke
     monkeypatch.setenv(ENV_VAR, "normal")
     assert RunConfig().gloo_loop == "normal"
     assert RunConfig(gloo_loop="idle").gloo_loop == "idle"  # an explicit value wins
-    launch("dpkit.gloo_loop:report_ranks", {}, 2, tmp_path, timeout_s=60)
+    launch("rank_targets:report_ranks", {}, 2, tmp_path, timeout_s=60)
     assert json.loads((tmp_path / "gloo_loop_rank0.json").read_text())["at_start"] == ["normal"]
 
 

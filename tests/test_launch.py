@@ -11,11 +11,11 @@ import pytest
 from conftest import alive, rank_processes
 
 from dpkit import RankFailedError, RunConfig, RunTimeoutError, run
-from dpkit.launch import launch
+from dpkit.runtime.launch import launch
 
 
 def test_healthy_job_returns_and_leaves_nothing(tmp_path: Path) -> None:
-    launch("dpkit.diagnostics:all_reduce_ranks", {}, 3, tmp_path, threads_per_rank=1, timeout_s=60)
+    launch("dpkit.benchmarks.launch:all_reduce_ranks", {}, 3, tmp_path, threads_per_rank=1, timeout_s=60)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["sum"] == 0 + 1 + 2
     assert result["threads"] == 1
@@ -26,7 +26,7 @@ def test_healthy_job_returns_and_leaves_nothing(tmp_path: Path) -> None:
 def test_rank_exception_names_rank_and_traceback(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(RankFailedError) as info:
-        launch("dpkit.diagnostics:raise_on_rank", {"rank": 1}, 2, tmp_path, timeout_s=60)
+        launch("rank_targets:raise_on_rank", {"rank": 1}, 2, tmp_path, timeout_s=60)
     assert time.monotonic() - t0 < 20
     err = info.value
     assert err.rank == 1
@@ -38,7 +38,7 @@ def test_rank_exception_names_rank_and_traceback(tmp_path: Path) -> None:
 def test_killed_rank_is_reported_and_the_others_are_reaped(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(RankFailedError) as info:
-        launch("dpkit.diagnostics:kill_on_rank", {"rank": 1}, 3, tmp_path, timeout_s=60)
+        launch("rank_targets:kill_on_rank", {"rank": 1}, 3, tmp_path, timeout_s=60)
     assert time.monotonic() - t0 < 20
     assert info.value.rank == 1 and "SIGKILL" in str(info.value)
     pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(3)]
@@ -49,7 +49,7 @@ def test_killed_rank_is_reported_and_the_others_are_reaped(tmp_path: Path) -> No
 def test_hang_times_out_and_kills_every_rank(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(RunTimeoutError) as info:
-        launch("dpkit.diagnostics:hang_on_rank", {"rank": 0}, 2, tmp_path, timeout_s=3)
+        launch("rank_targets:hang_on_rank", {"rank": 0}, 2, tmp_path, timeout_s=3)
     elapsed = time.monotonic() - t0
     assert 3 <= elapsed < 15
     assert sorted(info.value.ranks) == [0, 1]
@@ -60,7 +60,7 @@ def test_hang_times_out_and_kills_every_rank(tmp_path: Path) -> None:
 
 def test_caller_keeps_working_after_a_failure(tmp_path: Path, small: RunConfig) -> None:
     with pytest.raises(RankFailedError):
-        launch("dpkit.diagnostics:raise_on_rank", {"rank": 0}, 2, tmp_path, timeout_s=60)
+        launch("rank_targets:raise_on_rank", {"rank": 0}, 2, tmp_path, timeout_s=60)
     result = run(small.replace(parallelism="data", world_size=2))
     assert len(result.losses) == small.steps
 

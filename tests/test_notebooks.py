@@ -71,7 +71,7 @@ def test_notebook_teaches_and_is_saved_executed(name: str) -> None:
 
 
 def test_dpkit_imports_without_ipywidgets() -> None:
-    code = "import sys, dpkit, dpkit.plots; assert 'ipywidgets' not in sys.modules, 'dpkit core imported ipywidgets'"
+    code = "import sys, dpkit, dpkit.viz.plots; assert 'ipywidgets' not in sys.modules, 'dpkit core imported ipywidgets'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import assert_same_training, rank_processes, reference
 
 from dpkit import RankFailedError, RunConfig, run
-from dpkit.strategies import parameter_server as ps
+from dpkit.viz import ps_tables as ps
 from dpkit.workloads import build_model
 
 SMALL = RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)

@@ -1,5 +1,5 @@
-"""dpkit.plots: the scaling arithmetic against hand-computed values, and every figure drawn from real
-or hand-made data (headless, Agg); dpkit.ringtrace: a real ring all-reduce traced step by step."""
+"""dpkit.viz.plots: the scaling arithmetic against hand-computed values, and every figure drawn from real
+or hand-made data (headless, Agg); dpkit.viz.ringtrace: a real ring all-reduce traced step by step."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 from conftest import SMALL
 from matplotlib.figure import Figure
 
-from dpkit import plots, run
-from dpkit.ringtrace import trace_ring
+from dpkit import run
+from dpkit.viz import plots
+from dpkit.viz.ringtrace import trace_ring
 
 
 def _frame(times: dict[int, float], batch: int | dict[int, int] = 48, **extra) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from conftest import assert_same_training, reference
 
 from dpkit import RunConfig, run
 from dpkit.strategies.tensor_parallel import TensorParallel, parallelize, sharded_state
-from dpkit.tp_layers import SHARD_DIM
+from dpkit.strategies.tp_layers import SHARD_DIM
 from dpkit.workloads import build_model, count_parameters
 
 MLP = RunConfig(model="mlp", hidden=32, layers=2, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)

@@ -15,7 +15,7 @@ def test_torchrun_matches_run(tmp_path: Path, small: RunConfig) -> None:
     cfg = small.replace(parallelism="data", world_size=2, grad_sync="bucketed", allreduce_algo="ring")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "dpkit.worker", "--out", str(tmp_path),
+        "-m", "dpkit.runtime.torchrun", "--out", str(tmp_path),
         "--parallelism", "data", "--world-size", "2", "--model", "mlp", "--hidden", "32", "--layers", "3",
         "--global-batch", "24", "--steps", "3", "--threads-per-rank", "1",
         "--grad-sync", "bucketed", "--allreduce-algo", "ring", "--timeout-s", "60",

@@ -1,4 +1,4 @@
-"""dpkit.widgets: the panels' pure functions run headless on real ranks, the cache skips runs it has,
+"""dpkit.viz.widgets: the panels' pure functions run headless on real ranks, the cache skips runs it has,
 and a Panel driven like a learner would (set values, press Run) shows new results or a clear error."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from conftest import SMALL
 from matplotlib.figure import Figure
 
 from dpkit import RunConfig, run
-from dpkit import widgets as w
+from dpkit.viz import widgets as w
 
 BASE = SMALL.replace(parallelism="data", world_size=2)
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
 from ..comm.group import GroupView
-from ..launch import default_threads, launch
+from ..runtime.launch import default_threads, launch
 
 KIB, MIB = 2**10, 2**20
 FULL_SIZES = [KIB * 4**i for i in range(9)]  # 1 KiB .. 64 MiB
@@ -209,7 +209,7 @@ def _tempdir():
 def add_predictions(frame: pd.DataFrame, calibration: Path | None) -> tuple[pd.DataFrame, str]:
     """predicted_s from a saved calibration: its single-host view (per world size) if it has one, else its
     cluster-view Link; with no calibration, a cluster-view fit to this run's native times."""
-    from ..costmodel import HostModel, Link, comm_time, fit_link
+    from ..cost.model import HostModel, Link, comm_time, fit_link
 
     model = HostModel.load(calibration) if calibration is not None and calibration.exists() else None
     if model is not None:
@@ -245,9 +245,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     calib = getattr(args, "calibration", None)
     frame, source = add_predictions(frame, Path(calib) if calib else out.parent / "bench-calibrate" / "calibration.json")
     frame.to_csv(out / "allreduce.csv", index=False)
-    from ..plots_cost import plot_allreduce_bench
+    from ..viz.cost_plots import allreduce_bench_plot
 
-    plot_allreduce_bench(frame).savefig(out / "allreduce.png", dpi=120, bbox_inches="tight")
+    allreduce_bench_plot(frame).savefig(out / "allreduce.png", dpi=120, bbox_inches="tight")
     show = frame.assign(
         size=frame.size_bytes.map(human_bytes),
         time_ms=frame.time_s * 1e3,

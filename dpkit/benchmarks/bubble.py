@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..api import run  # noqa: E402
-from ..config import RunConfig  # noqa: E402
+from ..api import run
+from ..config import RunConfig
+from ..viz.cost_plots import bubble_plot
 
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -60,30 +57,10 @@ def measure(base: RunConfig, stages: list[int], ms: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    stages = sorted(frame.stages.unique())
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
-    for ax, p in zip(axes[0], stages, strict=True):
-        sub = frame[frame.stages == p]
-        formula = sub.drop_duplicates("microbatches").sort_values("microbatches")
-        ax.plot(formula.microbatches, formula.bubble_formula, "k--", label="(p-1)/(m+p-1)")
-        for schedule, g in sub.groupby("schedule"):
-            ax.plot(g.microbatches, g.bubble_measured, "o-", label=f"{schedule} (measured)")
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("micro-batches m")
-        ax.set_ylabel("bubble fraction of a step")
-        ax.set_title(f"p = {p} stages")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(out: Path, args: argparse.Namespace) -> None:
     base, stages, ms = grid(args)
     frame = measure(base, stages, ms)
     frame.to_csv(out / "bubble.csv", index=False)
-    plot(frame, out / "bubble.png")
+    bubble_plot(frame).savefig(out / "bubble.png", dpi=120)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"results: {out}/bubble.csv, {out}/bubble.png")

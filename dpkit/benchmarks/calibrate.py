@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 
 from ..comm import ALGORITHMS
-from ..costmodel import HostModel, Link, fit_host, fit_link, host_relative_errors, host_terms
-from ..launch import default_threads, launch
+from ..cost.model import HostModel, Link, fit_host, fit_link, host_relative_errors, host_terms
+from ..runtime.launch import default_threads, launch
 from .allreduce import KIB, MIB, _timed, human_bytes, merge_launches, split_repeats
 
 FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
@@ -180,9 +180,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     link = Link(cluster.alpha, cluster.bandwidth, cluster.gamma, cluster.name, meta=meta)
     link.save(out / "calibration.json")
     frame.to_csv(out / "calibration.csv", index=False)
-    from ..plots_cost import plot_fit
+    from ..viz.cost_plots import fit_plot
 
-    plot_fit(frame, title="single host: per world size fit").savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
+    fit_plot(frame, title="single host: per world size fit").savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
     show = frame.assign(
         size=frame.size_bytes.map(human_bytes),
         time_us=frame.time_s * 1e6,

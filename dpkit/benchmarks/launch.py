@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -17,10 +18,21 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
-from ..launch import launch
+from ..runtime.launch import launch
 
-TARGET = "dpkit.diagnostics:all_reduce_ranks"
+TARGET = "dpkit.benchmarks.launch:all_reduce_ranks"
+
+
+def all_reduce_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """A launch() target, the smallest healthy job: sum the rank numbers; rank 0 writes the total and the pids."""
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t)
+    pids: list = [None] * world
+    dist.all_gather_object(pids, os.getpid())
+    if rank == 0:
+        Path(out_dir, "result.json").write_text(json.dumps({"sum": t.item(), "pids": pids, "threads": torch.get_num_threads()}))
 
 
 def time_launch(world: int, method: str) -> float:

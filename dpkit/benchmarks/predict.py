@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import RunConfig
-from ..costmodel import HostModel, Link, fit_host
-from ..predict import compare_many
+from ..cost.model import HostModel, Link, fit_host
+from ..cost.predict import compare_many
 from ..strategies import is_supported
 
 
@@ -68,9 +68,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
     repeats = 1 if quick else RUNS_PER_CONFIG
     frame = compare_many(configs(quick, int(getattr(args, "max_world_size", 4))), link, repeats=repeats)
     frame.to_csv(out / "predict.csv", index=False)
-    from ..plots_cost import plot_predicted_vs_measured
+    from ..viz.cost_plots import predicted_vs_measured_plot
 
-    plot_predicted_vs_measured(frame).savefig(out / "predict.png", dpi=120, bbox_inches="tight")
+    predicted_vs_measured_plot(frame).savefig(out / "predict.png", dpi=120, bbox_inches="tight")
     show = frame.assign(
         pred_step_ms=frame.predicted_step_time_s * 1e3,
         meas_step_ms=frame.measured_step_time_s * 1e3,

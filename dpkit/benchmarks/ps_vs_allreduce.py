@@ -20,6 +20,7 @@ from ..api import run
 from ..config import RunConfig, max_local_ranks
 from ..results import RunResult
 from ..strategies.base import trainable
+from ..viz.cost_plots import ps_vs_allreduce_plot
 from ..workloads import build_model
 
 METHODS = {"ps k=1": {"sync": "ps", "num_servers": 1}, "ps k=2": {"sync": "ps", "num_servers": 2}, "ring": {"sync": "allreduce"}}
@@ -89,7 +90,7 @@ def add_time_prediction(frame: pd.DataFrame, calibration: Path) -> tuple[pd.Data
     """comm_pred_s from the cost model (PS: a worker's push + pull; ring: one all-reduce), if calibrated."""
     if not calibration.exists():
         return frame.assign(comm_pred_s=float("nan")), f"no link calibration at {calibration}: run `dpkit bench calibrate`"
-    from ..costmodel import HostModel, Link, comm_time, ps_time
+    from ..cost.model import HostModel, Link, comm_time, ps_time
 
     host = HostModel.load(calibration)  # the single-host view, per process count, when calibrated so
     model = host or Link.load(calibration)
@@ -119,32 +120,6 @@ def measure(world_sizes: list[int], quick: bool) -> pd.DataFrame:
     return frame
 
 
-def plot(frame: pd.DataFrame):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
-    for (method, role), g in frame.groupby(["method", "role"]):
-        g, label = g.sort_values("workers"), method if method == "ring" else f"{method} {role}"
-        line = ax_b.plot(g.workers, g.bytes_moved / 2**20, "o-", label=label)[0]
-        ax_b.plot(g.workers, g.bytes_moved_pred / 2**20, "--", color=line.get_color())
-        if role != "server":
-            line = ax_t.plot(g.workers, g.comm_s * 1e3, "o-", label=label)[0]
-            if g.comm_pred_s.notna().any():
-                ax_t.plot(g.workers, g.comm_pred_s * 1e3, "--", color=line.get_color())
-    ax_b.set(
-        xlabel="workers n", ylabel="MiB moved per rank per step (sent + received)", title="traffic: measured (o), predicted (--)"
-    )
-    ax_t.set(xlabel="workers n", ylabel="comm ms per step", title="comm time per worker / ring rank")
-    for ax in (ax_b, ax_t):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def main(out: Path, args: argparse.Namespace) -> None:
     quick = bool(getattr(args, "quick", False))
     max_n = int(getattr(args, "max_world_size", 4))
@@ -155,7 +130,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
     calib = getattr(args, "calibration", None)
     frame, source = add_time_prediction(frame, Path(calib) if calib else out.parent / "bench-calibrate" / "calibration.json")
     frame.to_csv(out / "ps_vs_allreduce.csv", index=False)
-    plot(frame).savefig(out / "ps_vs_allreduce.png", dpi=120, bbox_inches="tight")
+    ps_vs_allreduce_plot(frame).savefig(out / "ps_vs_allreduce.png", dpi=120, bbox_inches="tight")
     show = frame.assign(
         comm_ms=frame.comm_s * 1e3,
         pred_ms=frame.comm_pred_s * 1e3,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..costmodel import PRESETS, Link
-from ..whatif import MODEL_SIZES, comm_scan, crossover_table, ps_ring_crossover
+from ..cost.model import PRESETS, Link
+from ..cost.whatif import MODEL_SIZES, comm_scan, crossover_table, ps_ring_crossover
 
 KS = (1, 2, 4, 8, 16, 64, 256)
 
@@ -26,7 +26,7 @@ def links_for(out: Path) -> dict[str, Link]:
 
 
 def main(out: Path, args: argparse.Namespace) -> None:
-    from ..plots_cost import plot_crossover, plot_whatif
+    from ..viz.cost_plots import crossover_plot, whatif_plot
 
     links = links_for(out)
     n_max = 1024
@@ -39,12 +39,12 @@ def main(out: Path, args: argparse.Namespace) -> None:
     print(wide.to_string(float_format=lambda v: f"{v:.0f}"))
     for name, link in links.items():
         slug = name.replace(" ", "_")
-        plot_crossover(table, name).savefig(out / f"crossover_{slug}.png", dpi=110, bbox_inches="tight")
+        crossover_plot(table, name).savefig(out / f"crossover_{slug}.png", dpi=110, bbox_inches="tight")
         size = MODEL_SIZES["100M params"]
         scan = comm_scan(size, link, ks=(1, 16, 256))
         scan.to_csv(out / f"scan_{slug}.csv", index=False)
         marks = {f"ps k={k}": ps_ring_crossover(size, k, link, n_max) for k in (1, 16, 256)}
-        plot_whatif(scan, f"100M parameters on {link.describe()}", marks).savefig(
+        whatif_plot(scan, f"100M parameters on {link.describe()}", marks).savefig(
             out / f"scan_{slug}.png", dpi=110, bbox_inches="tight"
         )
     print(f"results: {out}/crossover.csv, crossover_*.png, scan_*.csv/png")

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..comm import Comm
 from ..config import RunConfig
-from ..instrument import Recorder
+from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
 
 

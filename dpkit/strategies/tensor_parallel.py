@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..comm import Comm
-from ..tp_layers import SHARD_DIM, ColumnParallelLinear, RowParallelLinear, copy_to_parallel
 from ..workloads import Attention, FeedForward, build_model
 from .base import RankContext, Strategy, trainable
+from .tp_layers import SHARD_DIM, ColumnParallelLinear, RowParallelLinear, copy_to_parallel
 
 SHARD_KEY = "#shard-dim"  # owned_state key suffix: "block0.up.weight#shard-dim0"
 

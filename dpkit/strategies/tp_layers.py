@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .comm import Comm
+from ..comm import Comm
 
 SHARD_DIM = "tp_shard_dim"
 

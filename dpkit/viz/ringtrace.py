@@ -4,7 +4,7 @@ Rank r starts with a tensor full of 2**r, so every element of a partial sum is a
 exactly which ranks' contributions it holds (exact in float64). Each rank runs the real
 `ring_allreduce` from dpkit.comm.ring, which reports each finished step through its `on_step`
 callback: which chunk went where, when, how many bytes, and what every chunk held after the step.
-`dpkit.plots.ring_steps_plot` draws the frame that `trace_ring` returns.
+`dpkit.viz.plots.ring_steps_plot` draws the frame that `trace_ring` returns.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .comm import ring
-from .comm.group import GroupView
-from .launch import launch
+from ..comm import ring
+from ..comm.group import GroupView
+from ..runtime.launch import launch
 
 TRACE_COLUMNS = ["rank", "step", "phase", "sent_chunk", "recv_chunk", "dst", "src", "bytes", "start_s", "end_s", "holds"]
 
@@ -90,6 +90,6 @@ def trace_ring(world_size: int = 4, numel: int = 1 << 16, timeout_s: float = 60.
     if numel < world_size:
         raise ValueError(f"numel={numel!r} is not allowed: at least world_size={world_size} values, one per chunk")
     with tempfile.TemporaryDirectory(prefix="dpkit-ring-") as tmp:
-        launch("dpkit.ringtrace:trace_rank", {"numel": numel}, world_size, tmp, threads_per_rank=1, timeout_s=timeout_s)
+        launch("dpkit.viz.ringtrace:trace_rank", {"numel": numel}, world_size, tmp, threads_per_rank=1, timeout_s=timeout_s)
         rows = json.loads(Path(tmp, "trace.json").read_text())
     return pd.DataFrame(rows, columns=TRACE_COLUMNS).sort_values(["step", "rank"], ignore_index=True)

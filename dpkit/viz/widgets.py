@@ -17,11 +17,13 @@ import pandas as pd
 from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 
+from ..api import run
+from ..config import RunConfig
+from ..results import RunResult
+from ..runtime.launch import RankFailedError, RunTimeoutError
 from . import plots
-from .api import run
-from .config import RunConfig
-from .launch import RankFailedError, RunTimeoutError
-from .results import RunResult
+from . import ps_tables as ps
+from .ringtrace import trace_ring
 
 Progress = Callable[[int, int, str], None]
 PanelResult = tuple[Figure, pd.DataFrame]
@@ -124,8 +126,6 @@ _RING: dict[tuple[int, int], pd.DataFrame] = {}
 
 def ring_steps(world_size: int = 4, numel: int = 1 << 14, progress: Progress | None = None) -> PanelResult:
     """A real ring all-reduce traced step by step (see dpkit.ringtrace)."""
-    from .ringtrace import trace_ring
-
     key = (world_size, numel)
     if progress is not None:
         progress(0, 1, f"ring on {world_size} ranks")
@@ -168,8 +168,6 @@ def ps_traffic(
     progress: Progress | None = None,
 ) -> PanelResult:
     """Bytes per step of a sync PS server and worker, beside a ring all-reduce rank, as workers grow."""
-    from .strategies import parameter_server as ps
-
     ps_cfgs = [base.replace(parallelism="data", sync="ps", world_size=n, num_servers=num_servers) for n in workers]
     ring_cfgs = [
         base.replace(parallelism="data", sync="allreduce", world_size=n, grad_sync="flat", allreduce_algo="ring") for n in workers
@@ -194,8 +192,6 @@ def ps_traffic(
 def ps_sync_vs_async(base: RunConfig, cache: RunCache = CACHE, progress: Progress | None = None) -> PanelResult:
     """The same PS config run sync and async (base.max_staleness bounds the async run only):
     loss against wall-clock, staleness, waiting time."""
-    from .strategies import parameter_server as ps
-
     asyn_cfg = base.replace(sync="ps-async")
     sync, asyn = cache.run_all([asyn_cfg.replace(sync="ps", max_staleness=None), asyn_cfg], progress)
     fig = plots.async_plot({"sync": ps.loss_curve(sync), "async": ps.loss_curve(asyn)}, ps.staleness_histogram(asyn))

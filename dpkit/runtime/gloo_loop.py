@@ -72,20 +72,3 @@ def policy_of(tid: int) -> str:
     """'idle' or 'normal' (or the raw policy number) for a thread: what tests and results report."""
     policy = os.sched_getscheduler(tid)
     return {os.SCHED_IDLE: "idle", os.SCHED_OTHER: "normal"}.get(policy, str(policy))
-
-
-def report_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
-    """launch() target: each rank writes its gloo I/O threads' policies as the launcher left them, then
-    (payload["new_group"]) after making one more process group and calling apply(payload["mode"])."""
-    import json
-
-    import torch.distributed as dist
-
-    report = {"at_start": [policy_of(t) for t in loop_threads()]}
-    if payload.get("new_group"):
-        group = dist.new_group(list(range(world)))
-        dist.barrier(group=group)
-        report["new_group_before_apply"] = [policy_of(t) for t in loop_threads()]
-        report["applied"] = apply(payload["mode"])
-        report["after_apply"] = [policy_of(t) for t in loop_threads()]
-    Path(out_dir, f"gloo_loop_rank{rank}.json").write_text(json.dumps(report))

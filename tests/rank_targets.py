@@ -1,4 +1,4 @@
-"""Rank functions that misbehave on purpose, so the launcher's failure handling can be shown and tested.
+"""launch() targets for the tests: ranks that misbehave on purpose, and one that reports its gloo threads.
 
 Each is a launch() target: fn(payload, rank, world, out_dir). payload["rank"] picks the rank that
 misbehaves; the others wait in a collective, as a real training rank would when its peer fails.
@@ -12,8 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
+
+from dpkit.runtime import gloo_loop
 
 
 def _others_wait(payload: dict, rank: int) -> None:
@@ -43,11 +44,14 @@ def hang_on_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
     _others_wait(payload, rank)
 
 
-def all_reduce_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
-    """A healthy job: sum the rank numbers; rank 0 writes the total and the pids."""
-    t = torch.tensor([float(rank)])
-    dist.all_reduce(t)
-    pids = [None] * world
-    dist.all_gather_object(pids, os.getpid())
-    if rank == 0:
-        Path(out_dir, "result.json").write_text(json.dumps({"sum": t.item(), "pids": pids, "threads": torch.get_num_threads()}))
+def report_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: each rank writes its gloo I/O threads' policies as the launcher left them, then
+    (payload["new_group"]) after making one more process group and calling gloo_loop.apply(payload["mode"])."""
+    report = {"at_start": [gloo_loop.policy_of(t) for t in gloo_loop.loop_threads()]}
+    if payload.get("new_group"):
+        group = dist.new_group(list(range(world)))
+        dist.barrier(group=group)
+        report["new_group_before_apply"] = [gloo_loop.policy_of(t) for t in gloo_loop.loop_threads()]
+        report["applied"] = gloo_loop.apply(payload["mode"])
+        report["after_apply"] = [gloo_loop.policy_of(t) for t in gloo_loop.loop_threads()]
+    Path(out_dir, f"gloo_loop_rank{rank}.json").write_text(json.dumps(report))

@@ -1,6 +1,7 @@
-"""Plots for the cost model: benchmark curves, predicted-over-measured with residuals, the what-if.
+"""Measurements against the model: benchmark curves, predicted over measured with residuals, the what-if.
 
-Every function returns a matplotlib Figure (Agg-safe: nothing is shown), so notebooks display it
+The plotting convention of dpkit.viz: every function is named `*_plot`, takes frames, and returns a
+matplotlib Figure made outside pyplot (no global state, no backend switch), so notebooks display it
 and benchmarks save it.
 """
 
@@ -12,7 +13,7 @@ from matplotlib.figure import Figure
 _STYLES = ["-", "--", ":", "-."]
 
 
-def plot_allreduce_bench(frame: pd.DataFrame) -> Figure:
+def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
     """Log-log time and busbw against message size: a colour per algorithm, a line style per world size."""
     fig = Figure(figsize=(12, 4.5))
     (ax_t, ax_b) = fig.subplots(1, 2)
@@ -37,7 +38,7 @@ def plot_allreduce_bench(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_fit(frame: pd.DataFrame, title: str = "") -> Figure:
+def fit_plot(frame: pd.DataFrame, title: str = "") -> Figure:
     """Measured points and model predictions against size, one colour per (pattern, n); residuals below.
     `frame` needs pattern, world_size, size_bytes, time_s and predicted_s."""
     fig = Figure(figsize=(8, 6.5))
@@ -62,7 +63,7 @@ def plot_fit(frame: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-def plot_predicted_vs_measured(frame: pd.DataFrame, x: str = "world_size") -> Figure:
+def predicted_vs_measured_plot(frame: pd.DataFrame, x: str = "world_size") -> Figure:
     """Per strategy: the predicted step time as a curve, the measured step times as points; residuals below.
     `frame` is predict.compare_many's output."""
     fig = Figure(figsize=(8, 6.5))
@@ -84,7 +85,7 @@ def plot_predicted_vs_measured(frame: pd.DataFrame, x: str = "world_size") -> Fi
     return fig
 
 
-def plot_whatif(scan: pd.DataFrame, title: str, crossovers: dict[str, int | None] | None = None) -> Figure:
+def whatif_plot(scan: pd.DataFrame, title: str, crossovers: dict[str, int | None] | None = None) -> Figure:
     """Seconds per synchronisation against worker count (costmodel at scale), with PS/ring crossovers marked."""
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
@@ -110,7 +111,7 @@ def plot_whatif(scan: pd.DataFrame, title: str, crossovers: dict[str, int | None
     return fig
 
 
-def plot_crossover(table: pd.DataFrame, link: str) -> Figure:
+def crossover_plot(table: pd.DataFrame, link: str) -> Figure:
     """Crossover worker count against the number of PS shards k, one line per model size, for one link."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
@@ -125,4 +126,48 @@ def plot_crossover(table: pd.DataFrame, link: str) -> Figure:
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def bubble_plot(frame: pd.DataFrame) -> Figure:
+    """Measured bubble fraction against micro-batches m beside (p-1)/(m+p-1), one panel per stage count
+    (`frame` is `dpkit bench bubble`'s table)."""
+    stages = sorted(frame.stages.unique())
+    fig = Figure(figsize=(5 * len(stages), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(stages), squeeze=False)
+    for ax, p in zip(axes[0], stages, strict=True):
+        sub = frame[frame.stages == p]
+        formula = sub.drop_duplicates("microbatches").sort_values("microbatches")
+        ax.plot(formula.microbatches, formula.bubble_formula, "k--", label="(p-1)/(m+p-1) (formula)")
+        for schedule, g in sub.groupby("schedule"):
+            ax.plot(g.microbatches, g.bubble_measured, "o-", label=f"{schedule} (measured)")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("micro-batches m")
+        ax.set_ylabel("bubble fraction of a step")
+        ax.set_title(f"p = {p} stages")
+        ax.legend()
+    return fig
+
+
+def ps_vs_allreduce_plot(frame: pd.DataFrame) -> Figure:
+    """Bytes moved and comm time per step against workers: PS worker and server beside a ring rank,
+    measured (points) and predicted (dashed); `frame` is `dpkit bench ps_vs_allreduce`'s table."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_b, ax_t = fig.subplots(1, 2)
+    for (method, role), g in frame.groupby(["method", "role"]):
+        g, label = g.sort_values("workers"), method if method == "ring" else f"{method} {role}"
+        line = ax_b.plot(g.workers, g.bytes_moved / 2**20, "o-", label=label)[0]
+        ax_b.plot(g.workers, g.bytes_moved_pred / 2**20, "--", color=line.get_color())
+        if role != "server":
+            line = ax_t.plot(g.workers, g.comm_s * 1e3, "o-", label=label)[0]
+            if g.comm_pred_s.notna().any():
+                ax_t.plot(g.workers, g.comm_pred_s * 1e3, "--", color=line.get_color())
+    ax_b.set(
+        xlabel="workers n", ylabel="MiB moved per rank per step (sent + received)", title="traffic: measured (o), predicted (--)"
+    )
+    ax_t.set(xlabel="workers n", ylabel="comm ms per step", title="comm time per worker / ring rank: measured (o), predicted (--)")
+    for ax in (ax_b, ax_t):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return fig

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .config import RunConfig
-from .costmodel import (
+from ..config import RunConfig
+from ..runtime.launch import default_threads
+from .model import (
     HostModel,
     Link,
     bubble_fraction,
@@ -43,7 +44,6 @@ from .costmodel import (
     ps_time,
     tensor_parallel_comm_time,
 )
-from .launch import default_threads
 
 QUANTITIES = ["step_time_s", "compute_s", "comm_s", "exposed_comm_s", "bubble_s"]
 
@@ -74,7 +74,7 @@ def _single(cfg: RunConfig, batch: int, threads: int, steps: int) -> RunConfig:
 
 def profile_once(single: RunConfig) -> ComputeProfile:
     """One run of the one-process config: median forward, backward and optimizer seconds of its timed steps."""
-    from .api import run
+    from ..api import run
 
     tl = run(single).timeline
     tl = tl[(tl.kind == "compute") & (tl.step >= single.warmup)]
@@ -126,7 +126,7 @@ def target_threads(cfg: RunConfig) -> int:
 
 
 def _model_facts(cfg: RunConfig):
-    from .workloads import build_model
+    from ..workloads import build_model
 
     model = build_model(cfg, cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -135,7 +135,7 @@ def _model_facts(cfg: RunConfig):
 
 def _stage_shares(cfg: RunConfig, model, stages: int) -> tuple[list[float], list[list[str]]]:
     """Each stage's share of the model's parameters (a stand-in for its share of the compute)."""
-    from .strategies.pipeline import stage_blocks
+    from ..strategies.pipeline import stage_blocks
 
     blocks = stage_blocks(cfg, model, stages)
     sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
@@ -144,7 +144,7 @@ def _stage_shares(cfg: RunConfig, model, stages: int) -> tuple[list[float], list
 
 
 def _activation_bytes(cfg: RunConfig, model, blocks: list[list[str]], batch: int) -> float:
-    from .strategies.pipeline import boundary_shapes
+    from ..strategies.pipeline import boundary_shapes
 
     shapes = boundary_shapes(cfg, model)
     per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
@@ -259,7 +259,7 @@ def compare(cfg: RunConfig, link: Link | HostModel, result=None, profile: Comput
     """Predicted and measured side by side for one config: a row per quantity, with the relative error.
     Runs `cfg` (and the single-process compute profile) unless given; `result` may be a list of runs."""
     if result is None:
-        from .api import run
+        from ..api import run
 
         result = run(cfg)
     measured = measured_quantities(result if isinstance(result, list) else [result])
@@ -286,7 +286,7 @@ def compare_many(configs: list[RunConfig], link: Link | HostModel, repeats: int 
     """One row per config: world size, strategy, and predicted/measured step and comm time (for the plot).
     Each config runs `repeats` times, the configs taking turns (so drift in the machine's load hits all
     alike); measured values are medians over those runs."""
-    from .api import run
+    from ..api import run
 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not allowed: at least 1 run per config")

@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 import torch.distributed as dist
 
-from ..instrument import Recorder
+from ..runtime.recorder import Recorder
 from .algorithms import allreduce_sum, predicted_bytes_sent
 from .group import nbytes
 

@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .config import RunConfig
-from .results import RunResult
+from ..config import RunConfig
+from ..results import RunResult
 
 KIND_COLORS = {"compute": "#4C72B0", "comm": "#DD8452", "idle": "#C8C8C8", "bubble": "#C44E52"}
 BREAKDOWN = [

@@ -18,14 +18,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from ..comm import Comm
+from ..config import RunConfig
+from ..results import STEP_COLUMNS, TIMELINE_COLUMNS, RunResult
+from ..strategies import make_strategy
+from ..strategies.base import RankContext
+from ..workloads import build_dataset
 from . import gloo_loop
-from .comm import Comm
-from .config import RunConfig
-from .instrument import CudaClock, HostClock, Recorder
-from .results import STEP_COLUMNS, TIMELINE_COLUMNS, RunResult
-from .strategies import make_strategy
-from .strategies.base import RankContext
-from .workloads import build_dataset
+from .recorder import CudaClock, HostClock, Recorder
 
 
 def rank_device(cfg_device: str, backend: str, local_rank: int) -> torch.device:

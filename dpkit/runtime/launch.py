@@ -28,7 +28,7 @@ import torch.distributed as dist
 from .gloo_loop import check_mode, default_mode
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' errors
-_PRELOAD = ["dpkit.worker", "torch._dynamo"]  # optimizers import dynamo lazily: ~1 s per rank if not preloaded
+_PRELOAD = ["dpkit.runtime.rank", "torch._dynamo"]  # optimizers import dynamo lazily: ~1 s per rank if not preloaded
 
 
 class RankFailedError(RuntimeError):
@@ -149,7 +149,7 @@ def _main_not_reimported():
 
 
 def _entry(*args) -> None:
-    from .worker import rank_entry  # preloaded in the forkserver
+    from .rank import rank_entry  # preloaded in the forkserver
 
     rank_entry(*args)
 

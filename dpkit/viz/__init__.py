@@ -1,0 +1,1 @@
+"""What a learner sees: figures (every function `*_plot`, returning a Figure), notebook panels, the ring trace, PS tables."""
