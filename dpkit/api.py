@@ -14,29 +14,18 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .results import RunResult
 from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
-from .strategies import is_supported, unsupported_reason
+from .strategies.registry import spec_for
 
 
 def roles_of(cfg: RunConfig) -> list[str]:
     """A name for every process, used in error messages ('rank 2 (parameter server 0)')."""
-    if cfg.parallelism == "data" and cfg.sync in ("ps", "ps-async"):
-        return [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)]
-    if cfg.parallelism == "pipeline":
-        return [f"stage {r}" for r in range(cfg.world_size)]
-    if cfg.parallelism == "hybrid":
-        stages = cfg.world_size // cfg.data_parallel_size
-        return [f"replica {r // stages} stage {r % stages}" for r in range(cfg.world_size)]
-    if cfg.parallelism == "tensor":
-        return [f"tensor rank {r}" for r in range(cfg.world_size)]
-    return [f"worker {r}" for r in range(cfg.world_size)]
+    return spec_for(cfg).roles(cfg)
 
 
 def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
     """Train `cfg` on real ranks and return what happened; with `out`, also save it there."""
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"run() takes a RunConfig, not {type(cfg).__name__}")
-    if not is_supported(cfg):
-        raise NotImplementedError(unsupported_reason(cfg))
     nprocs = cfg.num_processes
     backend, device = choose_backend(cfg.device, cfg.backend, nprocs)
     threads = cfg.threads_per_rank or default_threads(nprocs)
@@ -57,9 +46,9 @@ def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
                 gloo_loop=cfg.gloo_loop,
             )
         except RankFailedError as exc:
-            if exc.role.startswith("parameter server"):  # say what it means, not only which rank
-                why = f"the parameter server (rank {exc.rank}) died: every worker needs it, the single point of failure.\n"
-                raise RankFailedError(why + str(exc), exc.rank, exc.role, exc.exitcode, exc.traceback) from exc
+            hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
+            if hint:
+                raise RankFailedError(f"{hint}\n{exc}", exc.rank, exc.role, exc.exitcode, exc.traceback) from exc
             raise
         result = RunResult.load(tmp)
     if out is not None:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
+from .strategies.registry import PARALLELISMS, SPECS, spec_for
+from .strategies.spec import config_error
 
-PARALLELISMS = ("none", "data", "pipeline", "tensor", "hybrid")
 SYNCS = ("allreduce", "ps", "ps-async")
 MODELS = ("mlp", "cnn", "transformer")
 GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp")
@@ -105,10 +106,8 @@ class RunConfig:
 
     @property
     def num_processes(self) -> int:
-        """Processes the launcher starts: the training ranks plus, for a parameter server, the servers."""
-        if self.parallelism == "data" and self.sync in ("ps", "ps-async"):
-            return self.world_size + self.num_servers
-        return self.world_size
+        """Processes the launcher starts: the training ranks plus any the strategy adds (parameter servers)."""
+        return spec_for(self).num_processes(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -135,7 +134,7 @@ class RunConfig:
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"RunConfig.{field_name}={value!r} is not allowed: {allowed}")
+    raise config_error(field_name, value, allowed)
 
 
 def _choice(cfg: RunConfig, name: str, choices: tuple[str, ...]) -> None:
@@ -151,7 +150,11 @@ def _int_at_least(cfg: RunConfig, name: str, low: int) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Raise ValueError for the first bad field; called by RunConfig itself, so no bad config exists."""
+    """Raise ValueError for the first bad field; called by RunConfig itself, so no bad config exists.
+
+    Fields every run has are checked here; the strategy the config selects checks its own knobs
+    (dpkit/strategies/: each module's spec), so no check here depends on a strategy's name.
+    """
     for name, choices in (
         ("parallelism", PARALLELISMS),
         ("sync", SYNCS),
@@ -195,42 +198,32 @@ def validate(cfg: RunConfig) -> None:
         _fail("momentum", cfg.momentum, "a number in [0, 1)")
     if cfg.straggler_delay_s < 0:
         _fail("straggler_delay_s", cfg.straggler_delay_s, "a number of seconds >= 0")
-    bad = [r for r in cfg.straggler_ranks if not isinstance(r, int) or not 0 <= r < cfg.num_processes]
+    spec = spec_for(cfg)
+    for other in SPECS:
+        for knob, default in other.exclusive_knobs.items():
+            if other is not spec and getattr(cfg, knob) != default:
+                _fail(knob, getattr(cfg, knob), f"{default!r} unless the run is {other.description}")
+    nprocs = spec.num_processes(cfg)
+    bad = [r for r in cfg.straggler_ranks if not isinstance(r, int) or not 0 <= r < nprocs]
     if bad:
-        _fail("straggler_ranks", cfg.straggler_ranks, f"rank numbers in 0..{cfg.num_processes - 1}")
+        _fail("straggler_ranks", cfg.straggler_ranks, f"rank numbers in 0..{nprocs - 1}")
     if cfg.fail_rank is not None:
-        if isinstance(cfg.fail_rank, bool) or not isinstance(cfg.fail_rank, int) or not 0 <= cfg.fail_rank < cfg.num_processes:
-            _fail("fail_rank", cfg.fail_rank, f"None or a rank number in 0..{cfg.num_processes - 1}")
+        if isinstance(cfg.fail_rank, bool) or not isinstance(cfg.fail_rank, int) or not 0 <= cfg.fail_rank < nprocs:
+            _fail("fail_rank", cfg.fail_rank, f"None or a rank number in 0..{nprocs - 1}")
         if isinstance(cfg.fail_at_step, bool) or not isinstance(cfg.fail_at_step, int) or not 0 <= cfg.fail_at_step < cfg.steps:
             _fail("fail_at_step", cfg.fail_at_step, f"a step number in 0..{cfg.steps - 1}")
-    if cfg.max_staleness is not None and not (cfg.parallelism == "data" and cfg.sync == "ps-async"):
-        _fail("max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)")
-    if cfg.parallelism == "none" and cfg.world_size != 1:
-        _fail("world_size", cfg.world_size, "1 when parallelism='none' (single process)")
-    if cfg.num_processes > max_local_ranks() and "TORCHELASTIC_RUN_ID" not in os.environ:
+    if nprocs > max_local_ranks() and "TORCHELASTIC_RUN_ID" not in os.environ:
         _fail(
             "world_size",
             cfg.world_size,
             f"at most {max_local_ranks()} processes on this machine ({os.cpu_count()} cores; "
-            f"this config needs {cfg.num_processes}); use torchrun across machines for more",
+            f"this config needs {nprocs}); use torchrun across machines for more",
         )
-    _validate_batch(cfg)
-    _validate_model(cfg)
-
-
-def _validate_batch(cfg: RunConfig) -> None:
-    if cfg.parallelism in ("none", "tensor"):
-        split, what = cfg.grad_accum, f"grad_accum={cfg.grad_accum}"
-    elif cfg.parallelism == "data":
-        split, what = cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
-    elif cfg.parallelism == "pipeline":
-        m = 1 if cfg.schedule == "naive" else cfg.microbatches
-        split, what = m, f"microbatches={m}"
-    else:  # hybrid
-        m = 1 if cfg.schedule == "naive" else cfg.microbatches
-        split, what = cfg.data_parallel_size * m, f"data_parallel_size*microbatches={cfg.data_parallel_size}*{m}"
+    split, what = spec.batch_split(cfg)
     if cfg.global_batch % split:
         _fail("global_batch", cfg.global_batch, f"a multiple of {what} = {split}, so every shard has the same size")
+    _validate_model(cfg)
+    spec.validate(cfg)
 
 
 def _validate_model(cfg: RunConfig) -> None:
@@ -239,29 +232,5 @@ def _validate_model(cfg: RunConfig) -> None:
         _fail("freeze", cfg.freeze, "a tuple of parameter-name prefixes such as ('embed',)")
     if cfg.tie_weights and cfg.model != "transformer":
         _fail("tie_weights", cfg.tie_weights, "True only for model='transformer' (ties embedding and output head)")
-    hidden, layers = cfg.model_hidden, cfg.model_layers
-    if cfg.model == "transformer" and hidden % 4:
-        _fail("hidden", hidden, "a multiple of 4 for the transformer (4 attention heads)")
-    stages = {"pipeline": cfg.world_size, "hybrid": cfg.world_size // cfg.data_parallel_size}.get(cfg.parallelism)
-    if stages is not None:
-        blocks = layers + 2  # embedding/input block + hidden blocks + head
-        if cfg.parallelism == "hybrid" and cfg.world_size % cfg.data_parallel_size:
-            _fail("data_parallel_size", cfg.data_parallel_size, f"a divisor of world_size={cfg.world_size}")
-        if stages > blocks:
-            _fail("world_size", cfg.world_size, f"at most {blocks} pipeline stages: the {cfg.model} has {blocks} layers")
-        if cfg.stage_layers:
-            if len(cfg.stage_layers) != stages or sum(cfg.stage_layers) != blocks or min(cfg.stage_layers) < 1:
-                _fail("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
-        if cfg.tie_weights:
-            _fail("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
-        if cfg.parallelism == "hybrid" and cfg.grad_sync == "ddp":
-            _fail("grad_sync", cfg.grad_sync, "'per-tensor', 'flat' or 'bucketed' with parallelism='hybrid'")
-    if cfg.parallelism == "tensor":
-        tp = cfg.world_size
-        if cfg.model == "cnn":
-            _fail("model", cfg.model, "'mlp' or 'transformer' with parallelism='tensor'")
-        width = 4 if cfg.model == "transformer" else hidden * 4
-        if cfg.model == "transformer" and 4 % tp:
-            _fail("world_size", tp, "1, 2 or 4 for the transformer's 4 attention heads")
-        if width % tp or hidden % tp:
-            _fail("hidden", hidden, f"a size divisible by the tensor-parallel degree world_size={tp}")
+    if cfg.model == "transformer" and cfg.model_hidden % 4:
+        _fail("hidden", cfg.model_hidden, "a multiple of 4 for the transformer (4 attention heads)")

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes"]
 STEP_COLUMNS = ["rank", "step", "role", "start_s", "end_s"]
@@ -70,18 +71,14 @@ def step_stats(timeline: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
 
 def expected_bubble_fraction(cfg: RunConfig) -> float:
     """(p-1)/(m+p-1) for p pipeline stages and m micro-batches (naive: m = 1); NaN when there is no pipeline."""
-    stages = {"pipeline": cfg.world_size, "hybrid": cfg.world_size // cfg.data_parallel_size}.get(cfg.parallelism)
-    if stages is None:
-        return float("nan")
-    m = 1 if cfg.schedule == "naive" else cfg.microbatches
-    return (stages - 1) / (m + stages - 1)
+    return spec_for(cfg).expected_bubble(cfg)
 
 
 def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losses: list[float], meta: dict) -> dict:
     """Medians over the timed steps (warm-up excluded); per-rank numbers are means over training ranks."""
     stats = step_stats(timeline, steps)
     timed = stats[stats.step >= cfg.warmup]
-    workers = timed[timed.role != "server"] if (timed.role != "server").any() else timed
+    workers = timed[timed["rank"].isin(spec_for(cfg).training_ranks(cfg))]
     per_step = workers.groupby("step")
     step_time = float(timed.groupby("step").step_time_s.max().median())
     mean = per_step[["compute_s", "comm_s", "exposed_comm_s", "idle_s", "bubble_s", "bytes_sent"]].mean().median()
@@ -128,6 +125,10 @@ class RunResult:
 
     def step_stats(self) -> pd.DataFrame:
         return step_stats(self.timeline, self.steps)
+
+    def training_ranks(self) -> list[int]:
+        """The ranks that compute forward/backward (not, e.g., parameter servers), as the strategy says."""
+        return spec_for(self.config).training_ranks(self.config)
 
     def to_frame(self) -> pd.DataFrame:
         """One tidy row: every config field, then every summary field (what sweep() stacks)."""

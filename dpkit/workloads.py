@@ -14,13 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 DIGITS_FILE = "digits.csv.gz"  # package data: dpkit/data/ (provenance in the repository's data/README.md)
 VOCAB = 64

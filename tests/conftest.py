@@ -13,15 +13,14 @@ import pytest
 import torch
 
 from dpkit import RunConfig, RunResult, run
+from dpkit.strategies.registry import spec_for
 
 _REFERENCES: dict[str, RunResult] = {}
 
 
 def reference_config(cfg: RunConfig) -> RunConfig:
     """The single-process run that `cfg` must match: same model, data, batch, seed and optimizer."""
-    return cfg.replace(
-        parallelism="none", world_size=1, sync="allreduce", num_servers=1, straggler_ranks=(), straggler_delay_s=0.0
-    )
+    return spec_for(cfg).baseline(cfg)
 
 
 def reference(cfg: RunConfig) -> RunResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpkit import RunConfig, run
+from dpkit import RunConfig
 from dpkit.config import max_local_ranks
 
 
@@ -52,17 +52,6 @@ def test_good_config_round_trips_through_dict() -> None:
 def test_unknown_field_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown RunConfig field"):
         RunConfig.from_dict({"wrld_size": 2})
-
-
-def test_unimplemented_parallelism_raises_before_any_process(monkeypatch) -> None:
-    import dpkit.api
-
-    monkeypatch.setattr(dpkit.api, "is_supported", lambda cfg: False)
-    started = []
-    monkeypatch.setattr(dpkit.api, "launch", lambda *a, **k: started.append(1))
-    with pytest.raises(NotImplementedError, match="not implemented"):
-        run(RunConfig(parallelism="data", world_size=2))
-    assert not started
 
 
 def test_freeze_must_match_a_parameter() -> None:

@@ -10,6 +10,7 @@ import torch
 from conftest import assert_same_training, rank_processes, reference
 
 from dpkit import RankFailedError, RunConfig, run
+from dpkit.strategies import ps_layout
 from dpkit.viz import ps_tables as ps
 from dpkit.workloads import build_model
 
@@ -21,17 +22,17 @@ PS = SMALL.replace(parallelism="data", sync="ps")
 def test_shards_cover_every_tensor_once_and_balance_by_size() -> None:
     sizes = [2048, 32, 4096, 128, 4096, 32, 330, 7]
     for k in (1, 2, 3, 5):
-        shards = ps.assign_shards(sizes, k)
+        shards = ps_layout.assign_shards(sizes, k)
         assert sorted(i for s in shards for i in s) == list(range(len(sizes)))
         loads = [sum(sizes[i] for i in s) for s in shards]
         assert max(loads) - min(loads) <= max(sizes)
-    assert ps.assign_shards([5, 5, 5], 2) == [[0, 2], [1]]
+    assert ps_layout.assign_shards([5, 5, 5], 2) == [[0, 2], [1]]
 
 
 @pytest.mark.parametrize("model,kw", [("transformer", {"tie_weights": True}), ("mlp", {"freeze": ("embed",)})])
 def test_server_states_merge_into_the_single_process_state_dict(model: str, kw: dict) -> None:
     cfg = RunConfig(model=model, hidden=16, layers=2, **kw)
-    layout = ps.ShardLayout(build_model(cfg, 0), 3)
+    layout = ps_layout.ShardLayout(build_model(cfg, 0), 3)
     states = [layout.state_of(j) for j in range(3)]
     keys = [k for s in states for k in s]
     assert len(keys) == len(set(keys)), "a key is owned by two servers"

@@ -19,6 +19,7 @@ import torch
 
 from ..api import run
 from ..config import RunConfig
+from ..strategies.registry import spec_for
 
 
 def provenance() -> dict:
@@ -63,7 +64,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
         row = {"name": name, **{k: v for k, v in cfg.to_dict().items() if not isinstance(v, list)}, **result.summary}
         rows.append(row)
         if name != "single":
-            ref = run(cfg.replace(parallelism="none", world_size=1, sync="allreduce"))
+            ref = run(spec_for(cfg).baseline(cfg))
             diff = max((result.final_state_dict[k] - v).abs().max().item() for k, v in ref.final_state_dict.items())
             checks.append({"name": name, "max_abs_param_diff": diff, "ok": diff < 1e-3})
     cpu = run(strategy_configs(1)["single"].replace(device="cpu"))

@@ -17,7 +17,6 @@ import pandas as pd
 from ..config import RunConfig
 from ..cost.model import HostModel, Link, fit_host
 from ..cost.predict import compare_many
-from ..strategies import is_supported
 
 
 def calibration_for(out: Path) -> tuple[HostModel | Link, str]:
@@ -59,7 +58,7 @@ def configs(quick: bool, max_n: int) -> list[RunConfig]:
         )
         for schedule in ("gpipe", "1f1b"):
             out.append(base.replace(parallelism="pipeline", world_size=n, schedule=schedule, microbatches=4))
-    return [c for c in out if is_supported(c)]
+    return out
 
 
 def main(out: Path, args: argparse.Namespace) -> None:

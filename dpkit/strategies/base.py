@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..comm import Comm
-from ..config import RunConfig
 from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass

@@ -30,88 +30,68 @@ servers would wait for its pushes forever), naming that worker: dpkit does not c
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ..config import RunConfig
-from .base import RankContext, Strategy, trainable
+from ..cost.model import HostModel, Link, ps_time
+from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
+from .base import RankContext, Strategy
+from .ps_server import ParameterServer
+from .ps_worker import PushPullWorker
+from .spec import StrategySpec, config_error
 
-
-def assign_shards(sizes: list[int], k: int) -> list[list[int]]:
-    """Indices of `sizes` per shard: the largest tensor goes to the lightest shard (ties: lower index)."""
-    shards: list[list[int]] = [[] for _ in range(k)]
-    load = [0] * k
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        j = min(range(k), key=lambda j: (load[j], j))
-        shards[j].append(i)
-        load[j] += sizes[i]
-    return [sorted(s) for s in shards]
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
-class ShardLayout:
-    """Which trainable parameters each server owns; every rank computes the same layout from the model."""
+class ParameterServerSpec(StrategySpec):
+    name = "parameter-server"
+    parallelism = "data"
+    description = "an asynchronous parameter server (parallelism='data', sync='ps-async')"
+    exclusive_knobs = {"max_staleness": None}
 
-    def __init__(self, model: nn.Module, num_servers: int) -> None:
-        self.model = model
-        self.params = trainable(model)
-        ids = {id(p) for p in self.params}
-        self.names = [name for name, p in model.named_parameters() if id(p) in ids]
-        self.shards = assign_shards([p.numel() for p in self.params], num_servers)
+    def selects(self, cfg: RunConfig) -> bool:
+        return cfg.parallelism == "data" and cfg.sync in ("ps", "ps-async")
 
-    def params_of(self, shard: int) -> list[nn.Parameter]:
-        return [self.params[i] for i in self.shards[shard]]
+    def num_processes(self, cfg: RunConfig) -> int:
+        return cfg.world_size + cfg.num_servers
 
-    def numel_of(self, shard: int) -> int:
-        return sum(self.params[i].numel() for i in self.shards[shard])
+    def roles(self, cfg: RunConfig) -> list[str]:
+        return [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)]
 
-    def state_of(self, shard: int) -> dict[str, torch.Tensor]:
-        """Shard's entries of the single-process state dict (every key of a tied weight); shard 0 also
-        gets what no shard trains (frozen parameters, buffers), so the merged dicts are the full model."""
-        mine = {id(p) for p in self.params_of(shard)}
-        moving = {id(p) for p in self.params}
-        out = {}
-        for key, value in self.model.state_dict(keep_vars=True).items():
-            if id(value) in mine or (shard == 0 and id(value) not in moving):
-                out[key] = value.detach().to("cpu", copy=True)
-        return out
+    def failure_hint(self, rank: int, role: str) -> str:
+        if role.startswith("parameter server"):
+            return f"the parameter server (rank {rank}) died: every worker needs it, the single point of failure."
+        return ""
 
+    def validate(self, cfg: RunConfig) -> None:
+        if cfg.max_staleness is not None and cfg.sync != "ps-async":
+            raise config_error(
+                "max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)"
+            )
 
-def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """One contiguous host buffer: one message per shard, not one per tensor. Pass `out` (kept from step
-    to step) to allocate nothing: fresh memory every step would page-fault through every byte."""
-    if out is None:
-        out = torch.empty(sum(t.numel() for t in tensors))
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            out[offset : offset + n].copy_(t.detach().reshape(-1))
-            offset += n
-    return out
+    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
+        return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
 
+    def profile_batch(self, cfg: RunConfig) -> int:
+        return cfg.global_batch // cfg.world_size
 
-def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+    def label(self, cfg: RunConfig) -> str:
+        return f"data/{cfg.sync}/k={cfg.num_servers}"
 
+    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+        """Sync: fwd + bwd + copies (2S + 2S/k, mu) + 2 alpha + 2 max(S, nS/k)/B + the servers' opt/k."""
+        if cfg.sync != "ps":
+            raise ValueError(f"RunConfig.sync={cfg.sync!r} has no step model: the cost model covers synchronous steps only")
+        f = step_facts(cfg, model, profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
+        size, k = f.grad_bytes, cfg.num_servers
+        # a worker packs its gradients into a flat buffer and unpacks the parameters (2S of copies); a
+        # server copies the first gradient into its sum and divides it (2S/k), then steps its optimizer
+        copies = (2 * size + 2 * size / k) * f.one.mu
+        comm = ps_time(size, cfg.world_size, k, f.one)
+        return parts(f.t_forward + f.t_backward + copies, comm, comm, extra=f.t_optimizer / k)
 
-def ps_group(ctx: RankContext):
-    """The group PS messages travel on: the default one under gloo, a gloo group beside NCCL
-    (NCCL has no receive-from-any-source). Every rank calls this once, in the same order."""
-    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    def build(self, ctx: RankContext) -> Strategy:
+        return ParameterServer(ctx) if ctx.rank >= ctx.cfg.world_size else PushPullWorker(ctx)
 
 
-def server_rank(cfg: RunConfig, shard: int) -> int:
-    return cfg.world_size + shard
-
-
-def build(ctx: RankContext) -> Strategy:
-    from .ps_server import ParameterServer
-    from .ps_worker import PushPullWorker
-
-    return ParameterServer(ctx) if ctx.rank >= ctx.cfg.world_size else PushPullWorker(ctx)
+SPEC = ParameterServerSpec()

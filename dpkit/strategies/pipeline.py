@@ -18,16 +18,23 @@ drain) is bubble too, so the measured fraction is comparable to (p-1)/(m+p-1).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..comm.group import nbytes
-from ..config import RunConfig
+from ..cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
+from ..cost.step_model import ComputeProfile, oversubscription, parts, step_facts
 from ..workloads import build_dataset, build_model, count_parameters, loss_fn, shard
 from .base import RankContext, Strategy, state_on_cpu, trainable
+from .spec import StrategySpec, config_error
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 Action = tuple[str, int]  # ("F" | "B", micro-batch index)
 
@@ -224,5 +231,86 @@ class PipelineStage(Strategy):
         }
 
 
-def build(ctx: RankContext) -> Strategy:
-    return PipelineStage(ctx)
+# ---- the spec: what the rest of dpkit may know about a pipeline ------------------------------
+def validate_stages(cfg: RunConfig, stages: int) -> None:
+    """A pipeline of `stages` stages must be cut between the model's blocks, each stage at least one block."""
+    blocks = cfg.model_layers + 2  # embedding/input block + hidden blocks + head
+    if stages > blocks:
+        raise config_error("world_size", cfg.world_size, f"at most {blocks} pipeline stages: the {cfg.model} has {blocks} layers")
+    if cfg.stage_layers and (len(cfg.stage_layers) != stages or sum(cfg.stage_layers) != blocks or min(cfg.stage_layers) < 1):
+        raise config_error("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
+    if cfg.tie_weights:
+        raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
+
+
+def stage_shares(cfg: RunConfig, model: nn.Sequential, stages: int) -> tuple[list[float], list[list[str]]]:
+    """Each stage's share of the model's parameters (the cost model's stand-in for its share of the compute)."""
+    blocks = stage_blocks(cfg, model, stages)
+    sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
+    total = sum(sizes.values())
+    return [sum(sizes[n] for n in names) / total for names in blocks], blocks
+
+
+def activation_bytes(cfg: RunConfig, model: nn.Sequential, blocks: list[list[str]], batch: int) -> float:
+    """Bytes of the largest activation crossing a stage boundary for `batch` samples (float32)."""
+    shapes = boundary_shapes(cfg, model)
+    per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
+    return 4.0 * batch * max(per_sample)
+
+
+class PipelineSpec(StrategySpec):
+    name = "pipeline"
+    parallelism = "pipeline"
+    description = "a pipeline (parallelism='pipeline')"
+
+    def stages(self, cfg: RunConfig) -> int:
+        return cfg.world_size
+
+    def replicas(self, cfg: RunConfig) -> int:
+        """Copies of the pipeline that train on slices of the batch (1 here; the hybrid has more)."""
+        return 1
+
+    def microbatches(self, cfg: RunConfig) -> int:
+        return 1 if cfg.schedule == "naive" else cfg.microbatches
+
+    def roles(self, cfg: RunConfig) -> list[str]:
+        return [f"stage {r}" for r in range(cfg.world_size)]
+
+    def validate(self, cfg: RunConfig) -> None:
+        validate_stages(cfg, self.stages(cfg))
+
+    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
+        m = self.microbatches(cfg)
+        return m, f"microbatches={m}"
+
+    def profile_batch(self, cfg: RunConfig) -> int:
+        return cfg.global_batch // (self.replicas(cfg) * self.microbatches(cfg))
+
+    def label(self, cfg: RunConfig) -> str:
+        return f"{cfg.parallelism}/{cfg.schedule}/m={cfg.microbatches}"
+
+    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+        """(m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its optimizer; with replicas,
+        each stage's gradients all-reduced over them. A pipeline's stages hand work along, so the average
+        share of the cores sets the pace: the stages busy outside the bubble, N (1 - bubble)."""
+        p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
+        busy = float(cfg.num_processes)
+        if cfg.schedule != "naive":
+            busy *= 1 - bubble_fraction(p, cfg.microbatches)  # stages idle in the bubble leave their core to others
+        f = step_facts(cfg, model, profile, oversubscription(busy, profile.threads, cores))
+        shares, blocks = stage_shares(cfg, f.model, p)
+        share = max(shares)
+        act = activation_bytes(cfg, f.model, blocks, self.profile_batch(cfg))
+        step = pipeline_step_time(share * f.t_forward, share * f.t_backward, p, m, act, f.one)
+        comm = 2 * m * pipeline_p2p_time(act, f.one) if p > 1 else 0.0
+        sync = comm_time(cfg.allreduce_algo, share * f.grad_bytes, d, model) if d > 1 else 0.0
+        out = parts(m * share * (f.t_forward + f.t_backward) + share * f.t_optimizer, comm + sync, sync)
+        out["step_time_s"] = step + share * f.t_optimizer + sync
+        out["bubble_s"] = bubble_fraction(p, m) * step
+        return out
+
+    def build(self, ctx: RankContext) -> Strategy:
+        return PipelineStage(ctx)
+
+
+SPEC = PipelineSpec()

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..workloads import build_model
 from .base import RankContext, Strategy
-from .parameter_server import ShardLayout, flatten, ps_group
+from .ps_layout import ShardLayout, flatten, ps_group
 
 
 class ParameterServer(Strategy):

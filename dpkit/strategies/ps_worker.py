@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy
-from .parameter_server import ShardLayout, flatten, ps_group, server_rank, unflatten_into
+from .ps_layout import ShardLayout, flatten, ps_group, server_rank, unflatten_into
 
 
 class PushPullWorker(Strategy):

@@ -10,13 +10,21 @@ their updates, are identical everywhere: no gradient all-reduce for them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..comm import Comm
+from ..cost.model import HostModel, Link, tensor_parallel_comm_time
+from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
 from ..workloads import Attention, FeedForward, build_model
 from .base import RankContext, Strategy, trainable
+from .spec import StrategySpec, config_error
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 from .tp_layers import SHARD_DIM, ColumnParallelLinear, RowParallelLinear, copy_to_parallel
 
 SHARD_KEY = "#shard-dim"  # owned_state key suffix: "block0.up.weight#shard-dim0"
@@ -110,8 +118,8 @@ class TensorParallel(Strategy):
                     pieces.setdefault((name, int(dim)), []).append(t)
                 else:
                     merged[key] = t
-        for (name, dim), parts in pieces.items():
-            merged[name] = torch.cat(parts, dim)
+        for (name, dim), shards in pieces.items():
+            merged[name] = torch.cat(shards, dim)
         return merged
 
     def extra(self) -> dict:
@@ -122,5 +130,34 @@ class TensorParallel(Strategy):
         }
 
 
-def build(ctx: RankContext) -> Strategy:
-    return TensorParallel(ctx)
+class TensorParallelSpec(StrategySpec):
+    name = "tensor"
+    parallelism = "tensor"
+    description = "tensor parallelism (parallelism='tensor')"
+
+    def roles(self, cfg: RunConfig) -> list[str]:
+        return [f"tensor rank {r}" for r in range(cfg.world_size)]
+
+    def validate(self, cfg: RunConfig) -> None:
+        tp, hidden = cfg.world_size, cfg.model_hidden
+        if cfg.model == "cnn":
+            raise config_error("model", cfg.model, "'mlp' or 'transformer' with parallelism='tensor'")
+        if cfg.model == "transformer" and 4 % tp:
+            raise config_error("world_size", tp, "1, 2 or 4 for the transformer's 4 attention heads")
+        width = 4 if cfg.model == "transformer" else hidden * 4
+        if width % tp or hidden % tp:
+            raise config_error("hidden", hidden, f"a size divisible by the tensor-parallel degree world_size={tp}")
+
+    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+        """(fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block."""
+        f = step_facts(cfg, model, profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
+        blocks = sum(1 for m in f.model.modules() if isinstance(m, (FeedForward, Attention)))
+        act = 4.0 * cfg.global_batch * cfg.model_hidden * (cfg.seq_len if cfg.model == "transformer" else 1)
+        comm = tensor_parallel_comm_time(act, cfg.world_size, 2 * blocks, model, cfg.allreduce_algo)
+        return parts((f.t_forward + f.t_backward + f.t_optimizer) / cfg.world_size, comm, comm)
+
+    def build(self, ctx: RankContext) -> Strategy:
+        return TensorParallel(ctx)
+
+
+SPEC = TensorParallelSpec()

@@ -231,7 +231,7 @@ def _as_named(results: RunResult | Iterable[RunResult] | Mapping[str, RunResult]
 
 def step_end_times(result: RunResult) -> pd.Series:
     """Wall-clock seconds from the start of step 0 to the end of each step (its slowest training rank)."""
-    st = result.steps[result.steps.role != "server"] if (result.steps.role != "server").any() else result.steps
+    st = result.steps[result.steps["rank"].isin(result.training_ranks())]
     return st.groupby("step").end_s.max() - st.start_s.min()
 
 

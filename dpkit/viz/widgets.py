@@ -21,6 +21,7 @@ from ..api import run
 from ..config import RunConfig
 from ..results import RunResult
 from ..runtime.launch import RankFailedError, RunTimeoutError
+from ..strategies.registry import spec_for
 from . import plots
 from . import ps_tables as ps
 from .ringtrace import trace_ring
@@ -78,7 +79,7 @@ def frame_of(results: Iterable[RunResult]) -> pd.DataFrame:
 
 def baseline_of(cfg: RunConfig) -> RunConfig:
     """The single-process run with the same model, data, batch and optimizer: what speedup divides by."""
-    return cfg.replace(parallelism="none", world_size=1, sync="allreduce", straggler_ranks=(), straggler_delay_s=0.0)
+    return spec_for(cfg).baseline(cfg)
 
 
 # ---- pure functions: config in, (figure, frame) out ---------------------------------------
@@ -178,7 +179,7 @@ def ps_traffic(
         servers = ps.server_stats(r)
         busiest = (servers.bytes_in_per_step + servers.bytes_out_per_step).max()
         stats = r.step_stats()
-        worker = stats[(stats.role != "server") & (stats.step >= r.config.warmup)].bytes_sent.mean()
+        worker = stats[stats["rank"].isin(r.training_ranks()) & (stats.step >= r.config.warmup)].bytes_sent.mean()
         rows += [
             {"world_size": n, "who": f"PS server (busiest of {num_servers})", "bytes_per_step": busiest},
             {"world_size": n, "who": "PS worker", "bytes_per_step": 2 * worker},

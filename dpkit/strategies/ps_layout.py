@@ -1,0 +1,90 @@
+"""Where a parameter server's parameters live: k shards of whole tensors, and the flat buffers they travel in.
+
+Every worker and server computes the same layout from the single-process model (dpkit/strategies/
+parameter_server.py describes the strategy).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .base import RankContext, trainable
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+def assign_shards(sizes: list[int], k: int) -> list[list[int]]:
+    """Indices of `sizes` per shard: the largest tensor goes to the lightest shard (ties: lower index)."""
+    shards: list[list[int]] = [[] for _ in range(k)]
+    load = [0] * k
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        j = min(range(k), key=lambda j: (load[j], j))
+        shards[j].append(i)
+        load[j] += sizes[i]
+    return [sorted(s) for s in shards]
+
+
+class ShardLayout:
+    """Which trainable parameters each server owns; every rank computes the same layout from the model."""
+
+    def __init__(self, model: nn.Module, num_servers: int) -> None:
+        self.model = model
+        self.params = trainable(model)
+        ids = {id(p) for p in self.params}
+        self.names = [name for name, p in model.named_parameters() if id(p) in ids]
+        self.shards = assign_shards([p.numel() for p in self.params], num_servers)
+
+    def params_of(self, shard: int) -> list[nn.Parameter]:
+        return [self.params[i] for i in self.shards[shard]]
+
+    def numel_of(self, shard: int) -> int:
+        return sum(self.params[i].numel() for i in self.shards[shard])
+
+    def state_of(self, shard: int) -> dict[str, torch.Tensor]:
+        """Shard's entries of the single-process state dict (every key of a tied weight); shard 0 also
+        gets what no shard trains (frozen parameters, buffers), so the merged dicts are the full model."""
+        mine = {id(p) for p in self.params_of(shard)}
+        moving = {id(p) for p in self.params}
+        out = {}
+        for key, value in self.model.state_dict(keep_vars=True).items():
+            if id(value) in mine or (shard == 0 and id(value) not in moving):
+                out[key] = value.detach().to("cpu", copy=True)
+        return out
+
+
+def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """One contiguous host buffer: one message per shard, not one per tensor. Pass `out` (kept from step
+    to step) to allocate nothing: fresh memory every step would page-fault through every byte."""
+    if out is None:
+        out = torch.empty(sum(t.numel() for t in tensors))
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            out[offset : offset + n].copy_(t.detach().reshape(-1))
+            offset += n
+    return out
+
+
+def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+
+def ps_group(ctx: RankContext):
+    """The group PS messages travel on: the default one under gloo, a gloo group beside NCCL
+    (NCCL has no receive-from-any-source). Every rank calls this once, in the same order."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def server_rank(cfg: RunConfig, shard: int) -> int:
+    return cfg.world_size + shard

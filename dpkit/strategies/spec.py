@@ -1,0 +1,106 @@
+"""StrategySpec: everything the rest of dpkit may know about a strategy, asked of it instead of testing names.
+
+Config validation, the launcher's process count and role names, result summaries, the cost model's
+predictions and the notebook panels all ask the spec of the strategy a RunConfig selects
+(`dpkit.strategies.registry.spec_for`). Each strategy module defines its spec next to its code;
+adding a strategy means one module and one line in the registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .base import RankContext, Strategy
+
+
+def config_error(field_name: str, value: Any, allowed: str) -> ValueError:
+    """The one shape of a bad-value error: the field, the value, and what is allowed."""
+    return ValueError(f"RunConfig.{field_name}={value!r} is not allowed: {allowed}")
+
+
+#: what defines the training and how it is measured; every other field is left at its default in the baseline
+BASELINE_FIELDS = (
+    "global_batch", "steps", "warmup", "seed", "model", "hidden", "layers", "seq_len", "freeze", "tie_weights",
+    "optimizer", "lr", "momentum", "grad_accum", "device", "backend", "threads_per_rank", "gloo_loop", "timeout_s",
+)  # fmt: skip
+
+
+def baseline_config(cfg: RunConfig) -> RunConfig:
+    """The single-process run with the same model, data, global batch, seed and optimizer: what every
+    strategy must train exactly like, and what speedup divides by. Built from the training fields only,
+    so knobs of other strategies, stragglers and fault injection never leak into it, and configs that
+    differ only in how they parallelise share one baseline."""
+    return type(cfg)(parallelism="none", world_size=1, **{name: getattr(cfg, name) for name in BASELINE_FIELDS})
+
+
+class StrategySpec:
+    """A strategy's description. Subclasses override what differs from plain one-rank-per-process training."""
+
+    name: str = ""
+    parallelism: str = ""
+    description: str = ""
+    #: fields only this strategy uses, whose non-default values are an error elsewhere (field -> default)
+    exclusive_knobs: dict[str, Any] = {}
+
+    # ---- which configs, which processes ----------------------------------------------------
+    def selects(self, cfg: RunConfig) -> bool:
+        return cfg.parallelism == self.parallelism
+
+    def num_processes(self, cfg: RunConfig) -> int:
+        """Processes the launcher starts (training ranks plus any helpers such as parameter servers)."""
+        return cfg.world_size
+
+    def training_ranks(self, cfg: RunConfig) -> list[int]:
+        """Ranks that compute forward/backward: what per-rank summaries average over."""
+        return list(range(cfg.world_size))
+
+    def roles(self, cfg: RunConfig) -> list[str]:
+        """A name for every process ('worker 1', 'stage 0', 'parameter server 0'), for errors and plots."""
+        return [f"worker {r}" for r in range(cfg.world_size)]
+
+    def failure_hint(self, rank: int, role: str) -> str:
+        """What the death of process `rank` (`role`) means for the run, said before the traceback ('' if nothing special)."""
+        return ""
+
+    # ---- validation and batch arithmetic -----------------------------------------------------
+    def validate(self, cfg: RunConfig) -> None:
+        """Raise ValueError (config_error) for a bad value of this strategy's own knobs."""
+
+    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
+        """(how many equal shards the global batch is cut into, how to say it): it must divide the batch."""
+        return cfg.grad_accum, f"grad_accum={cfg.grad_accum}"
+
+    def stages(self, cfg: RunConfig) -> int:
+        """Pipeline stages a sample passes through (1: no pipeline)."""
+        return 1
+
+    def microbatches(self, cfg: RunConfig) -> int:
+        """Micro-batches a pipeline step is cut into (1 when there is no pipeline or the schedule is naive)."""
+        return 1
+
+    def expected_bubble(self, cfg: RunConfig) -> float:
+        """(p-1)/(m+p-1) for a pipeline (docs/formulas.md); NaN where there is no pipeline."""
+        p, m = self.stages(cfg), self.microbatches(cfg)
+        return (p - 1) / (m + p - 1) if p > 1 else float("nan")
+
+    def baseline(self, cfg: RunConfig) -> RunConfig:
+        return baseline_config(cfg)
+
+    # ---- cost model hooks --------------------------------------------------------------------------
+    def profile_batch(self, cfg: RunConfig) -> int:
+        """Samples one rank pushes through the full model per forward: the compute profile to measure."""
+        return cfg.global_batch
+
+    def label(self, cfg: RunConfig) -> str:
+        """A short name for tables and plot legends ('data/allreduce/bucketed/ring')."""
+        return self.name
+
+    def predict(self, cfg: RunConfig, model: Any, profile: Any, cores: int | None = None) -> dict[str, float]:
+        """The cost model's step time and its parts (dpkit.cost.step_model); `model` is a Link or HostModel."""
+        raise ValueError(f"the cost model has no step model for {self.label(cfg)}")
+
+    # ---- the rank side -----------------------------------------------------------------------------
+    def build(self, ctx: RankContext) -> Strategy:
+        raise NotImplementedError(f"strategy {self.name!r} has no implementation")
