@@ -2,8 +2,8 @@
 
 from .api import load_sweep, run, sweep
 from .config import RunConfig
-from .results import RunResult
+from .results import ResultFolderError, RunResult
 from .runtime.launch import RankFailedError, RunTimeoutError
 
-__all__ = ["RankFailedError", "RunConfig", "RunResult", "RunTimeoutError", "load_sweep", "run", "sweep"]
+__all__ = ["RankFailedError", "ResultFolderError", "RunConfig", "RunResult", "RunTimeoutError", "load_sweep", "run", "sweep"]
 __version__ = "0.1.0"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,41 @@ import torch
 from .config import RunConfig
 from .strategies.registry import spec_for
 
-TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes"]
+TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
 STEP_COLUMNS = ["rank", "step", "role", "start_s", "end_s"]
+
+# ---- result folders: what save() writes, and the manifest that load() verifies ------------
+RESULT_FORMAT = "dpkit-result"
+RESULT_FORMAT_VERSION = 1
+KNOWN_FORMAT_VERSIONS = (1,)
+MANIFEST = "manifest.json"
+RESULT_FILES = (
+    "config.json",
+    "meta.json",
+    "extra.json",
+    "losses.csv",
+    "timeline.csv",
+    "steps.csv",
+    "state_dict.npz",
+    "trace.json",
+    "summary.json",
+)
+_TMP_PREFIX = ".dpkit-tmp-"  # half-written files: a crash leaves these, never a truncated real name
+
+
+class ResultFolderError(ValueError):
+    """A result folder that cannot be trusted (incomplete, corrupt, unknown format) or must not be overwritten.
+
+    The message names the folder, the file and the problem, so a user can delete or rerun that one run.
+    """
+
+    def __init__(self, folder: str | Path, file: str | None, problem: str) -> None:
+        self.folder, self.file, self.problem = Path(folder), file, problem
+        where = f"result folder {self.folder}" + (f": {file}" if file else "")
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple:  # picklable across processes despite the 3-argument __init__
+        return (type(self), (self.folder, self.file, self.problem))
 
 
 # ---- interval arithmetic for comm/compute overlap ---------------------------------------
@@ -142,7 +179,7 @@ class RunResult:
     def chrome_trace(self) -> dict:
         """Chrome-trace JSON (open in Perfetto): one process per rank, one track per span kind."""
         events: list[dict] = []
-        tracks = {"compute": 0, "comm": 1, "idle": 2, "bubble": 2}
+        tracks = {"compute": 0, "injected": 0, "comm": 1, "idle": 2, "bubble": 2}
         roles = self.steps.groupby("rank").role.first().to_dict() if len(self.steps) else {}
         for rank in sorted(self.timeline["rank"].unique()) if len(self.timeline) else []:
             events.append(
@@ -168,44 +205,90 @@ class RunResult:
                     "tid": tracks[s.kind],
                     "ts": s.start_s * 1e6,
                     "dur": max(s.end_s - s.start_s, 0.0) * 1e6,
-                    "args": {"step": int(s.step), "bytes": int(s.bytes)},
+                    "args": {"step": int(s.step), "bytes": int(s.bytes), "bytes_source": s.bytes_source, "blocking": bool(s.blocking)},
                 }
             )
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"dpkit": self.meta}}
 
     # ---- persistence ---------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the run to `folder`, each file atomically, then manifest.json (sizes, sha256) last.
+
+        A crash leaves a folder without a valid manifest, which load() refuses and sweep() reruns.
+        Refuses a folder holding another run or other files unless `overwrite`; saving a run to its
+        own folder again is allowed.
+        """
         folder = Path(folder)
+        run_id = self.config.run_id()
+        _check_save_target(folder, run_id, overwrite)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "config.json", self.config.to_dict())
-        _write_json(folder / "meta.json", self.meta)
-        _write_json(folder / "extra.json", self.extra)
-        self.losses_frame().to_csv(folder / "losses.csv", index=False)
-        self.timeline.to_csv(folder / "timeline.csv", index=False)
-        self.steps.to_csv(folder / "steps.csv", index=False)
-        arrays = {k: v.detach().cpu().numpy() for k, v in self.final_state_dict.items()}
-        np.savez(folder / "state_dict.npz", **arrays)
-        _write_json(folder / "trace.json", self.chrome_trace())
-        _write_json(folder / "summary.json", self.summary)  # written last: its presence marks a complete save
+        (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder does not verify until the new manifest lands
+        for stale in folder.glob(_TMP_PREFIX + "*"):
+            stale.unlink(missing_ok=True)
+        files: dict[str, dict[str, Any]] = {}
+        nonfinite: dict[str, list] = {}
+        for name, obj in (
+            ("config.json", self.config.to_dict()),
+            ("meta.json", self.meta),
+            ("extra.json", self.extra),
+            ("trace.json", self.chrome_trace()),
+            ("summary.json", self.summary),
+        ):
+            files[name], nonfinite[name] = _write_json(folder / name, obj)
+        for name, frame in (("losses.csv", self.losses_frame()), ("timeline.csv", self.timeline), ("steps.csv", self.steps)):
+            files[name] = _write_atomic(folder / name, frame.to_csv(index=False).encode())
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in self.final_state_dict.items()})
+        files["state_dict.npz"] = _write_atomic(folder / "state_dict.npz", buf.getvalue())
+        manifest = {
+            "format": RESULT_FORMAT,
+            "format_version": RESULT_FORMAT_VERSION,
+            "run_id": run_id,
+            "files": files,
+            "nonfinite": {k: v for k, v in nonfinite.items() if v},  # where NaN/inf were, written as null
+        }
+        _write_json(folder / MANIFEST, manifest)  # last: its presence and checksums mark a complete save
+        _fsync_dir(folder)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> RunResult:
+        """Read a folder save() wrote, after verifying it against its manifest; ResultFolderError otherwise."""
         folder = Path(folder)
-        with np.load(folder / "state_dict.npz", allow_pickle=False) as npz:
-            state = {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
-        timeline = pd.read_csv(folder / "timeline.csv")
+        manifest, data = _verify(folder)
+        nonfinite = manifest.get("nonfinite", {})
+
+        def parse(name: str, reader: Any) -> Any:
+            try:
+                return reader(io.BytesIO(data[name]))
+            except ResultFolderError:
+                raise
+            except Exception as exc:  # a file that verifies but does not parse: name it, whatever the parser raised
+                raise ResultFolderError(folder, name, f"cannot be parsed: {type(exc).__name__}: {exc}") from exc
+
+        def json_of(name: str) -> Any:
+            return _restore_nonfinite(folder, name, _read_json(folder, name, data[name]), nonfinite.get(name, []))
+
+        def tensors(b: io.BytesIO) -> dict[str, torch.Tensor]:
+            with np.load(b, allow_pickle=False) as npz:
+                return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
+
+        state = parse("state_dict.npz", tensors)
+        timeline = parse("timeline.csv", pd.read_csv)
         if timeline.empty:
             timeline = pd.DataFrame(columns=TIMELINE_COLUMNS)
+        config = parse("config.json", lambda _: RunConfig.from_dict(json_of("config.json")))
+        if config.run_id() != manifest["run_id"]:
+            raise ResultFolderError(folder, "config.json", f"is run {config.run_id()}, the manifest says {manifest['run_id']}")
         return cls(
-            config=RunConfig.from_dict(_read_json(folder / "config.json")),
-            losses=pd.read_csv(folder / "losses.csv").loss.astype(float).tolist(),
+            config=config,
+            losses=parse("losses.csv", lambda b: pd.read_csv(b)["loss"].astype(float).tolist()),
             final_state_dict=state,
             timeline=timeline,
-            steps=pd.read_csv(folder / "steps.csv"),
-            meta=_read_json(folder / "meta.json"),
-            extra=_read_json(folder / "extra.json"),
-            summary=_read_json(folder / "summary.json"),
+            steps=parse("steps.csv", pd.read_csv),
+            meta=json_of("meta.json"),
+            extra=json_of("extra.json"),
+            summary=json_of("summary.json"),
         )
 
     def __repr__(self) -> str:
@@ -217,19 +300,194 @@ class RunResult:
         )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=_jsonable))
+def _write_atomic(path: Path, data: bytes) -> dict[str, Any]:
+    """Write via a temp name in the same folder, fsync, os.replace: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable too (POSIX); where a folder cannot be opened (Windows), the OS flushes it later."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> tuple[dict[str, Any], list]:
+    """Strict JSON (no NaN/Infinity tokens, which most JSON readers reject), written atomically.
+
+    Returns the file's manifest entry and where non-finite floats were (written as null), so load() can put them back.
+    """
+    nonfinite: list = []
+    text = json.dumps(_jsonable(obj, [], nonfinite), indent=1, allow_nan=False)
+    return _write_atomic(path, text.encode()), nonfinite
+
+
+def _jsonable(obj: Any, path: list, nonfinite: list) -> Any:
+    """Plain JSON values for `obj`: numpy scalars unwrapped, tuples/sets as lists, NaN/inf as null (recorded in `nonfinite`)."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        nonfinite.append([path, "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")])
+        return None
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            key = _json_key(k)
+            out[key] = _jsonable(v, [*path, key], nonfinite)
+        return out
+    if isinstance(obj, (set, frozenset)):
+        obj = sorted(obj, key=repr)
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, [*path, i], nonfinite) for i, v in enumerate(obj)]
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+def _json_key(key: Any) -> str:
+    """A dict key as JSON will spell it, so recorded paths match the loaded object."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, (int, float)):
+        return repr(key) if isinstance(key, float) else str(key)
+    raise TypeError(f"not a JSON key: {type(key).__name__}")
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON (strict JSON has no NaN/Infinity)")
+
+
+def _read_json(folder: Path, name: str, data: bytes) -> Any:
+    """Strict JSON from a result file; any problem is a ResultFolderError naming the file."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultFolderError(folder, name, f"is not valid JSON: {exc}") from exc
+
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _restore_nonfinite(folder: Path, name: str, tree: Any, entries: list) -> Any:
+    """Put back the NaN/inf that _write_json wrote as null, where the manifest says they were."""
+    for entry in entries:
+        try:
+            path, token = entry
+            value = _NONFINITE[token]  # shared objects: dicts of loaded results compare equal (NaN is NaN by identity)
+            if not path:
+                return value
+            node = tree
+            for key in path[:-1]:
+                node = node[key]
+            if node[path[-1]] is not None:
+                raise ValueError("the value there is not null")
+            node[path[-1]] = value
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ResultFolderError(folder, MANIFEST, f"its non-finite entry {entry!r} does not fit {name}: {exc}") from exc
+    return tree
+
+
+def _verify(folder: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and every file's bytes, once each file has the size and sha256 the manifest recorded."""
+    if not folder.is_dir():
+        raise ResultFolderError(folder, None, "is not a folder" if folder.exists() else "does not exist")
+    if not (folder / MANIFEST).is_file():
+        if (folder / "summary.json").exists():
+            problem = "missing: saved by an older dpkit (before verified result folders) or not fully saved; rerun this config"
+        else:
+            problem = "missing: not a complete dpkit result (an interrupted save, or not a result folder at all)"
+        raise ResultFolderError(folder, MANIFEST, problem)
+    manifest = _read_json(folder, MANIFEST, (folder / MANIFEST).read_bytes())
+    if not isinstance(manifest, dict) or manifest.get("format") != RESULT_FORMAT:
+        raise ResultFolderError(folder, MANIFEST, f"is not a dpkit result manifest (format should be {RESULT_FORMAT!r})")
+    version = manifest.get("format_version")
+    if version not in KNOWN_FORMAT_VERSIONS:
+        raise ResultFolderError(
+            folder, MANIFEST, f"format version {version!r} is not one this dpkit reads {KNOWN_FORMAT_VERSIONS}; rerun or upgrade"
+        )
+    files = manifest.get("files")
+    if (
+        not isinstance(files, dict)
+        or not isinstance(manifest.get("run_id"), str)
+        or not isinstance(manifest.get("nonfinite", {}), dict)
+    ):
+        raise ResultFolderError(
+            folder, MANIFEST, "is malformed: needs files (an object), run_id (a string), nonfinite (an object)"
+        )
+    unknown = sorted(set(files) - set(RESULT_FILES))
+    if unknown:
+        raise ResultFolderError(folder, MANIFEST, f"lists files format {version} does not have: {unknown}")
+    data: dict[str, bytes] = {}
+    for name in RESULT_FILES:
+        entry = files.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+            raise ResultFolderError(folder, name, f"has no valid entry (size, sha256) in {MANIFEST}")
+        if not (folder / name).is_file():
+            raise ResultFolderError(folder, name, f"is missing ({MANIFEST} lists it)")
+        blob = (folder / name).read_bytes()
+        if len(blob) != entry["size"]:
+            raise ResultFolderError(
+                folder, name, f"is {len(blob)} bytes, {MANIFEST} says {entry['size']}: truncated or changed since it was saved"
+            )
+        if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+            raise ResultFolderError(
+                folder, name, f"does not match its sha256 in {MANIFEST}: corrupted or edited since it was saved"
+            )
+        data[name] = blob
+    return manifest, data
+
+
+def _held_run_id(folder: Path) -> str | None:
+    """The run a folder holds, by its manifest or else its config.json; None when neither says."""
+    try:
+        return str(json.loads((folder / MANIFEST).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return RunConfig.from_dict(json.loads((folder / "config.json").read_text())).run_id()
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _check_save_target(folder: Path, run_id: str, overwrite: bool) -> None:
+    """Refuse to mix a run into a folder holding another run or other files: that would silently lose them."""
+    if folder.exists() and not folder.is_dir():
+        raise ResultFolderError(folder, None, "exists and is not a folder")
+    if overwrite or not folder.exists():
+        return
+    names = {p.name for p in folder.iterdir()}
+    others = sorted(n for n in names if n not in RESULT_FILES and n != MANIFEST and not n.startswith(_TMP_PREFIX))
+    if others:
+        raise ResultFolderError(
+            folder,
+            others[0],
+            f"is not a dpkit result file ({len(others)} such): refusing to save here; pass overwrite=True to save anyway",
+        )
+    held = _held_run_id(folder) if names else None
+    if held is not None and held != run_id:
+        raise ResultFolderError(
+            folder, None, f"holds run {held}, not {run_id}: refusing to overwrite it; pass overwrite=True to replace it"
+        )

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpkit.comm import Comm
+from dpkit.comm import Comm, GroupView
 from dpkit.config import RunConfig
 from dpkit.cost.model import (
     PRESETS,
@@ -120,7 +120,7 @@ def test_buckets_match_what_the_bucketed_sync_builds() -> None:
     cfg = RunConfig(model="mlp", hidden=64, layers=3)
     params = [p for p in build_model(cfg, 0).parameters() if p.requires_grad]
     for mb in (0.01, 0.05, 1.0):
-        sync = BucketedOverlapSync(params, Comm(Recorder(0, HostClock())), "native", 2, bucket_mb=mb)
+        sync = BucketedOverlapSync(params, Comm(Recorder(0, HostClock())), GroupView((0, 1), 0), bucket_mb=mb)
         sync.remove_hooks()
         built = [sum(p.numel() * p.element_size() for p in b.params) for b in sync.buckets]
         assert buckets_of([p.numel() * p.element_size() for p in params], mb) == built

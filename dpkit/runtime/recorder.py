@@ -1,8 +1,9 @@
 """Per-rank timeline: what each rank did, when, and how many bytes it sent.
 
-Spans have a kind (compute | comm | idle | bubble). Strategies record compute and comm; the gaps
-left inside a step are filled as idle (or bubble, for pipeline stages waiting on their
-neighbours). Times are seconds since the run's common start (a barrier), read from
+Spans have a kind (compute | comm | idle | bubble | injected: a straggler's deliberate delay).
+Strategies record compute; their messages are recorded by dpkit.comm.Comm (with the bytes, where the
+byte count comes from, and whether the rank waited); the gaps left inside a step are filled as idle
+(or bubble, for pipeline stages waiting on their neighbours). Times are seconds since the run's common start (a barrier), read from
 time.perf_counter on CPU and from CUDA events on GPU, resolved after a synchronize.
 """
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-KINDS = ("compute", "comm", "idle", "bubble")
+KINDS = ("compute", "comm", "idle", "bubble", "injected")
+BYTES_SOURCES = ("counted", "formula", "none")
 
 
 class HostClock:
@@ -73,6 +75,8 @@ class Span:
     start_s: float
     end_s: float
     bytes: int = 0
+    bytes_source: str = "none"  # counted (dpkit's own send/recv) | formula (a backend collective) | none
+    blocking: bool = True  # False: an asynchronous message in flight, which the rank's compute may hide
 
 
 @dataclass
@@ -98,8 +102,8 @@ class Recorder:
         self.clock.sync()
         start_s, end_s = self.clock.seconds(self._step_start), self.clock.seconds(end)
         new = [
-            Span(self.rank, st, kind, name, self.clock.seconds(a), self.clock.seconds(b), nbytes)
-            for st, kind, name, a, b, nbytes in self._pending
+            Span(self.rank, st, kind, name, self.clock.seconds(a), self.clock.seconds(b), nbytes, source, blocking)
+            for st, kind, name, a, b, nbytes, source, blocking in self._pending
         ]
         self._pending.clear()
         new += self._gaps(new, start_s, end_s)
@@ -117,17 +121,20 @@ class Recorder:
             gaps.append(Span(self.rank, self.step, self.gap_kind, "wait", cursor, end))
         return [g for g in gaps if g.end_s > g.start_s]
 
-    def add(self, kind: str, name: str, start, end, nbytes: int = 0) -> None:
+    def add(
+        self, kind: str, name: str, start, end, nbytes: int = 0, bytes_source: str | None = None, blocking: bool = True
+    ) -> None:
         """Record a span from two clock marks (or host perf_counter floats for async completions)."""
-        self._pending.append((self.step, kind, name, start, end, int(nbytes)))
+        source = bytes_source or ("counted" if nbytes else "none")
+        self._pending.append((self.step, kind, name, start, end, int(nbytes), source, blocking))
 
     @contextmanager
-    def span(self, kind: str, name: str, nbytes: int = 0) -> Iterator[None]:
+    def span(self, kind: str, name: str, nbytes: int = 0, bytes_source: str | None = None) -> Iterator[None]:
         start = self.clock.mark()
         try:
             yield
         finally:
-            self.add(kind, name, start, self.clock.mark(), nbytes)
+            self.add(kind, name, start, self.clock.mark(), nbytes, bytes_source)
 
     def flush_outside_step(self) -> None:
         """Spans recorded outside any step (setup broadcasts) are dropped: they are not step time."""

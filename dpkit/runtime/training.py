@@ -50,7 +50,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     dist.barrier()
     clock = CudaClock(device) if device.type == "cuda" else HostClock()
     recorder = Recorder(rank, clock)
-    ctx = RankContext(cfg, rank, world, device, recorder, Comm(recorder))
+    comm = Comm(recorder, cfg.allreduce_algo)
+    ctx = RankContext(cfg, rank, world, device, recorder, comm)
     strategy = make_strategy(ctx)
     gloo_threads = gloo_loop.apply(cfg.gloo_loop)  # again: building the strategy may have made process groups
     recorder.role, recorder.gap_kind = strategy.role, strategy.gap_kind
@@ -65,14 +66,13 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
                 os.kill(os.getpid(), signal.SIGKILL)
             recorder.begin_step(step)
-            if delay:
-                with recorder.span("compute", "straggler-delay"):
+            if delay:  # injected, never counted as compute: the learner must see it is not real work
+                with recorder.span("injected", "straggler delay"):
                     time.sleep(delay)
             losses.append(strategy.train_step(step, x, y))
             group = strategy.end_of_step_group()
-            if group != "skip":
-                with recorder.span("idle", "end-of-step barrier"):
-                    dist.barrier(group=group)
+            if group is not None:
+                comm.barrier(group, kind="idle", name="end-of-step barrier")
             recorder.end_step()
         mine = {
             "losses": losses,

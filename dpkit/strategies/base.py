@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..comm import Comm
+from ..comm import Comm, Group
 from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
 
@@ -45,9 +44,10 @@ class Strategy:
         """Train on the global batch (x, y); return (mean loss over the samples this rank saw, their count)."""
         raise NotImplementedError
 
-    def end_of_step_group(self) -> object | None:
-        """Group to barrier with at the end of a step (timed as idle); 'skip' for none (async)."""
-        return dist.group.WORLD
+    def end_of_step_group(self) -> Group | None:
+        """Group to barrier with at the end of a step (timed as idle: waiting for the slowest rank); None
+        for no barrier (asynchronous strategies, or a pipeline that ends its step with its own flush)."""
+        return self.ctx.comm.world
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         """The parameters this rank is authoritative for, keyed like the single-process model."""

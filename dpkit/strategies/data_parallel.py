@@ -14,11 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..comm import allreduce_sum, predicted_bytes_sent
-from ..comm.group import nbytes
+from ..comm import Group
 from ..cost.model import HostModel, Link, bucketed_overlap, buckets_of, comm_time
 from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
 from ..workloads import build_model, loss_fn, shard
@@ -30,26 +28,27 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 
-def broadcast_model(ctx: RankContext, model: torch.nn.Module, group=None, src: int = 0) -> None:
-    """Copy rank `src`'s parameters and buffers to every rank of `group`."""
+def broadcast_model(ctx: RankContext, model: torch.nn.Module, group: Group | None = None) -> None:
+    """Copy the parameters and buffers of the group's first rank to every rank of `group`."""
+    src = (group or ctx.comm.world).peer(0)
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             ctx.comm.broadcast(t.data, src, group, name="broadcast-model")
 
 
 class DataParallel(Strategy):
-    def __init__(self, ctx: RankContext, group=None) -> None:
+    def __init__(self, ctx: RankContext, group: Group | None = None) -> None:
         super().__init__(ctx)
         cfg = self.cfg
         self.group = group
-        self.world = dist.get_world_size(group)
-        self.index = dist.get_rank(group)
+        view = group or ctx.comm.world
+        self.world, self.index = view.size, view.me
         model = build_model(cfg, cfg.seed + ctx.rank).to(ctx.device)
-        broadcast_model(ctx, model, group, src=dist.get_global_rank(group, 0) if group is not None else 0)
+        broadcast_model(ctx, model, group)
         self.module = model
         params = trainable(model)
         if cfg.grad_sync == "ddp":
-            self.model = DistributedDataParallel(model, process_group=group, bucket_cap_mb=cfg.bucket_mb)
+            self.model = DistributedDataParallel(model, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
             self.model.register_comm_hook(None, self._ddp_hook)
             self.sync = None
             # DDP waits for its all-reduces inside backward(); the last gradient's arrival marks where
@@ -59,39 +58,15 @@ class DataParallel(Strategy):
                 p.register_post_accumulate_grad_hook(self._note_grad)
         else:
             self.model = model
-            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, cfg.allreduce_algo, self.world, group, cfg.bucket_mb)
+            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb)
         self.opt = self.make_optimizer(params)
-        self._ddp_pool = None
 
     def _ddp_hook(self, _state, bucket):  # no return annotation: DDP rejects the string one `from __future__` makes
-        """DDP's comm hook: the same all-reduce algorithms, timed like ours (DDP itself is untouched)."""
-        buf = bucket.buffer()
-        start = time.perf_counter()
-        rec, algo, world = self.rec, self.cfg.allreduce_algo, self.world
-        name = f"ddp-bucket{bucket.index()}"
-
-        def done(value: torch.Tensor, sent: int) -> torch.Tensor:
-            rec.add("comm", name, start, time.perf_counter(), sent)
-            return value.div_(world)
-
-        if algo == "native":
-            fut = dist.all_reduce(buf, group=self.group, async_op=True).get_future()
-            sent = predicted_bytes_sent("native", nbytes(buf), world)
-            return fut.then(lambda f: done(f.value()[0], sent))
-        fut = torch.futures.Future()
-        if self._ddp_pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._ddp_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-ddp")
-
-        def job() -> None:
-            try:
-                fut.set_result(done(buf, allreduce_sum(buf, algo, self.group)))
-            except Exception as exc:  # surface in the training thread, not a silent hang
-                fut.set_exception(exc)
-
-        self._ddp_pool.submit(job)
-        return fut
+        """DDP's comm hook: its buckets go through Comm (the run's algorithm, timed and counted like ours)."""
+        world = self.world
+        return self.ctx.comm.all_reduce_future(
+            bucket.buffer(), self.group, name=f"ddp-bucket{bucket.index()}", then=lambda value: value.div_(world)
+        )
 
     def _note_grad(self, _p) -> None:
         self._last_grad_at = time.perf_counter()
@@ -140,10 +115,6 @@ class DataParallel(Strategy):
             return {"buckets": [sum(p.numel() for p in b.params) for b in self.sync.buckets]}
         return {}
 
-    def close(self) -> None:
-        if self._ddp_pool is not None:
-            self._ddp_pool.shutdown(wait=True)
-        super().close()
 
 
 class DataParallelSpec(StrategySpec):

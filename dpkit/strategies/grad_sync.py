@@ -12,14 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..comm import AsyncWork, Comm
+from ..comm import AsyncWork, Comm, Group
 
 
 class GradSync:
     """Averages the gradients of `params` over `group` once `enabled` (last accumulation micro-step)."""
 
-    def __init__(self, params: list[nn.Parameter], comm: Comm, algo: str, world: int, group=None) -> None:
-        self.params, self.comm, self.algo, self.world, self.group = params, comm, algo, world, group
+    def __init__(self, params: list[nn.Parameter], comm: Comm, group: Group | None = None) -> None:
+        self.params, self.comm, self.group = params, comm, group
+        self.world = (group or comm.world).size
         self.enabled = True
 
     def begin(self) -> None:
@@ -35,15 +36,15 @@ class PerTensorSync(GradSync):
         for p in reversed(self.params):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            self.comm.all_reduce(p.grad, self.algo, self.group, name="allreduce-grad")
+            self.comm.all_reduce(p.grad, self.group, name="allreduce-grad")
             p.grad.div_(self.world)
 
 
 class FlatSync(GradSync):
     """Copy every gradient into one flat buffer (kept from step to step), one all-reduce, copy back."""
 
-    def __init__(self, params, comm, algo, world, group=None) -> None:
-        super().__init__(params, comm, algo, world, group)
+    def __init__(self, params: list[nn.Parameter], comm: Comm, group: Group | None = None) -> None:
+        super().__init__(params, comm, group)
         p0 = self.params[0]
         self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=p0.dtype, device=p0.device)
         self.views, offset = [], 0
@@ -58,7 +59,7 @@ class FlatSync(GradSync):
                     view.zero_()
                 else:
                     view.copy_(p.grad)
-        self.comm.all_reduce(self.flat, self.algo, self.group, name="allreduce-flat")
+        self.comm.all_reduce(self.flat, self.group, name="allreduce-flat")
         with self.comm.recorder.span("compute", "unflatten"):
             self.flat.div_(self.world)
             for p, view in zip(self.params, self.views, strict=True):
@@ -86,8 +87,8 @@ class Bucket:
 
 
 class BucketedOverlapSync(GradSync):
-    def __init__(self, params, comm, algo, world, group=None, bucket_mb: float = 1.0) -> None:
-        super().__init__(params, comm, algo, world, group)
+    def __init__(self, params: list[nn.Parameter], comm: Comm, group: Group | None = None, bucket_mb: float = 1.0) -> None:
+        super().__init__(params, comm, group)
         self.buckets = self._make_buckets(bucket_mb)
         self.bucket_of = {p: b for b in self.buckets for p in b.params}
         self.launch_order: list[Bucket] = []
@@ -121,7 +122,7 @@ class BucketedOverlapSync(GradSync):
             self._launch(bucket)
 
     def _launch(self, bucket: Bucket) -> None:
-        bucket.work = self.comm.all_reduce_async(bucket.buffer, self.algo, self.group, name=f"allreduce-bucket{bucket.index}")
+        bucket.work = self.comm.all_reduce_async(bucket.buffer, self.group, name=f"allreduce-bucket{bucket.index}")
         self.launch_order.append(bucket)
 
     def finish(self) -> None:
@@ -147,11 +148,12 @@ class BucketedOverlapSync(GradSync):
             h.remove()
 
 
-def make_grad_sync(kind: str, params, comm: Comm, algo: str, world: int, group=None, bucket_mb: float = 1.0) -> GradSync:
+def make_grad_sync(kind: str, params: list[nn.Parameter], comm: Comm, group: Group | None = None, bucket_mb: float = 1.0) -> GradSync:
+    """The hand-written sync `kind` over `group` (default: every rank), with the run's all-reduce algorithm."""
     if kind == "per-tensor":
-        return PerTensorSync(params, comm, algo, world, group)
+        return PerTensorSync(params, comm, group)
     if kind == "flat":
-        return FlatSync(params, comm, algo, world, group)
+        return FlatSync(params, comm, group)
     if kind == "bucketed":
-        return BucketedOverlapSync(params, comm, algo, world, group, bucket_mb)
+        return BucketedOverlapSync(params, comm, group, bucket_mb)
     raise ValueError(f"grad_sync {kind!r} is not allowed: choose 'per-tensor', 'flat' or 'bucketed' (or 'ddp')")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 
 from ..workloads import shard
 from .base import RankContext, Strategy, trainable
@@ -35,14 +34,14 @@ class HybridStage(PipelineStage):
         cfg = ctx.cfg
         dp, stages = cfg.data_parallel_size, cfg.world_size // cfg.data_parallel_size
         self.replica, stage = grid_position(ctx.rank, cfg.world_size, dp)
-        # every rank creates every group, in the same order (a torch.distributed rule)
-        groups = [dist.new_group(list(range(s, cfg.world_size, stages))) for s in range(stages)]
+        # every rank creates every group, in the same order (a rule of process groups)
+        groups = [ctx.comm.new_group(list(range(s, cfg.world_size, stages))) for s in range(stages)]
         super().__init__(ctx, stage=stage, stages=stages, first_rank=self.replica * stages)
         self.dp, self.dp_group = dp, groups[stage]
         params = trainable(self.model)
         self.sync = None
         if params:
-            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, cfg.allreduce_algo, dp, self.dp_group, cfg.bucket_mb)
+            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, self.dp_group, cfg.bucket_mb)
 
     def local_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return shard(x, self.replica, self.dp), shard(y, self.replica, self.dp)

@@ -23,10 +23,9 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..comm.group import nbytes
+from ..comm import Group, Pending
 from ..cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
 from ..cost.step_model import ComputeProfile, oversubscription, parts, step_facts
 from ..workloads import build_dataset, build_model, count_parameters, loss_fn, shard
@@ -139,27 +138,19 @@ class PipelineStage(Strategy):
         self.m = 1 if cfg.schedule == "naive" else cfg.microbatches
         self.actions = schedule(cfg.schedule, self.m, self.stages, self.stage)
         self.peak = 0
-        # gloo moves CUDA tensors only in collectives, not send/recv: stage them through host memory
-        self._via_host = ctx.device.type == "cuda" and dist.get_backend() == "gloo"
-        self._sends: list[tuple[object, torch.Tensor]] = []
+        self._sends: list[Pending] = []
 
-    # -- point-to-point, recorded on this rank's timeline --------------------------------------
+    # -- point-to-point through Comm (which stages CUDA tensors through the host under gloo) ------
     def _send(self, t: torch.Tensor, dst: int, what: str) -> None:
-        t = (t.to("cpu") if self._via_host else t).contiguous()
-        with self.rec.span("comm", f"send {what}", nbytes(t)):
-            work = dist.isend(t, dst)
-        self._sends.append((work, t))  # keep t alive until the send completes
+        self._sends.append(self.ctx.comm.isend(t, dst, name=f"send {what}"))
 
     def _recv(self, shape: tuple[int, ...], src: int, what: str) -> torch.Tensor:
-        buf = torch.empty(shape, device="cpu" if self._via_host else self.ctx.device)
-        with self.rec.span("bubble", f"wait for {what}"):
-            dist.recv(buf, src)
-        return buf.to(self.ctx.device)
+        buf = torch.empty(shape, device=self.ctx.device)
+        self.ctx.comm.recv(buf, src, name=f"wait for {what}", kind="bubble")  # blocked on a neighbour: bubble
+        return buf
 
     def _finish_sends(self) -> None:
-        with self.rec.span("comm", "send completion"):
-            for work, _ in self._sends:
-                work.wait()
+        self.ctx.comm.wait(self._sends, name="send completion")
         self._sends.clear()
 
     # -- hooks for the hybrid (data-parallel replicas of each stage) ----------------------------
@@ -211,12 +202,11 @@ class PipelineStage(Strategy):
         with self.rec.span("compute", "optimizer"):
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-        with self.rec.span("bubble", "pipeline flush"):
-            dist.barrier()
+        self.ctx.comm.barrier(kind="bubble", name="pipeline flush")
         return (sum(losses) / m, xs.shape[0]) if self.last else (0.0, 0)
 
-    def end_of_step_group(self) -> object | None:
-        return "skip"  # train_step ends with its own barrier, recorded as the pipeline's flush bubble
+    def end_of_step_group(self) -> Group | None:
+        return None  # train_step ends with its own barrier, recorded as the pipeline's flush bubble
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         return state_on_cpu(self.model)

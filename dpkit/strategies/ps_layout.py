@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from .base import RankContext, trainable
+from .base import trainable
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -78,12 +77,6 @@ def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
             n = t.numel()
             t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
-
-
-def ps_group(ctx: RankContext):
-    """The group PS messages travel on: the default one under gloo, a gloo group beside NCCL
-    (NCCL has no receive-from-any-source). Every rank calls this once, in the same order."""
-    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
 
 def server_rank(cfg: RunConfig, shard: int) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 
+from ..comm import Group
 from ..workloads import build_model
 from .base import RankContext, Strategy
-from .ps_layout import ShardLayout, flatten, ps_group
+from .ps_layout import ShardLayout, flatten
 
 
 class ParameterServer(Strategy):
@@ -24,7 +24,7 @@ class ParameterServer(Strategy):
     def __init__(self, ctx: RankContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self.group = ps_group(ctx)
+        self.group = ctx.comm.host_group()
         self.index = ctx.rank - cfg.world_size
         self.workers = list(range(cfg.world_size))
         self.layout = ShardLayout(build_model(cfg, cfg.seed), cfg.num_servers)  # on the host: servers hold no GPU
@@ -65,9 +65,8 @@ class ParameterServer(Strategy):
     # -- sync ---------------------------------------------------------------------------------
     def _sync_round(self) -> None:
         bufs = list(self.inbox)
-        with self.rec.span("idle", "wait-for-gradients"):
-            for work in [dist.irecv(b, w, group=self.group) for w, b in zip(self.workers, bufs, strict=True)]:
-                work.wait()
+        comm = self.ctx.comm
+        comm.wait([comm.irecv(b, w, self.group) for w, b in zip(self.workers, bufs, strict=True)], "wait-for-gradients", "idle")
         self.bytes_in += sum(b.numel() * b.element_size() for b in bufs)
         t0 = time.perf_counter()
         with self.rec.span("compute", "average+update"):
@@ -84,8 +83,7 @@ class ParameterServer(Strategy):
     # -- async --------------------------------------------------------------------------------
     def _apply_next_push(self) -> None:
         buf = self.inbox[0]
-        with self.rec.span("idle", "wait-for-gradient"):
-            w = dist.recv(buf, None, group=self.group)
+        w = self.ctx.comm.recv(buf, None, self.group, name="wait-for-gradient", kind="idle")  # from any worker
         self.bytes_in += buf.numel() * buf.element_size()
         t0 = time.perf_counter()
         c = self.pushes[w]
@@ -118,17 +116,16 @@ class ParameterServer(Strategy):
             return
         t0 = time.perf_counter()
         flat = flatten(self.params, out=self.outbox)
-        works = [self.ctx.comm.isend(flat, w, group=self.group, name="answer-pull") for w in workers]
-        for work in works:
-            work.wait()
+        comm = self.ctx.comm
+        comm.wait([comm.isend(flat, w, self.group, name="answer-pull") for w in workers], name="answer-pull")
         slowest = min(self.pushes)
         for w in workers:
             self.pulled_version[w], self.pulled_slowest[w] = self.version, slowest
         self.bytes_out += len(workers) * flat.numel() * flat.element_size()
         self._busy_s += time.perf_counter() - t0
 
-    def end_of_step_group(self) -> object | None:
-        return "skip" if self.cfg.sync == "ps-async" else dist.group.WORLD
+    def end_of_step_group(self) -> Group | None:
+        return None if self.cfg.sync == "ps-async" else self.ctx.comm.world
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         return self.layout.state_of(self.index)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 
+from ..comm import Group
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy
-from .ps_layout import ShardLayout, flatten, ps_group, server_rank, unflatten_into
+from .ps_layout import ShardLayout, flatten, server_rank, unflatten_into
 
 
 class PushPullWorker(Strategy):
@@ -23,7 +23,7 @@ class PushPullWorker(Strategy):
     def __init__(self, ctx: RankContext) -> None:
         super().__init__(ctx)
         cfg = self.cfg
-        self.group = ps_group(ctx)
+        self.group = ctx.comm.host_group()  # host memory, as classic parameter servers used TCP
         self.model = build_model(cfg, cfg.seed).to(ctx.device)  # the servers' initial parameters, by construction
         layout = ShardLayout(self.model, cfg.num_servers)
         self.shards = [(server_rank(cfg, j), layout.params_of(j)) for j in range(cfg.num_servers) if layout.shards[j]]
@@ -52,23 +52,19 @@ class PushPullWorker(Strategy):
         return loss, xs.shape[0]
 
     def _push_pull(self, grads: list[torch.Tensor]) -> None:
-        clock, sent = self.rec.clock, sum(g.numel() * g.element_size() for g in grads)
-        start = clock.mark()
-        pulls = [dist.irecv(buf, srv, group=self.group) for (srv, _), buf in zip(self.shards, self.pulled, strict=True)]
-        pushes = [dist.isend(g, srv, group=self.group) for (srv, _), g in zip(self.shards, grads, strict=True)]
-        for work in pushes:
-            work.wait()
-        pushed, t_pushed = clock.mark(), time.perf_counter()
-        self.rec.add("comm", "push-gradients", start, pushed, sent)
-        for work in pulls:
-            work.wait()
-        self.rec.add("comm", "pull-parameters (wait for server)", pushed, clock.mark(), 0)
-        self.waits.append(time.perf_counter() - t_pushed)
-        self.bytes_out += sent
+        """Post every pull first (so no server ever waits on a worker to answer), then push and wait."""
+        comm = self.ctx.comm
+        pulls = [comm.irecv(buf, srv, self.group) for (srv, _), buf in zip(self.shards, self.pulled, strict=True)]
+        pushes = [comm.isend(g, srv, self.group, name="push-gradients") for (srv, _), g in zip(self.shards, grads, strict=True)]
+        comm.wait(pushes, name="push-gradients")
+        pushed = time.perf_counter()
+        comm.wait(pulls, name="pull-parameters (wait for server)")
+        self.waits.append(time.perf_counter() - pushed)
+        self.bytes_out += sum(g.numel() * g.element_size() for g in grads)
         self.bytes_in += sum(b.numel() * b.element_size() for b in self.pulled)
 
-    def end_of_step_group(self) -> object | None:
-        return "skip" if self.cfg.sync == "ps-async" else dist.group.WORLD
+    def end_of_step_group(self) -> Group | None:
+        return None if self.cfg.sync == "ps-async" else self.ctx.comm.world
 
     def extra(self) -> dict:
         return {

@@ -33,30 +33,30 @@ SHARD_KEY = "#shard-dim"  # owned_state key suffix: "block0.up.weight#shard-dim0
 class ParallelFeedForward(nn.Module):
     """x + down(gelu(up(f(x)))): the hidden 4h activations stay sharded, g inside `down` sums them."""
 
-    def __init__(self, ff: FeedForward, rank: int, world: int, comm: Comm, algo: str) -> None:
+    def __init__(self, ff: FeedForward, rank: int, world: int, comm: Comm) -> None:
         super().__init__()
-        self.comm, self.algo = comm, algo
+        self.comm = comm
         self.up = ColumnParallelLinear(ff.up, rank, world)
-        self.down = RowParallelLinear(ff.down, rank, world, comm, algo)
+        self.down = RowParallelLinear(ff.down, rank, world, comm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.down(F.gelu(self.up(copy_to_parallel(x, self.comm, self.algo))))
+        return x + self.down(F.gelu(self.up(copy_to_parallel(x, self.comm))))
 
 
 class ParallelAttention(nn.Module):
     """Causal self-attention over this rank's heads; proj (row-parallel) sums the heads' contributions."""
 
-    def __init__(self, attn: Attention, rank: int, world: int, comm: Comm, algo: str) -> None:
+    def __init__(self, attn: Attention, rank: int, world: int, comm: Comm) -> None:
         super().__init__()
-        self.comm, self.algo = comm, algo
+        self.comm = comm
         self.heads = attn.heads // world
         self.q = ColumnParallelLinear(attn.q, rank, world)
         self.k = ColumnParallelLinear(attn.k, rank, world)
         self.v = ColumnParallelLinear(attn.v, rank, world)
-        self.proj = RowParallelLinear(attn.proj, rank, world, comm, algo)
+        self.proj = RowParallelLinear(attn.proj, rank, world, comm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = copy_to_parallel(x, self.comm, self.algo)  # one f for q, k and v together
+        h = copy_to_parallel(x, self.comm)  # one f for q, k and v together
         b, t, _ = x.shape
 
         def split(y: torch.Tensor) -> torch.Tensor:
@@ -66,14 +66,14 @@ class ParallelAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
-def parallelize(model: nn.Module, rank: int, world: int, comm: Comm, algo: str = "native") -> nn.Module:
+def parallelize(model: nn.Module, rank: int, world: int, comm: Comm) -> nn.Module:
     """Replace every FeedForward and Attention of `model` (in place) by this rank's tensor-parallel version."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, FeedForward):
-                setattr(parent, name, ParallelFeedForward(child, rank, world, comm, algo))
+                setattr(parent, name, ParallelFeedForward(child, rank, world, comm))
             elif isinstance(child, Attention):
-                setattr(parent, name, ParallelAttention(child, rank, world, comm, algo))
+                setattr(parent, name, ParallelAttention(child, rank, world, comm))
     return model
 
 
@@ -94,7 +94,7 @@ class TensorParallel(Strategy):
         super().__init__(ctx)
         cfg = self.cfg
         full = build_model(cfg, cfg.seed)  # the single-process init; each rank keeps its shards
-        self.model = parallelize(full, ctx.rank, cfg.world_size, ctx.comm, cfg.allreduce_algo).to(ctx.device)
+        self.model = parallelize(full, ctx.rank, cfg.world_size, ctx.comm).to(ctx.device)
         self.opt = self.make_optimizer(trainable(self.model))
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:

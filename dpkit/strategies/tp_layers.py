@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comm import Comm
+from ..comm import Comm, Group
 
 SHARD_DIM = "tp_shard_dim"
 
@@ -27,15 +27,15 @@ class CopyToParallel(torch.autograd.Function):
     Backward: all-reduce-sum of the input gradient, since each rank's shard saw the input and gave a part of its gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm, algo: str, group) -> torch.Tensor:
-        ctx.comm, ctx.algo, ctx.group = comm, algo, group
+    def forward(ctx, x: torch.Tensor, comm: Comm, group: Group | None) -> torch.Tensor:
+        ctx.comm, ctx.group = comm, group
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
-        ctx.comm.all_reduce(grad, ctx.algo, ctx.group, name="tp f: all-reduce grad (backward)")
-        return grad, None, None, None
+        ctx.comm.all_reduce(grad, ctx.group, name="tp f: all-reduce grad (backward)")
+        return grad, None, None
 
 
 class ReduceFromParallel(torch.autograd.Function):
@@ -43,22 +43,22 @@ class ReduceFromParallel(torch.autograd.Function):
     Backward: identity, since the output gradient is already the same on every rank."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm, algo: str, group) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, comm: Comm, group: Group | None) -> torch.Tensor:
         out = x.contiguous().clone()
-        comm.all_reduce(out, algo, group, name="tp g: all-reduce output (forward)")
+        comm.all_reduce(out, group, name="tp g: all-reduce output (forward)")
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None, None, None
+        return grad, None, None
 
 
-def copy_to_parallel(x: torch.Tensor, comm: Comm, algo: str = "native", group=None) -> torch.Tensor:
-    return CopyToParallel.apply(x, comm, algo, group)
+def copy_to_parallel(x: torch.Tensor, comm: Comm, group: Group | None = None) -> torch.Tensor:
+    return CopyToParallel.apply(x, comm, group)
 
 
-def reduce_from_parallel(x: torch.Tensor, comm: Comm, algo: str = "native", group=None) -> torch.Tensor:
-    return ReduceFromParallel.apply(x, comm, algo, group)
+def reduce_from_parallel(x: torch.Tensor, comm: Comm, group: Group | None = None) -> torch.Tensor:
+    return ReduceFromParallel.apply(x, comm, group)
 
 
 def _shard(t: torch.Tensor, dim: int, rank: int, world: int) -> nn.Parameter:
@@ -85,14 +85,14 @@ class RowParallelLinear(nn.Module):
     """Rank r holds input features r*in/world .. of `full` (columns of W): z = g(x_r W_r^T) + b.
     The bias is replicated and added after the all-reduce, so it is counted once."""
 
-    def __init__(self, full: nn.Linear, rank: int, world: int, comm: Comm, algo: str = "native", group=None) -> None:
+    def __init__(self, full: nn.Linear, rank: int, world: int, comm: Comm, group: Group | None = None) -> None:
         super().__init__()
         self.weight = _shard(full.weight, 1, rank, world)
         self.bias = (
             nn.Parameter(full.bias.detach().clone(), requires_grad=full.bias.requires_grad) if full.bias is not None else None
         )
-        self.comm, self.algo, self.group = comm, algo, group
+        self.comm, self.group = comm, group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = reduce_from_parallel(F.linear(x, self.weight), self.comm, self.algo, self.group)
+        out = reduce_from_parallel(F.linear(x, self.weight), self.comm, self.group)
         return out + self.bias if self.bias is not None else out
