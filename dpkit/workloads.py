@@ -150,7 +150,8 @@ def build_model(cfg: RunConfig, seed: int) -> nn.Sequential:
         blocks.append(("head", LMHead(h, VOCAB)))
     model = nn.Sequential(OrderedDict(blocks))
     if cfg.tie_weights:
-        model.head.out.weight = model.embed.tok.weight
+        head, embed = model.get_submodule("head"), model.get_submodule("embed")
+        head.out.weight = embed.tok.weight  # type: ignore[union-attr]
     frozen = [name for name, p in model.named_parameters() if name.startswith(tuple(cfg.freeze))]
     if cfg.freeze and not frozen:
         names = [name for name, _ in model.named_parameters()]

@@ -211,8 +211,10 @@ def add_predictions(frame: pd.DataFrame, calibration: Path | None) -> tuple[pd.D
     cluster-view Link; with no calibration, a cluster-view fit to this run's native times."""
     from ..cost.model import HostModel, Link, comm_time, fit_link
 
-    model = HostModel.load(calibration) if calibration is not None and calibration.exists() else None
-    if model is not None:
+    host = HostModel.load(calibration) if calibration is not None and calibration.exists() else None
+    model: HostModel | Link
+    if host is not None:
+        model = host
         source = f"calibration {calibration}"
     elif calibration is not None and calibration.exists():
         model, source = Link.load(calibration), f"calibration {calibration} (cluster view)"

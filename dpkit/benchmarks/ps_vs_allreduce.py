@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,7 +24,7 @@ from ..strategies.base import trainable
 from ..viz.cost_plots import ps_vs_allreduce_plot
 from ..workloads import build_model
 
-METHODS = {"ps k=1": {"sync": "ps", "num_servers": 1}, "ps k=2": {"sync": "ps", "num_servers": 2}, "ring": {"sync": "allreduce"}}
+METHODS: dict[str, dict[str, Any]] = {"ps k=1": {"sync": "ps", "num_servers": 1}, "ps k=2": {"sync": "ps", "num_servers": 2}, "ring": {"sync": "allreduce"}}
 
 
 def base_config(quick: bool) -> RunConfig:
@@ -93,14 +94,14 @@ def add_time_prediction(frame: pd.DataFrame, calibration: Path) -> tuple[pd.Data
     from ..cost.model import HostModel, Link, comm_time, ps_time
 
     host = HostModel.load(calibration)  # the single-host view, per process count, when calibrated so
-    model = host or Link.load(calibration)
+    model: HostModel | Link = host or Link.load(calibration)
 
     def one(r) -> float:
         if r.method == "ring":
             return comm_time("ring", r.S_bytes, r.workers, model)
         if r.role != "worker":
             return float("nan")
-        link = host.link(r.workers + r.servers) if host is not None else model  # all processes share the host
+        link = host.link(r.workers + r.servers) if host is not None else Link.load(calibration)  # all processes share the host
         return ps_time(r.S_bytes, r.workers, r.servers, link)
 
     return frame.assign(comm_pred_s=[one(r) for r in frame.itertuples()]), f"calibration {calibration} ({model.describe()})"

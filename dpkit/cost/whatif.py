@@ -84,7 +84,7 @@ def comm_scan(size: float, link: Link, ns: list[int] | None = None, ks: tuple[in
     ns = ns or [2**i for i in range(1, 11)]
     rows = []
     for n in ns:
-        row = {"workers": n}
+        row: dict[str, float] = {"workers": n}
         for algo in ("ring", "tree", "ring-whole", "reduce-broadcast"):
             row[algo] = allreduce_time(algo, size, n, link)
         for k in ks:

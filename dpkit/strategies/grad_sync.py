@@ -116,6 +116,7 @@ class BucketedOverlapSync(GradSync):
         if not self.enabled:
             return
         bucket = self.bucket_of[p]
+        assert p.grad is not None  # the hook runs after the gradient was accumulated
         bucket.slice(p).copy_(p.grad)
         bucket.ready.add(p)
         if len(bucket.ready) == len(bucket.params):
@@ -133,6 +134,7 @@ class BucketedOverlapSync(GradSync):
                         bucket.slice(p).zero_()
                 self._launch(bucket)
         for bucket in self.launch_order:
+            assert bucket.work is not None
             bucket.work.wait()
         with self.comm.recorder.span("compute", "unbucket"):
             for bucket in self.buckets:

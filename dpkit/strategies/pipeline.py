@@ -64,7 +64,7 @@ def balanced_split(sizes: list[int], parts: int) -> list[int]:
     return counts[::-1]
 
 
-def stage_blocks(cfg: RunConfig, model: nn.Sequential, stages: int) -> list[list[str]]:
+def stage_blocks(cfg: RunConfig, model: nn.Module, stages: int) -> list[list[str]]:
     """Block names of each stage: cfg.stage_layers if given, else balanced by parameter count."""
     names = [name for name, _ in model.named_children()]
     counts = list(cfg.stage_layers) or balanced_split([count_parameters(b) for b in model.children()], stages)
@@ -75,7 +75,7 @@ def stage_blocks(cfg: RunConfig, model: nn.Sequential, stages: int) -> list[list
     return out
 
 
-def boundary_shapes(cfg: RunConfig, model: nn.Sequential) -> dict[str, tuple[int, ...]]:
+def boundary_shapes(cfg: RunConfig, model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of each block's output, from a one-sample dry run, so receivers can allocate buffers."""
     x, _ = build_dataset(cfg).global_batch(0, 1)
     shapes = {}
@@ -131,7 +131,7 @@ class PipelineStage(Strategy):
         self.block_names = stage_blocks(cfg, full, self.stages)[self.stage]
         shapes = boundary_shapes(cfg, full)
         names = [n for n, _ in full.named_children()]
-        self.in_shape = shapes[names[names.index(self.block_names[0]) - 1]] if not self.first else None
+        self.in_shape: tuple[int, ...] = shapes[names[names.index(self.block_names[0]) - 1]] if not self.first else ()
         self.out_shape = shapes[self.block_names[-1]]
         self.model = nn.Sequential(OrderedDict((n, getattr(full, n)) for n in self.block_names)).to(ctx.device)
         self.opt = self.make_optimizer(trainable(self.model))
@@ -233,7 +233,7 @@ def validate_stages(cfg: RunConfig, stages: int) -> None:
         raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
 
 
-def stage_shares(cfg: RunConfig, model: nn.Sequential, stages: int) -> tuple[list[float], list[list[str]]]:
+def stage_shares(cfg: RunConfig, model: nn.Module, stages: int) -> tuple[list[float], list[list[str]]]:
     """Each stage's share of the model's parameters (the cost model's stand-in for its share of the compute)."""
     blocks = stage_blocks(cfg, model, stages)
     sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
@@ -241,7 +241,7 @@ def stage_shares(cfg: RunConfig, model: nn.Sequential, stages: int) -> tuple[lis
     return [sum(sizes[n] for n in names) / total for names in blocks], blocks
 
 
-def activation_bytes(cfg: RunConfig, model: nn.Sequential, blocks: list[list[str]], batch: int) -> float:
+def activation_bytes(cfg: RunConfig, model: nn.Module, blocks: list[list[str]], batch: int) -> float:
     """Bytes of the largest activation crossing a stage boundary for `batch` samples (float32)."""
     shapes = boundary_shapes(cfg, model)
     per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]

@@ -6,6 +6,7 @@ parameter_server.py describes the strategy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,7 +57,7 @@ class ShardLayout:
         return out
 
 
-def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+def flatten(tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
     """One contiguous host buffer: one message per shard, not one per tensor. Pass `out` (kept from step
     to step) to allocate nothing: fresh memory every step would page-fault through every byte."""
     if out is None:
@@ -70,7 +71,7 @@ def flatten(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> tor
     return out
 
 
-def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
     offset = 0
     with torch.no_grad():
         for t in tensors:

@@ -107,6 +107,7 @@ class ParameterServer(Strategy):
         """One optimizer step with `grad` (flat) as the shard's gradient; the .grad views read self.grad."""
         if grad is not self.grad:
             self.grad.copy_(grad)
+        assert self.opt is not None, "a server with an empty shard never updates"
         self.opt.step()
         self.version += 1
 

@@ -114,8 +114,8 @@ class TensorParallel(Strategy):
         for state in states:  # rank order
             for key, t in state.items():
                 if SHARD_KEY in key:
-                    name, dim = key.rsplit(SHARD_KEY, 1)
-                    pieces.setdefault((name, int(dim)), []).append(t)
+                    name, dim_text = key.rsplit(SHARD_KEY, 1)
+                    pieces.setdefault((name, int(dim_text)), []).append(t)
                 else:
                     merged[key] = t
         for (name, dim), shards in pieces.items():

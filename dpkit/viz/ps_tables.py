@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from ..results import RunResult
 
 
-def _per_rank(result, key: str) -> dict[int, object]:
+def _per_rank(result: RunResult, key: str) -> dict[int, Any]:
+    """One of the strategy's per-rank `extra` measurements, keyed by rank number."""
     return {int(r): v for r, v in result.extra.get(key, {}).items()}
 
 

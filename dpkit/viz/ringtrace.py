@@ -75,7 +75,7 @@ def trace_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
         raise RuntimeError(f"traced {len(rows) - 1} ring steps on rank {rank}, expected 2(n-1) = {2 * (world - 1)}")
     gathered: list | None = [None] * world if rank == 0 else None
     dist.gather_object(rows, gathered, dst=0)
-    if rank == 0:
+    if gathered is not None:
         Path(out_dir, "trace.json").write_text(json.dumps([r for g in gathered for r in g]))
 
 
