@@ -75,7 +75,7 @@ def test_bucketed_overlap_puts_bucket_allreduces_inside_backward() -> None:
 
 
 def test_bytes_per_rank_follow_the_algorithm() -> None:
-    """Per-rank bytes: ring 2(n-1)/n S, whole-tensor ring (n-1) S (DESIGN.md)."""
+    """Per-rank bytes: ring 2(n-1)/n S, whole-tensor ring (n-1) S (docs/formulas.md)."""
     base = RunConfig(parallelism="data", world_size=4, hidden=32, layers=2, global_batch=16, steps=2,
                      grad_sync="flat", threads_per_rank=1)  # fmt: skip
     ring = run(base.replace(allreduce_algo="ring")).summary["bytes_sent_per_step"]

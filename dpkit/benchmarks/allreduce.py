@@ -3,7 +3,7 @@
 Each measurement: warm-up runs, then `repeats` timed runs, each between barriers and taken as the
 slowest rank's time (an all-reduce is done when the last rank has the sum); the repeats are spread
 over LAUNCHES launches of the ranks, and the median over all of them is reported.
-algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (DESIGN.md). The same
+algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (docs/formulas.md). The same
 module holds the rank-side correctness check the tests launch (rank code must be importable).
 """
 

@@ -6,7 +6,7 @@ algorithm over a range of sizes and every world size 2..max, median of repeats. 
 in calibration.json:
 - single host (costmodel.fit_host, under meta.single_host): alpha, B, gamma, mu per world size, the
   model of this machine that predicted-vs-measured uses;
-- cluster (costmodel.fit_link, the top-level alpha/bandwidth/gamma): the DESIGN.md formulas fitted at
+- cluster (costmodel.fit_link, the top-level alpha/bandwidth/gamma): the docs/formulas.md formulas fitted at
   n = 2 (one process per core, the closest this host gets to independent links), for the what-if.
 The fit's own error is reported, and, when `dpkit bench allreduce` has left its CSV next to this
 folder, the single-host model's error on it (issue 7's check: 64 KiB - 64 MiB, n = 2-4).

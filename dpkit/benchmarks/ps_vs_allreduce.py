@@ -1,7 +1,7 @@
 """`dpkit bench ps_vs_allreduce`: a synchronous parameter server (k = 1, 2 servers) against ring all-reduce.
 
 Same workload, growing worker counts n (weak scaling: 32 samples per worker). Per rank and step it
-reports comm time and bytes, measured beside predicted (DESIGN.md), S being the gradient bytes:
+reports comm time and bytes, measured beside predicted (docs/formulas.md), S being the gradient bytes:
 each PS worker sends S and receives S (moves 2S), each server sends and receives n·S/k (moves 2nS/k,
 growing with n), a ring rank sends 2(n-1)/n·S and receives as much (the ring is symmetric, so its
 received bytes are taken equal to the measured sent bytes). Predicted times use the alpha-beta cost
@@ -46,7 +46,7 @@ def gradient_bytes(cfg: RunConfig) -> int:
 
 
 def predicted(method: str, role: str, size: int, n: int, k: int) -> tuple[float, float]:
-    """(bytes sent, bytes moved = sent + received) per rank per step, from the DESIGN.md formulas."""
+    """(bytes sent, bytes moved = sent + received) per rank per step, from the docs/formulas.md formulas."""
     if method == "ring":
         sent = 2 * (n - 1) / n * size
         return sent, 2 * sent
