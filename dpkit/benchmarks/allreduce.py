@@ -98,17 +98,20 @@ def _timed(fn, repeats: int, warmup: int) -> list[float]:
 
 
 def interleaved_times(
-    sizes: list[int], algos: list[str], repeats: int, warmup: int
+    sizes: list[int], algos: list[str], repeats: int, warmup: int, device: str = "cpu"
 ) -> tuple[list[tuple[str, int]], list[list[float]]]:
     """This rank's durations of every (algorithm, size): algorithms take turns repeat by repeat (not one
-    block each), so drift in the machine's load hits every algorithm alike and their ratios are fair."""
+    block each), so drift in the machine's load hits every algorithm alike and their ratios are fair.
+    On a GPU (`device="cuda"`) the tensors live there and each timed call ends with a synchronize."""
     keys, local = [], []
     for size in sizes:
-        buf = torch.ones(size // 4, dtype=torch.float32)
+        buf = torch.ones(size // 4, dtype=torch.float32, device=device)
 
         def once(algo: str, buf: torch.Tensor = buf) -> None:
             buf.fill_(1.0)  # values stay bounded over repeats; outside nothing but this fill
             allreduce_sum(buf, algo)
+            if buf.is_cuda:
+                torch.cuda.synchronize(buf.device)
 
         for algo in algos:
             _timed(lambda a=algo: once(a), 0, warmup)
@@ -124,7 +127,10 @@ def interleaved_times(
 
 def time_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """Time each (algorithm, size); per repeat the slowest rank's time; rank 0 writes times.json."""
-    keys, local = interleaved_times(payload["sizes"], payload["algos"], payload["repeats"], payload.get("warmup", 1))
+    device = payload.get("device", "cpu")
+    if device == "cuda":
+        torch.cuda.set_device(0)  # the ranks share the machine's first GPU (gloo moves CUDA tensors in collectives)
+    keys, local = interleaved_times(payload["sizes"], payload["algos"], payload["repeats"], payload.get("warmup", 1), device)
     slowest = torch.tensor(local, dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:
@@ -173,6 +179,7 @@ def measure(
     warmup: int = 1,
     timeout_s: float = 900.0,
     launches: int = LAUNCHES,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """`launches` launches per world size sharing the repeats; a row per (algo, size, world size) with
     the median over all its repeats, algbw and busbw."""
@@ -180,7 +187,7 @@ def measure(
     for reps in split_repeats(repeats, launches):
         for n in world_sizes:  # world sizes take turns launch by launch: drift over the run hits all alike
             with _tempdir() as tmp:
-                payload = {"sizes": sizes, "algos": algos, "repeats": reps, "warmup": warmup}
+                payload = {"sizes": sizes, "algos": algos, "repeats": reps, "warmup": warmup, "device": device}
                 launch(
                     "dpkit.benchmarks.allreduce:time_ranks",
                     payload,
@@ -197,6 +204,7 @@ def measure(
     frame["busbw_GBps"] = frame.algbw_GBps * 2 * (frame.world_size - 1) / frame.world_size
     frame["times_s"] = frame.times_s.map(lambda ts: " ".join(f"{t:.6g}" for t in ts))
     frame["cpu_count"] = os.cpu_count()
+    frame["device"] = device
     return frame
 
 
