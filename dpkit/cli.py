@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
+from .config import RunConfig, UnknownFieldError, unknown_fields_message
 from .config_args import add_config_options, config_from_args
 from .runtime import gloo_loop
+from .runtime.launch import RankFailedError, RunTimeoutError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown option, `--world-size two`) are one line like every other dpkit error,
+    not a usage block: 'dpkit: error: argument --world-size: 'two' is not an integer (see dpkit run --help)'."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dpkit: error: {message} (see {self.prog} --help)\n")
+
+
+def check_out(out: Path) -> Path:
+    """Refuse, before anything runs, a result folder that cannot be written: found only at save time, it
+    would throw the finished run away. Returns `out`."""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out} is an existing file, not a folder: pass a folder for the results")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out} is a folder this user cannot write in")
+        return out
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"--out {out} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be created: this user cannot write in {parent}")
+    return out
 
 
 def _print_summary(result) -> None:
@@ -21,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from .api import run
 
     cfg = config_from_args(args)
-    out = Path(args.out or f"results/run-{cfg.run_id()}")
+    out = check_out(Path(args.out or f"results/run-{cfg.run_id()}"))
     result = run(cfg, out=out)
     print(repr(result))
     _print_summary(result)
@@ -32,15 +62,21 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from .api import sweep
 
-    grid = {}
+    grid: dict[str, Any] = {}
+    parser = _Parser(prog="dpkit sweep")  # parses each grid value as its option would be
+    add_config_options(parser)
+    known = [f.name for f in dataclasses.fields(RunConfig)]
     for item in args.grid:
-        name, _, values = item.partition("=")
-        field = name.replace("-", "_")
-        parser = argparse.ArgumentParser()
-        add_config_options(parser)
-        grid[field] = [getattr(parser.parse_args([f"--{name}", v]), field) for v in values.split(",")]
+        name, eq, values = item.partition("=")
+        field = name.strip().replace("-", "_")
+        if not eq or not values:
+            raise ValueError(f"sweep grid item {item!r} is not allowed: field=v1,v2,... such as world-size=1,2,4")
+        if field not in known:
+            raise UnknownFieldError(unknown_fields_message([field], known))
+        flag = "--" + field.replace("_", "-")
+        grid[field] = [getattr(parser.parse_args([flag, v]), field) for v in values.split(",")]
     cfg = config_from_args(args)
-    out = Path(args.out or "results/sweep")
+    out = check_out(Path(args.out or "results/sweep"))
     frame = sweep(cfg, out=out, **grid)
     cols = ["run_id", *grid, "step_time_s", "samples_per_s", "comm_s", "exposed_comm_s", "final_loss"]
     print(frame[cols].to_string(index=False))
@@ -51,7 +87,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import main as demo_main
 
-    demo_main(Path(args.out), quick=args.quick)
+    demo_main(check_out(Path(args.out)), quick=args.quick)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -60,32 +96,32 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.gloo_loop is not None:  # launch() and RunConfig read their default from it
         os.environ[gloo_loop.ENV_VAR] = args.gloo_loop
     print(f"gloo I/O threads: {gloo_loop.default_mode()} (dpkit/gloo_loop.py)")
-    run_benchmark(args.what, Path(args.out or f"results/bench-{args.what}"), args)
+    run_benchmark(args.what, check_out(Path(args.out or f"results/bench-{args.what}")), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpkit", description="distributed training you can run, measure and plot")
+    parser = _Parser(prog="dpkit", description="distributed training you can run, measure and plot")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="one run: prints the summary, writes the result folder")
     add_config_options(p)
     p.add_argument("--out", help="result folder (default results/run-<id>)")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, parser=p)
     p = sub.add_parser("sweep", help="a grid of runs, e.g. dpkit sweep world-size=1,2,4 --parallelism data")
     add_config_options(p)
     p.add_argument("grid", nargs="+", help="field=v1,v2,... (field names as options, without --)")
     p.add_argument("--out", help="folder for the runs and sweep.csv (default results/sweep); reruns resume")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, parser=p)
     p = sub.add_parser("demo", help="the default job: data parallel at world sizes 1, 2, 4 -> table, CSV, PNG")
     p.add_argument("--out", default="results/demo", help="folder for demo.csv and speedup.png")
     p.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, parser=p)
     from .benchmarks import available
 
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(available()))
     p.add_argument("what", choices=available())
     p.add_argument("--out", default=None, help="folder for the CSV and plots (default results/bench-<what>)")
-    p.add_argument("--max-world-size", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--max-world-size", type=int, default=4, help="largest world size in the grid (default: 4)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: 5)")
     p.add_argument("--quick", action="store_true", help="a small grid (for tests)")
     p.add_argument(
         "--gloo-loop",
@@ -93,17 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="scheduling of gloo's I/O threads in every run (default idle)",
     )
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """0 on success; 2 for a bad option, value or path (nothing was run); 1 when a run failed (a rank died,
+    the timeout passed, a file could not be written). Either way one 'dpkit: error:' line, no Python traceback
+    (a failed rank's own traceback follows its line)."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # said by the subcommand's parser, which knows the options a misspelt one was meant to be
+        options = [o for action in args.parser._actions for o in action.option_strings]
+        guess = difflib.get_close_matches(extra[0].partition("=")[0], options, n=1)
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {guess[0]}?)" if guess else ""))
     try:
         args.func(args)
     except (ValueError, NotImplementedError) as exc:
         print(f"dpkit: error: {exc}", file=sys.stderr)
         return 2
+    except (RankFailedError, RunTimeoutError, OSError) as exc:
+        print(f"dpkit: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,19 +7,29 @@ who mistypes a widget value gets a sentence, not a hung rank.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import hashlib
 import json
+import math
+import numbers
 import os
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
+
+from .comm.link import LINK_CHOICES, validate_link
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
 from .strategies.registry import PARALLELISMS, SPECS, spec_for
 from .strategies.spec import config_error
+from .workloads import model_layout, trainable_names
 
 SYNCS = ("allreduce", "ps", "ps-async")
 MODELS = ("mlp", "cnn", "transformer")
-GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp")
+GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp", "fsdp")
 ALLREDUCE_ALGOS = ("native", "ring", "ring-whole", "reduce-broadcast", "tree")
 SCHEDULES = ("naive", "gpipe", "1f1b")
 OPTIMIZERS = ("sgd", "adam")
@@ -39,6 +49,40 @@ def max_local_ranks() -> int:
     return max(8, 4 * (os.cpu_count() or 1))
 
 
+class UnknownFieldError(TypeError, ValueError):
+    """A keyword RunConfig has no field for. A TypeError, as Python's own unexpected-keyword error is, and a
+    ValueError, so code (and the CLI) that catches bad config values catches a misspelt name too."""
+
+
+def unknown_fields_message(unknown: list[str], known: list[str]) -> str:
+    """Names the unknown keywords, the likely intended field for each, and every field, so a typo is a one-look fix."""
+    close = [difflib.get_close_matches(name, known, n=1) for name in unknown]
+    guesses = [f"did you mean {match[0]!r}?" for match in close if match]
+    hint = f" ({'; '.join(guesses)})" if guesses else ""
+    return f"unknown RunConfig field {', '.join(map(repr, unknown))}{hint}; the fields are: {', '.join(known)}"
+
+
+_Cls = TypeVar("_Cls", bound=type)
+
+
+def _refuse_unknown_fields(cls: _Cls) -> _Cls:
+    """Wrap the dataclass __init__ so `RunConfig(worldsize=2)` lists the fields and suggests 'world_size', instead
+    of Python's bare "unexpected keyword argument". dataclasses.replace and pickling are unaffected."""
+    init = vars(cls)["__init__"]  # the one @dataclass wrote
+    known = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = [name for name in kwargs if name not in known]
+        if unknown:
+            raise UnknownFieldError(unknown_fields_message(unknown, known))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls
+
+
+@_refuse_unknown_fields
 @dataclass(frozen=True)
 class RunConfig:
     """One experiment. `world_size` counts the training ranks (workers; PS servers come on top)."""
@@ -64,6 +108,7 @@ class RunConfig:
     grad_sync: str = "bucketed"
     allreduce_algo: str = "native"
     bucket_mb: float = 1.0
+    zero_stage: int = 0  # sharded data parallelism (ZeRO): 1 optimizer state, 2 + gradients, 3 + parameters
     num_servers: int = 1
     max_staleness: int | None = None
     # model parallelism
@@ -84,15 +129,16 @@ class RunConfig:
     # gloo's busy-polling I/O thread: "idle" (SCHED_IDLE) or "normal"; default $DPKIT_GLOO_LOOP or "idle" (dpkit/gloo_loop.py)
     gloo_loop: str = dataclasses.field(default_factory=default_mode)
     timeout_s: float = 300.0
+    # emulated network (dpkit/comm/link.py): "none", a preset of dpkit.cost.model.PRESETS, or "custom"
+    link: str = "none"
+    link_latency_s: float | None = None
+    link_bandwidth_Bps: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("freeze", "straggler_ranks", "stage_layers"):
-            value = getattr(self, name)
-            if isinstance(value, (list, str)):
-                value = (value,) if isinstance(value, str) and name == "freeze" else tuple(value)
-                object.__setattr__(self, name, value)
-        if isinstance(self.freeze, tuple) and self.freeze == ("",):
-            object.__setattr__(self, "freeze", ())
+        # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
+        # to_dict and run_id see one representation; then the values themselves
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _normalised(f.name, getattr(self, f.name)))
         validate(self)
 
     # ---- derived values -------------------------------------------------------------------
@@ -118,10 +164,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown RunConfig field(s) {unknown}; allowed: {sorted(known)}")
+            raise UnknownFieldError(unknown_fields_message(unknown, known))
         return cls(**d)
 
     def replace(self, **changes: Any) -> RunConfig:
@@ -131,6 +177,142 @@ class RunConfig:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
+
+
+#: one line per field: `dpkit run --help` shows it (tests check that every field has one)
+FIELD_HELP: dict[str, str] = {
+    "parallelism": "how the work is split: " + " | ".join(PARALLELISMS),
+    "world_size": "training ranks (workers, stages or tensor shards); parameter servers come on top",
+    "global_batch": "samples per optimizer step, over all ranks",
+    "steps": "optimizer steps to run",
+    "warmup": "first steps left out of the timing summary",
+    "seed": "seed of the model's initialisation and of the data order",
+    "model": " | ".join(MODELS),
+    "hidden": "model width (default: " + ", ".join(f"{m} {d['hidden']}" for m, d in MODEL_DEFAULTS.items()) + ")",
+    "layers": "hidden blocks between the input block and the head (default: 4)",
+    "seq_len": "tokens per sample (transformer)",
+    "freeze": "parameter-name prefixes not to train, comma-separated (e.g. embed,block0)",
+    "tie_weights": "share the transformer's embedding and output-head weight",
+    "optimizer": " | ".join(OPTIMIZERS),
+    "lr": "learning rate, a finite number > 0",
+    "momentum": "SGD momentum, in [0, 1)",
+    "grad_accum": "micro-steps whose gradients are accumulated per optimizer step",
+    "sync": "how data-parallel workers combine gradients: " + " | ".join(SYNCS),
+    "grad_sync": "how gradients are all-reduced: " + " | ".join(GRAD_SYNCS),
+    "allreduce_algo": "all-reduce algorithm: " + " | ".join(ALLREDUCE_ALGOS),
+    "bucket_mb": "gradient bucket size in MiB (grad_sync bucketed and ddp)",
+    "zero_stage": "sharded data parallelism (ZeRO, sync allreduce): 0 none, 1 optimizer state, 2 + gradients, 3 + parameters",
+    "num_servers": "parameter-server ranks (sync ps or ps-async), on top of world_size",
+    "max_staleness": "ps-async: the stale-synchronous bound in steps (none: unbounded)",
+    "schedule": "pipeline schedule: " + " | ".join(SCHEDULES),
+    "microbatches": "micro-batches per pipeline step",
+    "stage_layers": "blocks per pipeline stage, comma-separated (empty: balanced by parameter count)",
+    "data_parallel_size": "pipeline replicas (parallelism hybrid)",
+    "straggler_ranks": "ranks slowed down at every step, comma-separated",
+    "straggler_delay_s": "seconds each straggler waits per step, a finite number >= 0",
+    "fail_rank": "fault injection: this rank kills itself (SIGKILL) when step fail_at_step begins (none: no fault)",
+    "fail_at_step": "the step at whose start fail_rank dies",
+    "device": "where ranks compute: " + " | ".join(DEVICES) + " (auto: CUDA when there is a GPU)",
+    "backend": "torch.distributed backend: " + " | ".join(BACKENDS),
+    "threads_per_rank": "torch threads per rank (default: cores / processes)",
+    "gloo_loop": "scheduling of gloo's busy-polling I/O thread: "
+    + " | ".join(GLOO_LOOP_MODES)
+    + " (default: $DPKIT_GLOO_LOOP, else idle)",
+    "timeout_s": "seconds before an unfinished run is killed, a finite number > 0",
+    "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
+    "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",
+    "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
+}
+
+#: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)
+INT_MINIMUMS: dict[str, int] = {
+    "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
+    "grad_accum": 1, "num_servers": 1, "max_staleness": 0, "microbatches": 1, "data_parallel_size": 1, "fail_rank": 0,
+    "fail_at_step": 0, "threads_per_rank": 1, "zero_stage": 0,
+}  # fmt: skip
+
+#: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)
+FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "lr": ("a finite number > 0", lambda v: v > 0),
+    "momentum": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "bucket_mb": ("a finite number of MiB > 0", lambda v: v > 0),
+    "straggler_delay_s": ("a finite number of seconds >= 0", lambda v: v >= 0),
+    "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
+    "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
+    "link_bandwidth_Bps": ("None, or with link='custom' a finite number of bytes/s > 0", lambda v: v is None or v > 0),
+}
+
+#: what each tuple field holds, said when a value is not a tuple of that
+TUPLE_ALLOWED: dict[str, str] = {
+    "freeze": "a tuple of parameter-name prefixes such as ('embed',)",
+    "straggler_ranks": "a tuple of rank numbers (integers >= 0) such as (1,)",
+    "stage_layers": "a tuple of block counts per pipeline stage (integers >= 1) such as (3, 3)",
+}
+
+
+@functools.cache
+def _field_types() -> dict[str, tuple[Any, bool]]:
+    """Each field's (type, whether None is allowed) from RunConfig's annotations; a tuple field's type is (tuple, item).
+    A field of a type with no check here fails loudly, so a new field cannot slip past the type checks."""
+    out: dict[str, tuple[Any, bool]] = {}
+    for name, hint in typing.get_type_hints(RunConfig).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if optional:
+            (hint,) = [a for a in args if a is not type(None)]
+        if typing.get_origin(hint) is tuple:
+            hint = (tuple, typing.get_args(hint)[0])
+        elif hint not in (int, float, str, bool):
+            raise TypeError(f"RunConfig.{name}: no type check for {hint!r}")
+        out[name] = (hint, optional)
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    """Python and numpy integers; bool is an int to Python, but True is not a count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _not_text(value: Any) -> str:
+    return ", not a string" if isinstance(value, str) else ""
+
+
+def _normalised(name: str, value: Any) -> Any:
+    """`value` as the plain Python type of field `name` (numpy scalars and lists accepted, so sweeps over
+    np.arange work and to_dict stays JSON), or ValueError naming the field, the value and what is allowed."""
+    kind, optional = _field_types()[name]
+    if value is None and optional:
+        return None
+    if kind is int:
+        if not _is_int(value):
+            _fail(name, value, f"{'None or ' if optional else ''}an integer >= {INT_MINIMUMS.get(name, 0)}{_not_text(value)}")
+        return int(value)
+    if kind is float:
+        if _is_int(value):
+            return int(value)  # an int stays an int, so the run_id of existing configs does not change
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        _fail(name, value, FLOAT_RANGES.get(name, ("a finite number",))[0] + _not_text(value))
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            _fail(name, value, "True or False")
+        return bool(value)
+    if kind is str:
+        return str(value) if isinstance(value, str) else value  # any other value fails its choice check in validate()
+    item = kind[1]
+    if name == "freeze":
+        value = (value,) if isinstance(value, str) else value  # one prefix
+        if isinstance(value, (tuple, list)) and list(value) == [""]:
+            value = ()  # an empty text box freezes nothing
+    if not isinstance(value, (tuple, list, np.ndarray)) or (isinstance(value, np.ndarray) and value.ndim != 1):
+        _fail(name, value, TUPLE_ALLOWED.get(name, "a tuple"))
+    if item is int:
+        if not all(_is_int(v) for v in value):
+            _fail(name, value, TUPLE_ALLOWED.get(name, "a tuple"))
+        return tuple(int(v) for v in value)
+    if not all(isinstance(v, str) and v for v in value):
+        _fail(name, value, TUPLE_ALLOWED.get(name, "a tuple"))
+    return tuple(str(v) for v in value)
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
@@ -143,14 +325,10 @@ def _choice(cfg: RunConfig, name: str, choices: tuple[str, ...]) -> None:
         _fail(name, value, "choose one of " + ", ".join(repr(c) for c in choices))
 
 
-def _int_at_least(cfg: RunConfig, name: str, low: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _fail(name, value, f"an integer >= {low}")
-
-
 def validate(cfg: RunConfig) -> None:
     """Raise ValueError for the first bad field; called by RunConfig itself, so no bad config exists.
+
+    Types are already checked and normalised (RunConfig.__post_init__: `_normalised`), so only values are here.
 
     Fields every run has are checked here; the strategy the config selects checks its own knobs
     (dpkit/strategies/: each module's spec), so no check here depends on a strategy's name.
@@ -168,49 +346,30 @@ def validate(cfg: RunConfig) -> None:
         ("gloo_loop", GLOO_LOOP_MODES),
     ):
         _choice(cfg, name, choices)
-    for name, low in (
-        ("world_size", 1),
-        ("global_batch", 1),
-        ("steps", 1),
-        ("warmup", 0),
-        ("seed", 0),
-        ("seq_len", 2),
-        ("grad_accum", 1),
-        ("num_servers", 1),
-        ("microbatches", 1),
-        ("data_parallel_size", 1),
-    ):
-        _int_at_least(cfg, name, low)
-    if cfg.hidden is not None:
-        _int_at_least(cfg, "hidden", 1)
-    if cfg.layers is not None:
-        _int_at_least(cfg, "layers", 1)
-    if cfg.threads_per_rank is not None:
-        _int_at_least(cfg, "threads_per_rank", 1)
-    if cfg.max_staleness is not None:
-        _int_at_least(cfg, "max_staleness", 0)
+    for name, low in INT_MINIMUMS.items():
+        value = getattr(cfg, name)
+        if value is not None and value < low and name != "fail_rank":  # fail_rank: against the process count below
+            _fail(name, value, f"{'None or ' if _field_types()[name][1] else ''}an integer >= {low}")
     if cfg.warmup >= cfg.steps:
         _fail("warmup", cfg.warmup, f"fewer warm-up steps than steps={cfg.steps} (some steps must be timed)")
-    for name in ("lr", "bucket_mb", "timeout_s"):
-        if not float(getattr(cfg, name)) > 0:
-            _fail(name, getattr(cfg, name), "a number > 0")
-    if not 0 <= cfg.momentum < 1:
-        _fail("momentum", cfg.momentum, "a number in [0, 1)")
-    if cfg.straggler_delay_s < 0:
-        _fail("straggler_delay_s", cfg.straggler_delay_s, "a number of seconds >= 0")
+    for name, (allowed, ok) in FLOAT_RANGES.items():
+        if not ok(getattr(cfg, name)):
+            _fail(name, getattr(cfg, name), allowed)
     spec = spec_for(cfg)
     for other in SPECS:
         for knob, default in other.exclusive_knobs.items():
             if other is not spec and getattr(cfg, knob) != default:
                 _fail(knob, getattr(cfg, knob), f"{default!r} unless the run is {other.description}")
+        for knob, values in other.exclusive_values.items():
+            if other is not spec and getattr(cfg, knob) in values:
+                _fail(knob, getattr(cfg, knob), f"{getattr(cfg, knob)!r} only when the run is {other.description}")
     nprocs = spec.num_processes(cfg)
-    bad = [r for r in cfg.straggler_ranks if not isinstance(r, int) or not 0 <= r < nprocs]
-    if bad:
+    if not all(0 <= r < nprocs for r in cfg.straggler_ranks):
         _fail("straggler_ranks", cfg.straggler_ranks, f"rank numbers in 0..{nprocs - 1}")
     if cfg.fail_rank is not None:
-        if isinstance(cfg.fail_rank, bool) or not isinstance(cfg.fail_rank, int) or not 0 <= cfg.fail_rank < nprocs:
+        if not 0 <= cfg.fail_rank < nprocs:
             _fail("fail_rank", cfg.fail_rank, f"None or a rank number in 0..{nprocs - 1}")
-        if isinstance(cfg.fail_at_step, bool) or not isinstance(cfg.fail_at_step, int) or not 0 <= cfg.fail_at_step < cfg.steps:
+        if not cfg.fail_at_step < cfg.steps:
             _fail("fail_at_step", cfg.fail_at_step, f"a step number in 0..{cfg.steps - 1}")
     if nprocs > max_local_ranks() and "TORCHELASTIC_RUN_ID" not in os.environ:
         _fail(
@@ -222,15 +381,27 @@ def validate(cfg: RunConfig) -> None:
     split, what = spec.batch_split(cfg)
     if cfg.global_batch % split:
         _fail("global_batch", cfg.global_batch, f"a multiple of {what} = {split}, so every shard has the same size")
+    validate_link(cfg)
     _validate_model(cfg)
     spec.validate(cfg)
 
 
 def _validate_model(cfg: RunConfig) -> None:
-    bad = [p for p in cfg.freeze if not isinstance(p, str) or not p]
-    if bad:
-        _fail("freeze", cfg.freeze, "a tuple of parameter-name prefixes such as ('embed',)")
     if cfg.tie_weights and cfg.model != "transformer":
         _fail("tie_weights", cfg.tie_weights, "True only for model='transformer' (ties embedding and output head)")
     if cfg.model == "transformer" and cfg.model_hidden % 4:
         _fail("hidden", cfg.model_hidden, "a multiple of 4 for the transformer (4 attention heads)")
+    if cfg.freeze:  # checked here, not when the ranks build the model: a typo must not cost a launch
+        layout = model_layout(cfg)
+        names, blocks = [name for name, _ in layout.params], layout.blocks
+        shown = ", ".join(map(repr, blocks if len(blocks) <= 6 else [*blocks[:3], "...", blocks[-1]])).replace("'...'", "...")
+        for prefix in cfg.freeze:
+            if not any(name.startswith(prefix) for name in names):
+                _fail(
+                    "freeze",
+                    cfg.freeze,
+                    f"prefixes of this {cfg.model}'s parameter names, such as {shown} or {names[0]!r} "
+                    f"({prefix!r} matches no parameter)",
+                )
+        if not trainable_names(cfg):
+            _fail("freeze", cfg.freeze, "prefixes that leave at least one parameter to train (these freeze every one)")

@@ -8,41 +8,48 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Callable
+from typing import Any
 
-from .config import RunConfig
+from .config import FIELD_HELP, RunConfig
 
-_HELP = {
-    "parallelism": "none | data | pipeline | tensor | hybrid",
-    "sync": "allreduce | ps | ps-async (data parallelism)",
-    "model": "mlp | cnn | transformer",
-    "grad_sync": "per-tensor | flat | bucketed | ddp",
-    "allreduce_algo": "native | ring | ring-whole | reduce-broadcast | tree",
-    "schedule": "naive | gpipe | 1f1b",
-    "gloo_loop": "idle | normal: scheduling of gloo's busy-polling I/O thread (dpkit/gloo_loop.py)",
-    "freeze": "comma-separated parameter-name prefixes to freeze",
-}
+_WORDS = {int: "an integer", float: "a number"}
 
 
-def _parse_tuple(item: type):
+def _convert(item: type, text: str) -> Any:
+    """`text` as `item`, or an ArgumentTypeError that argparse prints after the option's name."""
+    try:
+        return item(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {_WORDS.get(item, item.__name__)}") from None
+
+
+def _parse_tuple(item: type) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
-        return tuple(item(v) for v in text.split(",") if v.strip()) if text else ()
+        return tuple(_convert(item, v) for v in text.split(",") if v.strip())
 
     return parse
 
 
-def _optional(convert):
-    def parse(text: str):
-        return None if text.lower() in ("", "none") else convert(text)
+def _optional(item: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("", "none") else _convert(item, text)
 
     return parse
+
+
+def _plain(item: type) -> Callable[[str], Any]:
+    return lambda text: _convert(item, text)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        help_text = f"{_HELP.get(f.name, '')} (default: {default!r})".strip()
+        # FIELD_HELP says what None and a default_factory mean; calling the factory here (gloo_loop's reads an
+        # environment variable) would make a bad variable break even `--help`
+        shown = "" if f.default is dataclasses.MISSING or f.default is None else f" (default: {f.default!r})"
+        help_text = FIELD_HELP.get(f.name, "") + shown  # tests/test_validation.py checks that every field has one
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
@@ -52,7 +59,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         elif type(None) in args:
             convert = _optional(next(a for a in args if a is not type(None)))
         else:
-            convert = hint
+            convert = _plain(hint)
         parser.add_argument(flag, type=convert, default=None, help=help_text)
 
 

@@ -1,4 +1,16 @@
-"""RunResult: what a run did, as tidy frames, a summary, and a folder of JSON/CSV/NPZ (no pickle)."""
+"""RunResult: what a run did, as tidy frames, a summary, and a folder of JSON/CSV/NPZ (no pickle).
+
+Where a step's time goes (step_stats): at each instant a rank is in exactly one state, the highest of
+injected > blocking comm > compute > in-flight comm > bubble > idle among its spans (time covered by
+none is the rank's gap kind). So compute + exposed comm + idle + bubble + injected = the step time, for
+every rank and step. A blocking message is exposed comm even inside a compute span (tensor parallelism's
+all-reduces); an in-flight one is hidden where the rank computes meanwhile and exposed where it does not;
+a straggler's injected delay is never compute. comm_s is all comm time (the union), = exposed + hidden.
+
+Traffic (summarize): bytes_sent_per_step is the mean over training ranks; the busiest process (a
+parameter server, a reduce-broadcast root) and each role kind are reported beside it, with whether the
+bytes were counted or came from a formula (a backend collective dpkit cannot see into).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +28,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .runtime.memory import memory_frame, memory_summary
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
@@ -55,55 +68,116 @@ class ResultFolderError(ValueError):
         return (type(self), (self.folder, self.file, self.problem))
 
 
-# ---- interval arithmetic for comm/compute overlap ---------------------------------------
-def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[list[float]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+# ---- where a step's time goes: one state per instant ------------------------------------
+STATES = ("injected", "blocking comm", "compute", "in-flight comm", "bubble", "idle")  # highest priority first
+STAT_COLUMNS = [
+    "compute_s", "comm_s", "exposed_comm_s", "hidden_comm_s", "idle_s", "bubble_s", "injected_s", "bytes_sent",
+]  # fmt: skip
 
 
-def _length(intervals: list[tuple[float, float]]) -> float:
-    return sum(b - a for a, b in intervals)
+def _blocking(timeline: pd.DataFrame) -> np.ndarray:
+    """The blocking flag of each span; timelines saved before it existed count every span as blocking."""
+    if "blocking" not in timeline.columns:
+        return np.ones(len(timeline), dtype=bool)
+    flags = timeline["blocking"].map(lambda v: v if isinstance(v, (bool, np.bool_)) else str(v).strip().lower() != "false")
+    return flags.fillna(True).to_numpy(dtype=bool)
 
 
-def _overlap(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
-    """Total length of the intersection of two unions of intervals."""
-    total = 0.0
-    for a, b in xs:
-        for c, d in ys:
-            total += max(0.0, min(b, d) - max(a, c))
-    return total
+def _gap_kinds(timeline: pd.DataFrame) -> dict[int, str]:
+    """Per rank, what time covered by no span counts as: the kind its recorder filled gaps with (idle by default)."""
+    fills = timeline[(timeline.name == "wait") & timeline.kind.isin(["idle", "bubble"])] if len(timeline) else timeline
+    return {int(r): str(k) for r, k in fills.groupby("rank").kind.first().items()}
+
+
+def partition(
+    spans: pd.DataFrame, start: float, end: float, gap_kind: str = "idle", blocking: np.ndarray | None = None
+) -> dict[str, float]:
+    """Seconds of [start, end] in each state (STATES, by priority), plus comm_s: the union of all comm.
+
+    A sweep over the elementary intervals between span boundaries: each gets the highest state among
+    the spans covering it, or `gap_kind` when none does. The states sum to end - start exactly."""
+    flags = np.ones(len(spans), dtype=bool) if blocking is None else np.asarray(blocking, dtype=bool)
+    a = np.clip(spans.start_s.to_numpy(dtype=float), start, end)
+    b = np.clip(spans.end_s.to_numpy(dtype=float), start, end)
+    kind = spans.kind.to_numpy(dtype=object)
+    state = np.where(kind == "comm", np.where(flags, "blocking comm", "in-flight comm"), kind)
+    keep = b > a
+    a, b, state = a[keep], b[keep], state[keep]
+    out = dict.fromkeys(STATES, 0.0)
+    bounds = np.unique(np.concatenate([[start, end], a, b]))
+    lo, hi = bounds[:-1], bounds[1:]
+    length = hi - lo
+    covers = (a[:, None] <= lo[None, :]) & (b[:, None] >= hi[None, :])  # span i covers elementary interval j
+    free = np.ones(len(lo), dtype=bool)
+    comm = np.zeros(len(lo), dtype=bool)
+    for name in STATES:
+        here = covers[state == name].any(axis=0)
+        if name.endswith("comm"):
+            comm |= here
+        out[name] = float(length[here & free].sum())
+        free &= ~here
+    out[gap_kind if gap_kind in out else "idle"] += float(length[free].sum())
+    out["comm_s"] = float(length[comm].sum())
+    return out
 
 
 def step_stats(timeline: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """Per rank and step: time split into compute / comm / exposed comm / idle / bubble, and bytes sent.
-
-    exposed comm = comm time not overlapped by this rank's compute (what overlap could not hide).
-    """
+    """Per rank and step: the step time split into compute / exposed comm / idle / bubble / injected (which
+    sum to step_time_s), all comm time and the part of it hidden behind other work, and bytes sent."""
     rows = []
-    grouped = {key: g for key, g in timeline.groupby(["rank", "step"])} if len(timeline) else {}
+    grouped: dict = {}
+    gap_kinds: dict[int, str] = {}
+    if len(timeline):
+        timeline = timeline.assign(_blocking=_blocking(timeline))
+        grouped = {key: g for key, g in timeline.groupby(["rank", "step"])}
+        gap_kinds = _gap_kinds(timeline)
     for s in steps.itertuples(index=False):
-        g = grouped.get((s.rank, s.step))
         row = {"rank": s.rank, "step": s.step, "role": s.role, "step_time_s": s.end_s - s.start_s}
+        g = grouped.get((s.rank, s.step))
         if g is None:
-            row.update(compute_s=0.0, comm_s=0.0, exposed_comm_s=0.0, idle_s=0.0, bubble_s=0.0, bytes_sent=0)
-        else:
-            spans = {k: _union(list(zip(v.start_s, v.end_s, strict=True))) for k, v in g.groupby("kind")}
-            comm, compute = spans.get("comm", []), spans.get("compute", [])
-            row.update(
-                compute_s=_length(compute),
-                comm_s=_length(comm),
-                exposed_comm_s=_length(comm) - _overlap(comm, compute),
-                idle_s=_length(spans.get("idle", [])),
-                bubble_s=_length(spans.get("bubble", [])),
-                bytes_sent=int(g.loc[g.kind == "comm", "bytes"].sum()),
-            )
+            g = timeline.iloc[:0] if len(timeline) else pd.DataFrame({"kind": [], "start_s": [], "end_s": [], "_blocking": []})
+        parts = partition(g, s.start_s, s.end_s, gap_kinds.get(int(s.rank), "idle"), g["_blocking"].to_numpy(dtype=bool))
+        exposed = parts["blocking comm"] + parts["in-flight comm"]
+        row.update(
+            compute_s=parts["compute"],
+            comm_s=parts["comm_s"],
+            exposed_comm_s=exposed,
+            hidden_comm_s=parts["comm_s"] - exposed,
+            idle_s=parts["idle"],
+            bubble_s=parts["bubble"],
+            injected_s=parts["injected"],
+            bytes_sent=int(g.loc[g.kind == "comm", "bytes"].sum()) if len(g) else 0,
+        )
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["rank", "step", "role", "step_time_s", *STAT_COLUMNS])
+
+
+def role_kind(role: str) -> str:
+    """'parameter server 0' -> 'parameter server', 'replica 1 stage 0' -> 'replica stage': a role without its indices."""
+    return " ".join(w for w in role.split() if not w.isdigit())
+
+
+def bytes_source(timeline: pd.DataFrame) -> str:
+    """'counted' if dpkit counted every comm byte of the run, 'formula' if all came from formulas, else 'mixed'
+    ('none': nothing was sent; 'unknown': a timeline saved before spans said where their bytes came from)."""
+    comm = timeline[(timeline.kind == "comm") & (timeline.bytes > 0)] if len(timeline) else timeline
+    if not len(comm):
+        return "none"
+    if "bytes_source" not in comm.columns:
+        return "unknown"
+    sources = set(comm.bytes_source.astype(str))
+    return sources.pop() if len(sources) == 1 and sources <= {"counted", "formula"} else "mixed"
+
+
+def _bytes_per_rank(cfg: RunConfig, stats: pd.DataFrame) -> pd.DataFrame:
+    """rank, role, role_kind, bytes_sent_per_step (mean over the rank's timed steps) for every process."""
+    roles = spec_for(cfg).roles(cfg)
+    timed = stats[stats.step >= cfg.warmup]
+    per_rank = timed.groupby("rank").bytes_sent.mean()
+    out = pd.DataFrame({"rank": [int(r) for r in per_rank.index], "bytes_sent_per_step": per_rank.to_numpy(dtype=float)})
+    out.insert(1, "role", [roles[r] if r < len(roles) else f"rank {r}" for r in out["rank"]])
+    out.insert(2, "role_kind", [role_kind(r) for r in out.role])
+    return out
 
 
 def expected_bubble_fraction(cfg: RunConfig) -> float:
@@ -118,19 +192,26 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
     workers = timed[timed["rank"].isin(spec_for(cfg).training_ranks(cfg))]
     per_step = workers.groupby("step")
     step_time = float(timed.groupby("step").step_time_s.max().median())
-    mean = per_step[["compute_s", "comm_s", "exposed_comm_s", "idle_s", "bubble_s", "bytes_sent"]].mean().median()
+    mean = per_step[STAT_COLUMNS].mean().median()
+    by_rank = _bytes_per_rank(cfg, stats)
+    by_role = by_rank.groupby("role_kind", sort=False).bytes_sent_per_step.mean()
     return {
         "step_time_s": step_time,
         "samples_per_s": cfg.global_batch / step_time if step_time > 0 else float("nan"),
         "compute_s": float(mean.compute_s),
         "comm_s": float(mean.comm_s),
         "exposed_comm_s": float(mean.exposed_comm_s),
+        "hidden_comm_s": float(mean.hidden_comm_s),
         "idle_s": float(mean.idle_s),
         "bubble_s": float(mean.bubble_s),
+        "injected_s": float(mean.injected_s),
         "bubble_fraction": float(mean.bubble_s) / step_time if step_time > 0 else float("nan"),
         "bubble_fraction_formula": expected_bubble_fraction(cfg),
         "bytes_sent_per_step": float(mean.bytes_sent),
+        "bytes_sent_per_step_busiest": float(by_rank.bytes_sent_per_step.max()) if len(by_rank) else 0.0,
+        "bytes_sent_per_step_by_role": {k: float(v) for k, v in by_role.items()},
         "bytes_sent_per_step_all_ranks": float(timed.groupby("step").bytes_sent.sum().median()),
+        "bytes_source": bytes_source(timeline),
         "timed_steps": int(cfg.steps - cfg.warmup),
         "final_loss": float(losses[-1]),
         "clock": meta.get("clock"),
@@ -140,6 +221,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "device": meta.get("device"),
         "num_processes": meta.get("num_processes"),
         "start_method": meta.get("start_method"),
+        **memory_summary(meta.get("memory"), spec_for(cfg).training_ranks(cfg)),  # mem_*: max over training ranks
     }
 
 
@@ -162,6 +244,19 @@ class RunResult:
 
     def step_stats(self) -> pd.DataFrame:
         return step_stats(self.timeline, self.steps)
+
+    def bytes_by_rank(self) -> pd.DataFrame:
+        """Every process's traffic (a parameter server's or a reduce-broadcast root's load, which the mean
+        over training ranks hides): rank, role, role_kind, bytes_sent_per_step over the timed steps, and
+        bytes_received_per_step where the strategy counted them (NaN elsewhere), over all steps."""
+        out = _bytes_per_rank(self.config, self.step_stats())
+        received = {int(r): b / self.config.steps for r, b in self.extra.get("bytes_in", {}).items()}
+        out["bytes_received_per_step"] = [received.get(int(r), float("nan")) for r in out["rank"]]
+        return out
+
+    def memory_frame(self) -> pd.DataFrame:
+        """Every process's memory (dpkit.runtime.memory): rank, role, and each mem_* field in bytes."""
+        return memory_frame(self.meta.get("memory"), spec_for(self.config).roles(self.config))
 
     def training_ranks(self) -> list[int]:
         """The ranks that compute forward/backward (not, e.g., parameter servers), as the strategy says."""

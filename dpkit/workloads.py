@@ -8,18 +8,20 @@ the world size, so every strategy sees the same samples.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -243,3 +245,59 @@ def shard(t: torch.Tensor, index: int, parts: int) -> torch.Tensor:
     """The `index`-th of `parts` equal contiguous slices along the batch dimension."""
     size = t.shape[0] // parts
     return t[index * size : (index + 1) * size]
+
+
+# ---- the model's layout, without its values ----------------------------------------------
+class _ModelShape(NamedTuple):
+    """What build_model reads to lay a model out, freeze left empty: the cache key of model_layout."""
+
+    model: str
+    model_hidden: int
+    model_layers: int
+    seq_len: int
+    tie_weights: bool
+    freeze: tuple[str, ...] = ()
+
+
+class ModelLayout(NamedTuple):
+    """A model's blocks and parameters without their values: what validation checks names and sizes against."""
+
+    blocks: tuple[str, ...]  # top-level blocks in order: embed, block0, ..., head
+    params: tuple[tuple[str, int], ...]  # (name, numel) in model order, a tied weight once
+
+    def block_sizes(self) -> list[int]:
+        """Parameters per block, in block order (what the pipeline balances its stages by)."""
+        return [sum(n for name, n in self.params if name.split(".")[0] == block) for block in self.blocks]
+
+
+class _SkipInit(TorchFunctionMode):
+    """Return tensors from torch.nn.init unchanged: a layout needs no values, so the parameters' memory is
+    allocated but never touched (milliseconds, no resident memory, even for a large model). Not the meta
+    device: its python-level ops (normal_, mul) import torch._dynamo the first time, 1-2 s."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(shape: _ModelShape) -> ModelLayout:
+    """The layout of one model shape (cached: validation asks for it on every RunConfig)."""
+    with torch.random.fork_rng(devices=[]), _SkipInit():  # build_model seeds torch's CPU generator: restored
+        model: nn.Module = build_model(shape, seed=0)  # type: ignore[arg-type]  # reads only _ModelShape's fields
+    return ModelLayout(
+        tuple(name for name, _ in model.named_children()), tuple((name, p.numel()) for name, p in model.named_parameters())
+    )
+
+
+def model_layout(cfg: RunConfig) -> ModelLayout:
+    """The blocks and parameter names and sizes of the model `cfg` trains, as build_model makes it, in
+    milliseconds and cached: validation checks them before any rank starts."""
+    return _layout(_ModelShape(cfg.model, cfg.model_hidden, cfg.model_layers, cfg.seq_len, cfg.tie_weights))
+
+
+def trainable_names(cfg: RunConfig) -> list[str]:
+    """Names of the parameters `cfg` trains (a tied weight once), in model order: those freeze leaves alone."""
+    return [name for name, _ in model_layout(cfg).params if not name.startswith(cfg.freeze)]

@@ -6,7 +6,10 @@ do not depend on the machine's core count.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,12 @@ from dpkit import RunConfig, RunResult, run
 from dpkit.strategies.registry import spec_for
 
 _REFERENCES: dict[str, RunResult] = {}
+
+# This session's runs take turns among themselves only (dpkit.runtime.queue): a colleague's test session on the
+# same machine must not hold up this one's timing asserts, nor this one theirs. Callers it starts inherit it.
+if "DPKIT_QUEUE_DIR" not in os.environ:
+    os.environ["DPKIT_QUEUE_DIR"] = tempfile.mkdtemp(prefix="dpkit-test-queue-")
+    atexit.register(shutil.rmtree, os.environ["DPKIT_QUEUE_DIR"], True)
 
 
 def reference_config(cfg: RunConfig) -> RunConfig:

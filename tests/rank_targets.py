@@ -55,3 +55,19 @@ def report_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
         report["applied"] = gloo_loop.apply(payload["mode"])
         report["after_apply"] = [gloo_loop.policy_of(t) for t in gloo_loop.loop_threads()]
     Path(out_dir, f"gloo_loop_rank{rank}.json").write_text(json.dumps(report))
+
+
+def sleep_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: after rendezvous, write pid{rank}, sleep payload["s"] seconds, then write done{rank}."""
+    Path(out_dir, f"pid{rank}").write_text(str(os.getpid()))
+    time.sleep(payload["s"])
+    Path(out_dir, f"done{rank}").write_text(str(os.getpid()))
+
+
+def record_span(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: sleep payload["s"] seconds; write when this rank began and ended, on the machine's
+    CLOCK_MONOTONIC (shared by every process), to payload["log"]/<payload["run"]>-rank<rank>.json."""
+    start = time.clock_gettime(time.CLOCK_MONOTONIC)
+    time.sleep(payload["s"])
+    end = time.clock_gettime(time.CLOCK_MONOTONIC)
+    Path(payload["log"], f"{payload['run']}-rank{rank}.json").write_text(json.dumps({"start": start, "end": end}))

@@ -71,7 +71,7 @@ def test_two_runs_at_once_do_not_collide(small: RunConfig) -> None:
 
     def go(i: int) -> None:
         try:
-            results[i] = run(small.replace(parallelism="data", world_size=2, seed=i))
+            results[i] = run(small.replace(parallelism="data", world_size=2, seed=i), queue=False)  # at once, not in turn
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

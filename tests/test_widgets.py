@@ -99,3 +99,15 @@ def test_ps_panel_runs_sync_and_async_with_the_bound_on_async_only(cache: w.RunC
     assert panel.error is None, panel.error
     assert panel.frame.sync.tolist() == ["ps", "ps-async"]
     assert panel.frame.max_staleness.tolist()[1] == 1 and panel.frame.mean_wait_for_server_s.notna().all()
+
+
+def test_a_dropdown_option_whose_value_is_none_shows_its_label() -> None:
+    """Issue 16: the staleness bound's "unbounded" (None) showed as an empty box, ipywidgets' "nothing selected"."""
+    panel = w.ps_panel(BASE.replace(sync="ps", world_size=3))
+    bound = panel.controls["max_staleness"]
+    assert (bound.label, bound.value) == ("unbounded", None)
+    panel.set(max_staleness=1)
+    assert (bound.label, bound.value) == ("1", 1)
+    bound.index = 0  # what the browser sends when the learner picks "unbounded" again
+    assert (bound.index, bound.label, bound.value) == (0, "unbounded", None)
+    assert panel.set(max_staleness=None).values()["max_staleness"] is None and bound.label == "unbounded"

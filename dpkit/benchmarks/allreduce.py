@@ -39,11 +39,18 @@ def _rank_values(length: int, index: int, dtype: torch.dtype) -> torch.Tensor:
 
 def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json.
-    payload["segment_bytes"] shrinks the ring's pieces so that small tensors take the many-piece path too."""
+    payload["segment_bytes"] shrinks the ring's pieces so that small tensors take the many-piece path too;
+    payload["link"] ({"alpha": s, "bandwidth": B/s}) paces every message by an emulated link (dpkit.comm.link)."""
     if "segment_bytes" in payload:
         from ..comm import ring
 
         ring.SEGMENT_BYTES = int(payload["segment_bytes"])  # this rank process only
+    emulator = None
+    if "link" in payload:
+        from ..comm.link import LinkEmulator
+        from ..cost.model import Link
+
+        emulator = LinkEmulator(Link(alpha=payload["link"]["alpha"], bandwidth=payload["link"]["bandwidth"]))
     groups = {"world": None}
     sub_ranks = list(range(1, world))
     sub = dist.new_group(ranks=sub_ranks) if world >= 3 else None  # every rank must create it
@@ -60,7 +67,7 @@ def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
                 dist.all_reduce(expected, group=group)
                 for algo in payload.get("algos", list(ALGORITHMS)):
                     t = _rank_values(length, view.me, dtype)
-                    sent = allreduce_sum(t, algo, group)
+                    sent = allreduce_sum(t, algo, group, emulator)
                     nbytes = t.numel() * t.element_size()
                     rows.append(
                         {
@@ -195,6 +202,7 @@ def measure(
                     tmp,
                     threads_per_rank=default_threads(n),
                     timeout_s=timeout_s,
+                    out_dir_is_temporary=True,
                 )
                 rows += json.loads(Path(tmp, "times.json").read_text())
     frame = pd.DataFrame(merge_launches(rows, ("algo", "size_bytes", "world_size")))

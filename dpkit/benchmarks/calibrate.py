@@ -114,6 +114,7 @@ def measure(p2p_sizes: list[int], allreduce_sizes: list[int], world_sizes: list[
                     tmp,
                     threads_per_rank=default_threads(n),
                     timeout_s=300,
+                    out_dir_is_temporary=True,
                 )
                 rows += json.loads(Path(tmp, "samples.json").read_text())
     rows = merge_launches(rows, ("pattern", "size_bytes", "world_size"))
@@ -164,7 +165,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
     samples = samples_of(frame)
     host = HostModel(fit_host(samples, name="single host gloo/CPU"))
     cluster = fit_link(
-        [s for s in samples if s[2] == 2 and s[0] != "copy"], name="cluster view of this host (DESIGN formulas at n=2)"
+        [s for s in samples if s[2] == 2 and s[0] != "copy"], name="cluster view of this host (docs/formulas.md terms at n=2)"
     )
     frame["predicted_s"] = [host.link(n).time(host_terms(p, s, n)) for p, s, n, _ in samples]
     frame["rel_error"] = host_relative_errors(samples, host)

@@ -37,7 +37,8 @@ def main(out: Path, args: argparse.Namespace) -> None:
     rounds = 1 if args.quick else max(1, min(args.repeats, 3))
     frames = []
     for r in range(rounds):  # interleave variants so drift in machine load hits all of them alike
-        frame = sweep(cfg.replace(seed=r), grad_sync=list(GRAD_SYNCS), progress=False)
+        syncs = [g for g in GRAD_SYNCS if g != "fsdp"]  # 'fsdp' shards (zero_stage=3): `dpkit bench zero` compares it
+        frame = sweep(cfg.replace(seed=r), grad_sync=syncs, progress=False)
         frame["round"] = r
         frames.append(frame)
     runs = pd.concat(frames, ignore_index=True)

@@ -155,9 +155,10 @@ def run_grid(configs: dict[str, RunConfig], deadline: float) -> tuple[pd.DataFra
         row = {"name": name, "status": "ran", "strategy": spec_for(cfg).label(cfg), "world_size": cfg.world_size,
                "wall_s": time.monotonic() - started, **result.summary}  # fmt: skip
         rows.append({k: v for k, v in row.items() if not isinstance(v, (dict, list))})
-        if cfg.parallelism == "none" or cfg.sync == "ps-async":
+        spec = spec_for(cfg)
+        base = spec.baseline(cfg)
+        if base == cfg or not spec.trains_like_baseline(cfg):  # the baseline itself; async PS learns differently
             continue
-        base = spec_for(cfg).baseline(cfg)
         key = base.run_id()
         if key not in baselines:
             baselines[key] = run(base)

@@ -38,7 +38,7 @@ def all_reduce_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None
 def time_launch(world: int, method: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        launch(TARGET, {}, world, tmp, threads_per_rank=1, timeout_s=120, start_method=method)
+        launch(TARGET, {}, world, tmp, threads_per_rank=1, timeout_s=120, start_method=method, out_dir_is_temporary=True)
         return time.perf_counter() - t0
 
 

@@ -12,6 +12,10 @@ Each span says where its bytes come from (`bytes_source`): "counted" for message
 bytes dpkit cannot see (native all-reduce, broadcast, DDP's buckets), "none" when nothing is sent. A
 span is `blocking` when the rank waits in it; an asynchronous collective's span covers the time it was
 in flight and is not blocking (it is hidden where the rank computes meanwhile).
+
+With an emulated link (RunConfig.link, dpkit.comm.link), every message takes at least that link's time:
+point-to-point messages and the hand-written algorithms' messages are paced one by one, a backend
+collective is held (`held`, the hook any new collective calls) for its cost-model time on the link.
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .algorithms import ALGORITHMS, allreduce_sum, predicted_bytes_sent
+from ..cost.model import Link, Terms, broadcast_terms
+from .algorithms import ALGORITHMS, all_gather_into, allreduce_sum, predicted_bytes_sent, reduce_scatter_sum, shard_algo
 from .group import GroupView, nbytes
+from .link import LinkEmulator
 
 if TYPE_CHECKING:
     from ..runtime.recorder import Recorder
 
 Group = GroupView  # what strategies hold: the ranks of a process group and this rank's place in it
+R = TypeVar("R")
 
 
 class AsyncWork:
@@ -75,13 +82,15 @@ class Pending:
 
 
 class Comm:
-    """One rank's messages: `algo` is the run's all-reduce algorithm (RunConfig.allreduce_algo)."""
+    """One rank's messages: `algo` is the run's all-reduce algorithm (RunConfig.allreduce_algo); `link`, if
+    given, the emulated network every message is paced by (RunConfig.link)."""
 
-    def __init__(self, recorder: Recorder, algo: str = "native") -> None:
+    def __init__(self, recorder: Recorder, algo: str = "native", link: Link | None = None) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALGORITHMS)}")
         self.recorder = recorder
         self.algo = algo
+        self.link = LinkEmulator(link) if link is not None else None
         self.bytes_received = 0
         self._thread: ThreadPoolExecutor | None = None
         self._world: Group | None = None
@@ -113,6 +122,16 @@ class Comm:
     def _pg(self, group: Group | None):
         return None if group is None else group.group
 
+    def held(self, run: Callable[[], R], terms: Terms, group: Group | None = None, device: torch.device | None = None) -> R:
+        """Run a backend collective whose messages dpkit cannot see; on an emulated link, hold it until the
+        pattern's time there (`terms`: its dpkit.cost.model terms, e.g. ring_terms(S, n)) after the last rank
+        of the group was ready. Every collective that is not built from Comm's send/recv goes through here."""
+        return run() if self.link is None else self.link.hold(terms, self._pg(group), run, device)
+
+    def link_stats(self) -> dict | None:
+        """Paced messages and held collectives, and how many the machine could not honour (None: no link)."""
+        return None if self.link is None else self.link.stats()
+
     def _needs_host(self, t: torch.Tensor, group: Group | None) -> bool:
         """gloo moves CUDA tensors in collectives but not in send/recv: those are staged through the host."""
         return t.is_cuda and dist.get_backend(self._pg(group)) == "gloo"
@@ -122,19 +141,20 @@ class Comm:
         """Sum `t` in place over the group, blocking, with the run's algorithm (or `algo`)."""
         algo = algo or self.algo
         start = self.recorder.clock.mark()
-        sent = allreduce_sum(t, algo, self._pg(group))
+        sent = allreduce_sum(t, algo, self._pg(group), self.link)
         self.recorder.add("comm", name, start, self.recorder.clock.mark(), sent, _source(algo))
 
     def all_reduce_async(
         self, t: torch.Tensor, group: Group | None = None, name: str = "allreduce", algo: str | None = None
     ) -> AsyncWork:
         """Start a sum in place; native uses the backend's async op, hand-written ones a comm thread
-        (one thread keeps the order of collectives identical on every rank)."""
+        (one thread keeps the order of collectives identical on every rank); on an emulated link native
+        runs on the comm thread too, which sleeps out the link's time while the rank computes."""
         algo = algo or self.algo
         view = group or self.world
         start = time.perf_counter()
         work = AsyncWork(self, name, start, predicted_bytes_sent("native", nbytes(t), view.size), _source(algo))
-        if algo == "native":
+        if algo == "native" and self.link is None:
             work._work = dist.all_reduce(t, group=self._pg(group), async_op=True)
             work._work.get_future().then(work._mark_done)
         else:
@@ -142,7 +162,7 @@ class Comm:
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-comm")
 
             def job() -> int:
-                sent = allreduce_sum(t, algo, self._pg(group))
+                sent = allreduce_sum(t, algo, self._pg(group), self.link)
                 work._mark_done()
                 return sent
 
@@ -178,14 +198,76 @@ class Comm:
         work._future.add_done_callback(thread_done)
         return out
 
+    # ---- the ring's halves as collectives of their own: sharded data parallelism -------------------
+    # Both run algorithms.shard_algo(the run's all-reduce algorithm): the hand-written ring's halves for
+    # "ring", the backend's own (reduce_scatter_single, all_gather_single) for every other choice.
+    def reduce_scatter(self, flat: torch.Tensor, group: Group | None = None, name: str = "reduce-scatter") -> torch.Tensor:
+        """Sum the 1-D `flat` over the group, blocking; returns this rank's shard of the sum (the part at
+        flat.view(n, -1)[me]); `flat` is scratch afterwards. Its length must be a multiple of the group size:
+        pad it, as ZeRO and FSDP do."""
+        algo = shard_algo(self.algo)
+        start = self.recorder.clock.mark()
+        shard, sent = reduce_scatter_sum(flat, algo, self._view(group))
+        self.recorder.add("comm", name, start, self.recorder.clock.mark(), sent, _source(algo))
+        return shard
+
+    def all_gather(self, shard: torch.Tensor, flat: torch.Tensor, group: Group | None = None, name: str = "all-gather") -> None:
+        """Fill `flat` with every rank's `shard` (rank i's at flat.view(n, -1)[i]), blocking; `shard` may be
+        this rank's own view of `flat` (in place)."""
+        algo = shard_algo(self.algo)
+        start = self.recorder.clock.mark()
+        sent = all_gather_into(shard, flat, algo, self._view(group))
+        self.recorder.add("comm", name, start, self.recorder.clock.mark(), sent, _source(algo))
+
+    def reduce_scatter_async(
+        self, flat: torch.Tensor, group: Group | None = None, name: str = "reduce-scatter"
+    ) -> tuple[AsyncWork, Future]:
+        """Start reduce_scatter on the comm thread: (the work, a Future of this rank's shard of the sum)."""
+        algo, view = shard_algo(self.algo), self._view(group)
+        shard: Future = Future()
+
+        def job() -> int:
+            result, sent = reduce_scatter_sum(flat, algo, view)
+            shard.set_result(result)
+            return sent
+
+        return self._in_background(job, name, (view.size - 1) * nbytes(flat) // view.size, algo), shard
+
+    def all_gather_async(
+        self, shard: torch.Tensor, flat: torch.Tensor, group: Group | None = None, name: str = "all-gather"
+    ) -> AsyncWork:
+        """Start all_gather on the comm thread (ZeRO-3 prefetches the next block's parameters so)."""
+        algo, view = shard_algo(self.algo), self._view(group)
+        return self._in_background(lambda: all_gather_into(shard, flat, algo, view), name, (view.size - 1) * nbytes(shard), algo)
+
+    def _in_background(self, job: Callable[[], int], name: str, predicted_bytes: int, algo: str) -> AsyncWork:
+        """Run `job` (a collective that returns the bytes it sent) on the comm thread. One thread runs them
+        one at a time in the order they were started, so every rank issues its collectives in the same order."""
+        work = AsyncWork(self, name, time.perf_counter(), predicted_bytes, _source(algo))
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-comm")
+
+        def run() -> int:
+            sent = job()
+            work._mark_done()
+            return sent
+
+        work._future = self._thread.submit(run)
+        return work
+
+    def _view(self, group: Group | None) -> GroupView:
+        """The group as the algorithms address it, with this rank's emulated link (if any)."""
+        return GroupView.of(self._pg(group), self.link)
+
     def broadcast(self, t: torch.Tensor, src: int, group: Group | None = None, name: str = "broadcast") -> None:
         """Copy global rank `src`'s `t` to every rank of the group (the backend's broadcast: formula bytes)."""
         n = (group or self.world).size
         with self.recorder.span("comm", name, nbytes(t) * (n - 1) if self.rank == src else 0, "formula"):
-            dist.broadcast(t, src, group=self._pg(group))
+            self.held(lambda: dist.broadcast(t, src, group=self._pg(group)), broadcast_terms(nbytes(t), n), group, t.device)
 
     def barrier(self, group: Group | None = None, kind: str = "idle", name: str = "barrier") -> None:
-        """Wait for every rank of the group; recorded as `kind` (idle: waiting for the slowest rank)."""
+        """Wait for every rank of the group; recorded as `kind` (idle: waiting for the slowest rank).
+        Not paced on an emulated link: it carries no data, and its wait is the lesson (idle time)."""
         with self.recorder.span(kind, name):
             dist.barrier(group=self._pg(group))
 
@@ -195,19 +277,23 @@ class Comm:
         with self.recorder.span("comm", name, nbytes(t), "counted"):
             src = t.detach().to("cpu") if self._needs_host(t, group) else t.detach()
             src = src.contiguous()
-            work = dist.isend(src, dst, group=self._pg(group))
+            post = dist.isend if self.link is None else self.link.isend
+            work = post(src, dst, group=self._pg(group))
         return Pending(work, src, None, 0)
 
     def irecv(self, t: torch.Tensor, src: int, group: Group | None = None) -> Pending:
         """Post a receive into `t` from global rank `src` (nothing is recorded until `wait`)."""
+        post = dist.irecv if self.link is None else self.link.irecv
         if self._needs_host(t, group):
             host = torch.empty_like(t, device="cpu")
-            return Pending(dist.irecv(host, src, group=self._pg(group)), host, (t, host), nbytes(t))
-        return Pending(dist.irecv(t, src, group=self._pg(group)), t, None, nbytes(t))
+            return Pending(post(host, src, group=self._pg(group)), host, (t, host), nbytes(t))
+        return Pending(post(t, src, group=self._pg(group)), t, None, nbytes(t))
 
     def wait(self, pending: list[Pending], name: str = "wait", kind: str = "comm") -> None:
         """Complete posted messages; the time spent waiting is one span of `kind` (comm, bubble or idle)."""
         with self.recorder.span(kind, name):
+            if self.link is not None:  # receives queue on the incoming port in the order they were sent
+                self.link.complete([p.work for p in pending])
             for p in pending:
                 self.bytes_received += p.complete() or 0
 
@@ -218,13 +304,14 @@ class Comm:
         """Receive into `t` from global rank `src` (None: from any rank); returns the sender's rank. The wait
         is recorded as `kind`: a pipeline stage waiting for its neighbour is in the bubble, a server waiting
         for gradients is idle."""
+        receive = dist.recv if self.link is None else self.link.recv
         with self.recorder.span(kind, name):
             if self._needs_host(t, group):
                 host = torch.empty_like(t, device="cpu")
-                sender = dist.recv(host, src, group=self._pg(group))
+                sender = receive(host, src, group=self._pg(group))
                 t.copy_(host)
             else:
-                sender = dist.recv(t, src, group=self._pg(group))
+                sender = receive(t, src, group=self._pg(group))
         self.bytes_received += nbytes(t)
         return sender
 

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+if TYPE_CHECKING:
+    from .link import LinkEmulator
+
 
 @dataclass(frozen=True)
 class GroupView:
-    """This rank's position (`me`) among the group's global `ranks`."""
+    """This rank's position (`me`) among the group's global `ranks`; with `link`, its point-to-point messages
+    are paced by that emulated link (dpkit.comm.link), so hand-written collectives take the link's time."""
 
     ranks: tuple[int, ...]
     me: int
     group: object = None
+    link: LinkEmulator | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, group=None) -> GroupView:
+    def of(cls, group=None, link: LinkEmulator | None = None) -> GroupView:
         ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else tuple(range(dist.get_world_size()))
-        return cls(ranks, ranks.index(dist.get_rank()), group)
+        return cls(ranks, ranks.index(dist.get_rank()), group, link)
 
     @property
     def size(self) -> int:
@@ -30,8 +36,36 @@ class GroupView:
         """Global rank of the group member at `index` (taken modulo the group size)."""
         return self.ranks[index % self.size]
 
+    # point to point with global ranks, as torch.distributed takes them: paced when the view has a link
+    def isend(self, t: torch.Tensor, dst: int):
+        return dist.isend(t, dst, group=self.group) if self.link is None else self.link.isend(t, dst, self.group)
+
+    def irecv(self, t: torch.Tensor, src: int):
+        return dist.irecv(t, src, group=self.group) if self.link is None else self.link.irecv(t, src, self.group)
+
+    def send(self, t: torch.Tensor, dst: int) -> None:
+        if self.link is None:
+            dist.send(t, dst, group=self.group)
+        else:
+            self.link.isend(t, dst, self.group).wait()
+
+    def recv(self, t: torch.Tensor, src: int) -> None:
+        if self.link is None:
+            dist.recv(t, src, group=self.group)
+        else:
+            self.link.recv(t, src, self.group)
+
+    def wait_all(self, works: list) -> None:
+        """Complete posted messages (paced: receives queue on the incoming port in the order they were sent)."""
+        if self.link is None:
+            for w in works:
+                w.wait()
+        else:
+            self.link.complete(works)
+
 
 _scratch = threading.local()  # per thread: the comm thread and the training thread may both run an all-reduce
+_scratch_sizes: dict[tuple, int] = {}  # bytes of every thread's scratch buffers, for memory accounting (scratch_bytes)
 
 
 def scratch_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
@@ -43,7 +77,13 @@ def scratch_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
         buf = cache[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        _scratch_sizes[(threading.get_ident(),) + key] = buf.numel() * buf.element_size()
     return buf[:numel]
+
+
+def scratch_bytes() -> int:
+    """Bytes the scratch buffers of every thread of this process hold (they only grow: this is their peak)."""
+    return sum(_scratch_sizes.values())
 
 
 def scratch_like(t: torch.Tensor, count: int = 1) -> list[torch.Tensor]:
@@ -61,9 +101,8 @@ def exchange(view: GroupView, send: torch.Tensor, dst: int, recv: torch.Tensor, 
     """Send to group member `dst` while receiving from `src` (both posted first, so no deadlock)."""
     ops = []
     if recv.numel():
-        ops.append(dist.irecv(recv, view.peer(src), group=view.group))
+        ops.append(view.irecv(recv, view.peer(src)))
     if send.numel():
-        ops.append(dist.isend(send, view.peer(dst), group=view.group))
-    for op in ops:
-        op.wait()
+        ops.append(view.isend(send, view.peer(dst)))
+    view.wait_all(ops)
     return nbytes(send)

@@ -7,7 +7,6 @@ time grows linearly with n however fast the other links are.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from .group import GroupView, nbytes, scratch_like
 
@@ -19,13 +18,11 @@ def reduce_broadcast_allreduce(t: torch.Tensor, view: GroupView) -> int:
         return 0
     if view.me == 0:
         parts = scratch_like(t, n - 1)
-        for work in [dist.irecv(p, view.peer(i + 1), group=view.group) for i, p in enumerate(parts)]:
-            work.wait()
+        view.wait_all([view.irecv(p, view.peer(i + 1)) for i, p in enumerate(parts)])
         for p in parts:  # rank order: the same sum on every run
             t.add_(p)
-        for work in [dist.isend(t, view.peer(i), group=view.group) for i in range(1, n)]:
-            work.wait()
+        view.wait_all([view.isend(t, view.peer(i)) for i in range(1, n)])
         return (n - 1) * nbytes(t)
-    dist.send(t, view.peer(0), group=view.group)
-    dist.recv(t, view.peer(0), group=view.group)
+    view.send(t, view.peer(0))
+    view.recv(t, view.peer(0))
     return nbytes(t)

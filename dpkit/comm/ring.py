@@ -1,8 +1,10 @@
-"""Ring all-reduces built from send/recv.
+"""Ring all-reduces built from send/recv, and the ring's two halves on their own.
 
 Chunked ring: reduce-scatter then all-gather, 2(n-1) steps each moving S/n bytes, so a rank sends
-2(n-1)/n * S in all: bandwidth-optimal. Whole-tensor ring: (n-1) steps each moving the whole S,
-as many tutorials write it: simple, but every link carries n/2 times more bytes.
+2(n-1)/n * S in all: bandwidth-optimal. Each half is a collective of its own (sharded data parallelism
+reduce-scatters gradients and all-gathers parameters): (n-1)/n * S per rank each. Whole-tensor ring:
+(n-1) steps each moving the whole S, as many tutorials write it: simple, but every link carries n/2
+times more bytes.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 
 from .group import GroupView, exchange, nbytes, scratch_buffer, scratch_like
 
 SEGMENT_BYTES = 1 << 21  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
+StepCallback = Callable[[int, int, int], None]  # on_step(step, chunk sent, chunk received)
 
 
 def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
@@ -23,35 +25,57 @@ def _pieces(t: torch.Tensor) -> list[torch.Tensor]:
     return [p for p in torch.split(t, step) if p.numel()]
 
 
-def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: Callable[[int, int, int], None] | None = None) -> int:
+def ring_reduce_scatter(chunks: list[torch.Tensor], view: GroupView, on_step: StepCallback | None = None) -> int:
+    """Sum `chunks` (this rank's tensor cut into n pieces) over the group, each piece on one rank: on return
+    chunks[(me + 1) % n] holds the group's sum of that piece (the others are partial sums). n-1 steps, each
+    sending one piece to the right neighbour and adding the left neighbour's into ours; returns bytes sent."""
+    return _ring_steps(chunks, view, 0, view.size - 1, on_step) if view.size > 1 else 0
+
+
+def ring_all_gather(chunks: list[torch.Tensor], view: GroupView, on_step: StepCallback | None = None) -> int:
+    """The other half: rank me's finished piece is chunks[(me + 1) % n] (where ring_reduce_scatter leaves it);
+    on return every rank holds every rank's finished piece. n-1 steps of pass-it-on; returns bytes sent."""
+    return _ring_steps(chunks, view, view.size - 1, 2 * (view.size - 1), on_step) if view.size > 1 else 0
+
+
+def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: StepCallback | None = None) -> int:
     """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
 
     `on_step(s, sent_chunk, received_chunk)` is called when step s is complete (for tracing).
 
-    2(n-1) steps: n-1 of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of
-    all-gather (overwrite with the left neighbour's finished chunk). Two things keep the links busy,
-    as in NCCL's and gloo's own rings: what a rank sends in step s+1 is exactly the chunk it received
-    in step s, so each piece goes on to the right neighbour as soon as it has arrived (and been
+    It is ring_reduce_scatter followed by ring_all_gather on the n chunks of `t`: 2(n-1) steps, n-1
+    of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of all-gather (overwrite
+    with the left neighbour's finished chunk). Run as one pass, so that the seam between the halves
+    is pipelined like every other step (same sums, same bytes as calling the halves one after the other).
+    """
+    if view.size == 1:
+        return 0
+    return _ring_steps(list(torch.tensor_split(t, view.size)), view, 0, 2 * (view.size - 1), on_step)
+
+
+def _ring_steps(chunks: list[torch.Tensor], view: GroupView, first: int, last: int, on_step: StepCallback | None) -> int:
+    """Steps first..last-1 of the 2(n-1)-step ring over `chunks`: steps below n-1 reduce, the rest gather.
+
+    In step s a rank sends chunk (me - s) % n and receives chunk (me - s - 1) % n. Two things keep the
+    links busy, as in NCCL's and gloo's own rings: what a rank sends in step s+1 is exactly the chunk it
+    received in step s, so each piece goes on to the right neighbour as soon as it has arrived (and been
     added); and the receives of step s+1 are posted before step s is processed (into the other half
     of a double buffer), so the next step's data flows in while this step's is being added.
     """
     n, me = view.size, view.me
-    if n == 1:
-        return 0
-    chunks = list(torch.tensor_split(t, n))
     longest = max(c.numel() for c in chunks)
-    scratch = scratch_buffer(2 * longest, t)
+    scratch = scratch_buffer(2 * longest, chunks[0]) if first < n - 1 else None  # only reduce steps need it
     right, left = view.peer(me + 1), view.peer(me - 1)
-    steps = 2 * (n - 1)
     pending: dict[int, list] = {c: [] for c in range(n)}  # sends still reading each chunk
 
     def send(c: int, piece: torch.Tensor) -> None:
-        pending[c].append(dist.isend(piece, right, group=view.group))
+        pending[c].append(view.isend(piece, right))
 
     def post_receives(s: int) -> list[tuple]:
         """Step s's receives: (work, buffer, destination piece); reduce steps land in scratch first."""
         c = (me - s - 1) % n  # the chunk arriving in step s (reduce-scatter and all-gather alike)
         if s < n - 1:
+            assert scratch is not None
             half = scratch[(s % 2) * longest :][: chunks[c].numel()]
             targets = list(zip(_pieces(half), _pieces(chunks[c]), strict=True))
         else:
@@ -59,22 +83,23 @@ def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: Callable[[int, int
                 work.wait()
             pending[c] = []
             targets = [(p, p) for p in _pieces(chunks[c])]
-        return [(dist.irecv(buf, left, group=view.group), buf, dst) for buf, dst in targets]
+        return [(view.irecv(buf, left), buf, dst) for buf, dst in targets]
 
-    for piece in _pieces(chunks[me]):
-        send(me, piece)
-    sent = nbytes(chunks[me])
-    receives = post_receives(0)
-    for s in range(steps):
+    start = (me - first) % n  # the chunk this rank sends in step `first`
+    for piece in _pieces(chunks[start]):
+        send(start, piece)
+    sent = nbytes(chunks[start])
+    receives = post_receives(first)
+    for s in range(first, last):
         c = (me - s - 1) % n
-        current, receives = receives, (post_receives(s + 1) if s + 1 < steps else [])
+        current, receives = receives, (post_receives(s + 1) if s + 1 < last else [])
         for work, buf, dst in current:
             work.wait()
             if s < n - 1:
                 dst.add_(buf)
-            if s + 1 < steps:
+            if s + 1 < last:
                 send(c, dst)
-        if s + 1 < steps:
+        if s + 1 < last:
             sent += nbytes(chunks[c])
         if on_step is not None:
             on_step(s, (me - s) % n, c)

@@ -7,7 +7,6 @@ messages it loses to the chunked ring: t ~ 2 ceil(log2 n) (alpha + S/B).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from .group import GroupView, nbytes, scratch_like
 
@@ -30,17 +29,17 @@ def tree_allreduce(t: torch.Tensor, view: GroupView) -> int:
     mask = 1
     while mask < limit:  # reduce: gather children's partial sums, smallest subtree first
         if me + mask < n:
-            dist.recv(scratch, view.peer(me + mask), group=view.group)
+            view.recv(scratch, view.peer(me + mask))
             t.add_(scratch)
         mask <<= 1
     if me:
-        dist.send(t, view.peer(me - _lowbit(me)), group=view.group)
+        view.send(t, view.peer(me - _lowbit(me)))
         sent += nbytes(t)
-        dist.recv(t, view.peer(me - _lowbit(me)), group=view.group)
+        view.recv(t, view.peer(me - _lowbit(me)))
     mask = limit >> 1
     while mask:  # broadcast: hand the total to children, largest subtree first
         if me + mask < n:
-            dist.send(t, view.peer(me + mask), group=view.group)
+            view.send(t, view.peer(me + mask))
             sent += nbytes(t)
         mask >>= 1
     return sent

@@ -3,15 +3,15 @@
 A message of S bytes costs alpha + S/B (latency alpha, bandwidth B). Reductions also cost gamma
 seconds per byte added (the alpha-beta-gamma form of Thakur, Rabenseifner & Gropp, 2005): on one
 host the "network" is a memory copy, so adding is as expensive as moving and the fit needs it;
-with gamma = 0 every formula is exactly the one in DESIGN.md. Each pattern is written as its
+with gamma = 0 every formula is exactly the one in docs/formulas.md. Each pattern is written as its
 *terms*: (messages on the critical path, bytes over the busiest link, bytes reduced), so that
 time = messages*alpha + bytes/B + reduced*gamma and calibration is a linear least-squares fit.
 
 Two views, both in this file:
-- "cluster" (the DESIGN.md formulas, `allreduce_time`): every rank has its own independent link, so
+- "cluster" (the docs/formulas.md formulas, `allreduce_time`): every rank has its own independent link, so
   a pattern costs what crosses its busiest link. The what-if at 1,024 workers uses this view.
 - "single host" (`host_terms`, `HostModel`): all ranks share one machine's cores and memory, as in
-  `dpkit bench` on a laptop. Measured there, the DESIGN terms do not explain the algorithms' relative
+  `dpkit bench` on a laptop. Measured there, the cluster-view terms do not explain the algorithms' relative
   times (the whole-tensor ring is slower than reduce-broadcast though it moves fewer bytes per link,
   and with more processes than cores every hop may wait for a context switch). The single-host terms
   count what one process really does on its critical path: rounds of messages it waits for, bytes it
@@ -68,9 +68,11 @@ class Link:
         return cls(**json.loads(Path(path).read_text()))
 
 
-# Link presets for the what-if (per-direction bandwidth; alpha: typical small-message latency).
-# These are round, order-of-magnitude assumptions to reason with, not measurements.
+# Link presets for the what-if and for emulated links (RunConfig.link takes the key; per-direction
+# bandwidth; alpha: typical small-message latency). Round, order-of-magnitude assumptions to reason
+# with, not measurements.
 PRESETS: dict[str, Link] = {
+    "1GbE": Link(alpha=50e-6, bandwidth=1e9 / 8, name="1GbE (TCP)"),
     "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)"),
     "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)"),
     "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)"),
@@ -84,28 +86,28 @@ def preset(name: str) -> Link:
     return PRESETS[name]
 
 
-# ---- the patterns as terms (DESIGN.md "Definitions") -------------------------------------------
+# ---- the patterns as terms (docs/formulas.md "Definitions") -------------------------------------------
 def p2p_terms(size: float) -> Terms:
     """One point-to-point message (ping-pong one way, a pipeline activation): alpha + S/B."""
     return (1.0, float(size), 0.0)
 
 
 def ring_terms(size: float, n: int) -> Terms:
-    """Chunked ring (DESIGN.md): t = 2(n-1) alpha + 2(n-1)/n S/B, plus (n-1)/n S reduced."""
+    """Chunked ring (docs/formulas.md): t = 2(n-1) alpha + 2(n-1)/n S/B, plus (n-1)/n S reduced."""
     if n <= 1:
         return (0.0, 0.0, 0.0)
     return (2.0 * (n - 1), 2.0 * (n - 1) / n * size, (n - 1) / n * size)
 
 
 def ring_whole_terms(size: float, n: int) -> Terms:
-    """Whole-tensor ring (DESIGN.md): t = (n-1)(alpha + S/B), plus (n-1) S reduced."""
+    """Whole-tensor ring (docs/formulas.md): t = (n-1)(alpha + S/B), plus (n-1) S reduced."""
     if n <= 1:
         return (0.0, 0.0, 0.0)
     return (float(n - 1), float(n - 1) * size, float(n - 1) * size)
 
 
 def reduce_broadcast_terms(size: float, n: int) -> Terms:
-    """Reduce to a root, then broadcast (DESIGN.md: ~2(n-1) S/B through the root): the root receives and
+    """Reduce to a root, then broadcast (docs/formulas.md: ~2(n-1) S/B through the root): the root receives and
     sends n-1 messages of S, one after another on its link, and adds (n-1) S."""
     if n <= 1:
         return (0.0, 0.0, 0.0)
@@ -119,6 +121,14 @@ def tree_terms(size: float, n: int) -> Terms:
         return (0.0, 0.0, 0.0)
     rounds = math.ceil(math.log2(n))
     return (2.0 * rounds, 2.0 * rounds * size, float(rounds) * size)
+
+
+def broadcast_terms(size: float, n: int) -> Terms:
+    """Binomial-tree broadcast from one root: ceil(log2 n) rounds, each one whole message: t = ceil(log2 n)(alpha + S/B)."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    rounds = math.ceil(math.log2(n))
+    return (float(rounds), float(rounds) * size, 0.0)
 
 
 def native_terms(size: float, n: int) -> Terms:
@@ -147,8 +157,8 @@ def allreduce_time(algo: str, size: float, n: int, link: Link) -> float:
 
 
 def ps_terms(size: float, n: int, k: int = 1) -> Terms:
-    """Synchronous parameter server, model of S bytes sharded over k servers, n workers (DESIGN.md):
-    each worker moves 2S, each server 2nS/k; t = 2 alpha + 2 max(S, nS/k)/B. DESIGN.md writes
+    """Synchronous parameter server, model of S bytes sharded over k servers, n workers (docs/formulas.md):
+    each worker moves 2S, each server 2nS/k; t = 2 alpha + 2 max(S, nS/k)/B. docs/formulas.md writes
     max(S/B, nS/(kB)) once: push and pull are separate phases in a synchronous step, so both count.
     A server adds (n-1) S/k. With k > n the workers' own links are the bottleneck."""
     if n < 1 or k < 1:
@@ -166,14 +176,14 @@ def pipeline_p2p_time(act_bytes: float, link: Link) -> float:
 
 
 def bubble_fraction(p: int, m: int) -> float:
-    """Idle share of a GPipe/1F1B step with p stages and m micro-batches (DESIGN.md): (p-1)/(m+p-1)."""
+    """Idle share of a GPipe/1F1B step with p stages and m micro-batches (docs/formulas.md): (p-1)/(m+p-1)."""
     return (p - 1) / (m + p - 1)
 
 
 def pipeline_step_time(t_fwd: float, t_bwd: float, p: int, m: int, act_bytes: float, link: Link) -> float:
     """GPipe/1F1B step with the slowest stage taking t_fwd/t_bwd per micro-batch: m + p - 1 slots,
     each one forward and one backward plus one activation and one gradient received:
-    (m + p - 1)(t_fwd + t_bwd + 2(alpha + A/B)); the bubble is p - 1 of those slots (DESIGN.md).
+    (m + p - 1)(t_fwd + t_bwd + 2(alpha + A/B)); the bubble is p - 1 of those slots (docs/formulas.md).
     Receives block in dpkit's pipeline, so a slot pays its messages' latency even in steady state."""
     slot = t_fwd + t_bwd + (2 * pipeline_p2p_time(act_bytes, link) if p > 1 else 0.0)
     return (m + p - 1) * slot
@@ -194,7 +204,7 @@ class Overlap:
 
 
 def comm_time(algo: str, size: float, n: int, model: Link | HostModel) -> float:
-    """One all-reduce in either view: a Link prices the DESIGN.md (cluster) terms, a HostModel the single-host ones."""
+    """One all-reduce in either view: a Link prices the docs/formulas.md (cluster) terms, a HostModel the single-host ones."""
     return model.allreduce_time(algo, size, n) if isinstance(model, HostModel) else allreduce_time(algo, size, n, model)
 
 
@@ -260,7 +270,7 @@ def _fit_nonneg(terms: np.ndarray, t: np.ndarray, cols: list[int], known: np.nda
 
 
 def fit_link(samples: list[Sample], name: str = "fitted", with_gamma: bool = True) -> Link:
-    """Cluster view: least-squares alpha, 1/B (and gamma) of the DESIGN.md terms, relative error, all >= 0."""
+    """Cluster view: least-squares alpha, 1/B (and gamma) of the docs/formulas.md terms, relative error, all >= 0."""
     if not samples:
         raise ValueError("fit_link needs at least one measurement")
     terms = np.array([sample_terms(p, s, n) for p, s, n, _ in samples], dtype=float)
@@ -391,3 +401,57 @@ def host_relative_errors(samples: list[Sample], model: HostModel) -> np.ndarray:
     pred = np.array([model.link(n).time(host_terms(p, s, n)) for p, s, n, _ in samples])
     meas = np.array([s[3] for s in samples])
     return (pred - meas) / meas
+
+
+# ---- sharded data parallelism (ZeRO): the ring's two halves as collectives of their own ------------
+def reduce_scatter_terms(size: float, n: int) -> Terms:
+    """Ring reduce-scatter of S bytes (the first half of the chunked ring): n-1 steps of S/n each,
+    t = (n-1)(alpha + S/(nB)), and every byte of the rank's shard reduced: (n-1)/n S."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    return (float(n - 1), (n - 1) / n * size, (n - 1) / n * size)
+
+
+def all_gather_terms(size: float, n: int) -> Terms:
+    """Ring all-gather into S bytes (the second half): t = (n-1)(alpha + S/(nB)), nothing reduced."""
+    if n <= 1:
+        return (0.0, 0.0, 0.0)
+    return (float(n - 1), (n - 1) / n * size, 0.0)
+
+
+SHARD_TERMS = {"reduce-scatter": reduce_scatter_terms, "all-gather": all_gather_terms}
+
+#: what each ZeRO stage sends per step, per rank, for S bytes of trainable parameters (stage 0 is plain DP)
+ZERO_COLLECTIVES: dict[int, tuple[str, ...]] = {
+    0: ("reduce-scatter", "all-gather"),  # an all-reduce is exactly these two halves
+    1: ("reduce-scatter", "all-gather"),  # gradients reduce-scattered, updated parameters all-gathered
+    2: ("reduce-scatter", "all-gather"),  # the same messages; only the memory differs
+    3: ("all-gather", "all-gather", "reduce-scatter"),  # gather for the forward, again for the backward
+}
+
+
+def zero_terms(stage: int, size: float, n: int) -> Terms:
+    """The cluster-view terms of one step of ZeRO stage `stage` over S bytes of parameters."""
+    if stage not in ZERO_COLLECTIVES:
+        raise ValueError(f"ZeRO stage {stage!r} is not allowed: choose one of {sorted(ZERO_COLLECTIVES)}")
+    parts = [SHARD_TERMS[c](size, n) for c in ZERO_COLLECTIVES[stage]]
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts))
+
+
+def shard_collective_time(kind: str, size: float, n: int, model: Link | HostModel, algo: str = "native") -> float:
+    """Seconds of one reduce-scatter or all-gather of S bytes. A HostModel, fitted on whole all-reduces,
+    prices either as half of one (exact in messages and bytes; the adds all fall in the reduce-scatter)."""
+    if isinstance(model, HostModel):
+        return model.allreduce_time(algo, size, n) / 2
+    return model.time(SHARD_TERMS[kind](size, n))
+
+
+def zero_bytes_per_rank(stage: int, params_bytes: float, n: int) -> float:
+    """Bytes one rank sends per step: 2(n-1)/n P for stages 0, 1 and 2 (ZeRO-1/2 cost no extra traffic),
+    3(n-1)/n P for stage 3 (one more all-gather: the price of not keeping the parameters)."""
+    return zero_terms(stage, params_bytes, n)[1]
+
+
+def zero_comm_time(stage: int, size: float, n: int, model: Link | HostModel, algo: str = "native") -> float:
+    """Seconds of one step's collectives over S bytes of parameters (one unit; shard_collective_time each)."""
+    return sum(shard_collective_time(kind, size, n, model, algo) for kind in ZERO_COLLECTIVES[stage])

@@ -25,15 +25,18 @@ LOOP_THREAD_NAME = "gloo_tcp_loop"
 ENV_VAR = "DPKIT_GLOO_LOOP"  # the launcher's default mode for benchmarks (`dpkit bench`)
 
 
-def check_mode(mode: str, where: str = "gloo_loop") -> str:
+def check_mode(mode: str, where: str = "gloo_loop", note: str = "") -> str:
+    """`mode`, or ValueError naming `where` it came from, the value and the modes (then `note`, if any)."""
     if mode not in GLOO_LOOP_MODES:
-        raise ValueError(f"{where}={mode!r} is not allowed: choose one of {list(GLOO_LOOP_MODES)}")
+        raise ValueError(f"{where}={mode!r} is not allowed: choose one of {list(GLOO_LOOP_MODES)}{note}")
     return mode
 
 
 def default_mode() -> str:
-    """The mode `launch` uses when none is given: $DPKIT_GLOO_LOOP, else "idle"."""
-    return check_mode(os.environ.get(ENV_VAR, "idle"), where=f"environment variable {ENV_VAR}")
+    """The mode `launch` uses when none is given: $DPKIT_GLOO_LOOP, else "idle". RunConfig.gloo_loop's default
+    too, so a bad variable is named as what it sets: the error would otherwise point at a field nobody passed."""
+    note = f" (it sets the default of RunConfig.gloo_loop: fix or unset {ENV_VAR}, or pass gloo_loop)"
+    return check_mode(os.environ.get(ENV_VAR, "idle"), where=f"environment variable {ENV_VAR}", note=note)
 
 
 def loop_threads() -> list[int]:

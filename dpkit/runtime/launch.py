@@ -2,10 +2,14 @@
 
 Ranks are forked from a forkserver that has torch preloaded (about 0.1 s per run instead of ~5 s
 for spawn, which re-imports torch in every child); the worker function is importable from dpkit,
-never a closure from the notebook. Rendezvous is a TCPStore the parent opens on 127.0.0.1 port 0
-(the OS picks a free port and the parent holds it, so two runs at once cannot collide). A rank
-that raises writes its traceback to a file; the parent raises RankFailedError naming it. A rank
-killed from outside, or a run past its timeout, raises too; in every case all ranks are killed.
+never a closure from the notebook. Rendezvous is a TCPStore on a socket the parent binds to
+127.0.0.1 port 0 (the OS picks a free port and the parent holds it, so two runs at once cannot
+collide, and nothing listens beyond this machine). Each rank gets one end of a pipe whose other
+end only the parent holds: a rank that raises sends its traceback through it and the parent
+raises RankFailedError naming it; a rank sees the pipe close when the parent dies (even by
+kill -9) or gives up on the run, and exits at once. A rank killed from outside, or a run past its
+timeout, raises too; in every case all ranks are killed. Before any of it, a run waits for its
+turn on this machine (dpkit.runtime.queue), unless told not to.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import contextlib
 import json
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
+import socket
 import sys
-import tempfile
+import threading
 import time
+import weakref
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from .gloo_loop import check_mode, default_mode
+from .queue import machine_turn
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' errors
 _PRELOAD = ["dpkit.runtime.rank", "torch._dynamo"]  # optimizers import dynamo lazily: ~1 s per rank if not preloaded
@@ -96,19 +104,35 @@ def launch(
     roles: list[str] | None = None,
     start_method: str | None = None,
     gloo_loop: str | None = None,
+    out_dir_is_temporary: bool = False,
+    queue: bool = True,
 ) -> None:
     """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks.
-    `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "idle")."""
+    `queue`: wait for this machine's turn first (dpkit.runtime.queue: runs from all processes on the machine
+    take turns); False, or $DPKIT_QUEUE=off, starts at once. A caller already holding a turn is not queued again.
+    `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "idle").
+    `out_dir_is_temporary`: out_dir is a temporary folder that the caller deletes after the run; if the
+    caller dies during the run (kill -9), the ranks delete it instead, so it is not left behind.
+
+    Interrupt-safe: Ctrl-C is held back while a rank is being forked (a process forked but not yet
+    handed its arguments dies with a traceback), every rank is tracked before it is started, and the
+    `finally` closes every rank's pipe, so even one that escaped tracking exits."""
     gloo_loop = check_mode(gloo_loop, "launch(gloo_loop)") if gloo_loop is not None else default_mode()
     ctx = mp_context(start_method)
     threads = threads_per_rank or default_threads(nprocs)
     roles = roles or [f"rank {r}" for r in range(nprocs)]
-    store = dist.TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
-    procs: list = []
-    with tempfile.TemporaryDirectory(prefix="dpkit-errors-") as err_dir:
+    with machine_turn(queue=queue):  # before the store: no port is held while waiting
+        procs: list = []
+        links: list = []  # our end of each rank's pipe
+        store = _loopback_store(timeout_s)
         try:
+            if ctx.get_start_method() == "forkserver":
+                multiprocessing.forkserver.ensure_running()  # seconds on the first run: here Ctrl-C is not held back
             with _main_not_reimported():
                 for rank in range(nprocs):
+                    ours, theirs = ctx.Pipe()
+                    links.append(ours)
+                    _CALLER_ENDS.add(ours)
                     args = (
                         target,
                         payload,
@@ -118,34 +142,123 @@ def launch(
                         backend,
                         threads,
                         str(out_dir),
-                        err_dir,
+                        theirs,
                         timeout_s,
                         gloo_loop,
+                        out_dir_is_temporary,
                     )
                     p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)
-                    p.start()
-                    procs.append(p)
-            _supervise(procs, Path(err_dir), time.monotonic() + timeout_s, roles, timeout_s)
+                    procs.append(p)  # before start(): a Ctrl-C inside start() must not leave it untracked
+                    try:
+                        with _sigint_held_back():
+                            p.start()
+                    finally:
+                        theirs.close()  # the rank has its own copy; ours would hide the rank's exit (EOF) from us
+            _supervise(procs, links, time.monotonic() + timeout_s, roles, timeout_s)
         finally:
             _kill_all(procs)
+            for link in links:
+                _close_link(link)  # any rank still running, tracked or not, now exits
             del store
+
+
+@contextlib.contextmanager
+def _sigint_held_back():
+    """Delay Ctrl-C (SIGINT) to the end of the block, then deliver it to the handler it was meant for.
+
+    Only the main thread gets KeyboardInterrupt, and only a Python-level handler can be held back;
+    elsewhere the block runs as is."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(handler):
+        yield
+        return
+    caught: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if caught:
+            handler(*caught[0])
+
+
+_CALLER_ENDS: weakref.WeakSet = weakref.WeakSet()  # our ends of the ranks' pipes: no process forked from here may hold one
+
+
+def _close_caller_ends_in_child() -> None:
+    """After a fork (start method "fork", or any os.fork of the caller), close the copies of the
+    caller's pipe ends: a child holding one would keep that pipe open after the caller died."""
+    for link in list(_CALLER_ENDS):
+        with contextlib.suppress(OSError):
+            link.close()
+    _CALLER_ENDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_caller_ends_in_child)
+
+
+def _close_link(link) -> None:
+    """Tell the rank this was on purpose ("stop": it must not delete out_dir, we still own it), then close."""
+    _CALLER_ENDS.discard(link)
+    with contextlib.suppress(OSError):
+        link.send_bytes(b"stop")
+    link.close()
+
+
+def _loopback_store(timeout_s: float) -> dist.TCPStore:
+    """The run's rendezvous, listening on 127.0.0.1 only.
+
+    TCPStore("127.0.0.1", 0, is_master=True) binds every interface (`*:port`, IPv4 and IPv6), so any
+    host that can reach this one could talk to the store. We bind the socket ourselves and hand it
+    over with master_listen_fd; the store owns (and closes) it from then on.
+    """
+    timeout = timedelta(seconds=timeout_s)
+    if sys.platform == "win32":  # master_listen_fd takes a POSIX file descriptor
+        return dist.TCPStore("127.0.0.1", 0, None, True, timeout=timeout, wait_for_workers=False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(socket.SOMAXCONN)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+    fd = sock.detach()  # from here the store's: closing it here as well could close someone else's fd
+    return dist.TCPStore("127.0.0.1", port, None, True, timeout=timeout, wait_for_workers=False, master_listen_fd=fd)
+
+
+_main_lock = threading.Lock()
+_main_hidden: dict = {"users": 0, "module": None, "saved": {}}  # guarded by _main_lock
 
 
 @contextlib.contextmanager
 def _main_not_reimported():
     """Hide __main__'s file/spec while starting ranks: the rank code lives in dpkit, so a user's
-    script (or '<stdin>', or a notebook) is never re-run in each rank, guard or no guard."""
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    script (or '<stdin>', or a notebook) is never re-run in each rank, guard or no guard.
+
+    Runs started from several threads at once share one hiding: the first to enter saves the
+    attributes, the last to leave restores them (saving per call, a later call would save the
+    hidden state and restore that, leaving __main__.__spec__ None for good)."""
+    with _main_lock:
+        if _main_hidden["users"] == 0:
+            main = sys.modules.get("__main__")
+            saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+            if main is not None:
+                main.__dict__.pop("__file__", None)
+                main.__dict__["__spec__"] = None
+            _main_hidden.update(module=main, saved=saved)
+        _main_hidden["users"] += 1
     try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__dict__["__spec__"] = None
         yield
     finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
+        with _main_lock:
+            _main_hidden["users"] -= 1
+            main = _main_hidden["module"]
+            if _main_hidden["users"] == 0 and main is not None:
+                main.__dict__.pop("__spec__", None)
+                main.__dict__.update(_main_hidden["saved"])
+                _main_hidden.update(module=None, saved={})
 
 
 def _entry(*args) -> None:
@@ -155,16 +268,30 @@ def _entry(*args) -> None:
 
 
 def _kill_all(procs: list) -> None:
-    for p in procs:
+    started = [p for p in procs if p.pid is not None]  # one interrupted before start() has no process
+    for p in started:
         if p.is_alive():
             p.kill()
-    for p in procs:
+    for p in started:
         p.join(timeout=10)
 
 
-def _supervise(procs: list, err_dir: Path, deadline: float, roles: list[str], timeout_s: float) -> None:
+def _read_reports(open_links: dict, reports: dict) -> None:
+    """Take in the failure reports the ranks sent (without blocking); forget links at EOF (rank gone)."""
+    for rank, link in list(open_links.items()):
+        try:
+            while link.poll():
+                reports[rank] = json.loads(link.recv_bytes())
+        except (EOFError, OSError):
+            del open_links[rank]
+
+
+def _supervise(procs: list, links: list, deadline: float, roles: list[str], timeout_s: float) -> None:
     first_failure = None
+    reports: dict[int, dict] = {}
+    open_links = dict(enumerate(links))
     while True:
+        _read_reports(open_links, reports)  # while running too: a long report must not block its rank
         codes = [p.exitcode for p in procs]
         if all(c == 0 for c in codes):
             return
@@ -173,7 +300,8 @@ def _supervise(procs: list, err_dir: Path, deadline: float, roles: list[str], ti
         if failed and first_failure is None:
             first_failure = now
         if failed and (all(c is not None for c in codes) or now - first_failure > GRACE_S):
-            raise _failure(procs, failed, err_dir, roles)
+            _read_reports(open_links, reports)  # a rank sends before it exits: its report is here now
+            raise _failure(procs, failed, reports, roles)
         if now > deadline:
             running = [r for r, c in enumerate(codes) if c is None]
             names = ", ".join(f"{r} ({roles[r]})" for r in running)
@@ -184,15 +312,11 @@ def _supervise(procs: list, err_dir: Path, deadline: float, roles: list[str], ti
                 running,
             )
         live = [p.sentinel for p in procs if p.exitcode is None]
-        multiprocessing.connection.wait(live, timeout=0.05)
+        multiprocessing.connection.wait(live + list(open_links.values()), timeout=0.05)
 
 
-def _failure(procs: list, failed: list[int], err_dir: Path, roles: list[str]) -> RankFailedError:
-    reports = {}
-    for r in failed:
-        path = err_dir / f"rank{r}.json"
-        if path.exists():
-            reports[r] = json.loads(path.read_text())
+def _failure(procs: list, failed: list[int], all_reports: dict[int, dict], roles: list[str]) -> RankFailedError:
+    reports = {r: all_reports[r] for r in failed if r in all_reports}
     killed = [r for r in failed if r not in reports and procs[r].exitcode < 0]
     if killed:  # killed from outside: the others' errors are only its consequences
         root = killed[0]

@@ -2,9 +2,19 @@
 
 Spans have a kind (compute | comm | idle | bubble | injected: a straggler's deliberate delay).
 Strategies record compute; their messages are recorded by dpkit.comm.Comm (with the bytes, where the
-byte count comes from, and whether the rank waited); the gaps left inside a step are filled as idle
-(or bubble, for pipeline stages waiting on their neighbours). Times are seconds since the run's common start (a barrier), read from
-time.perf_counter on CPU and from CUDA events on GPU, resolved after a synchronize.
+byte count comes from, and whether the rank waited: `blocking`); the gaps left inside a step are filled
+as idle (or bubble, for pipeline stages waiting on their neighbours).
+
+Spans may overlap (an all-reduce issued inside a forward, a bucket in flight during the backward); what
+the rank was doing at each instant is decided afterwards by one priority, in dpkit.results.step_stats:
+injected > blocking comm > compute > in-flight comm > bubble > idle. So the states of a step add up to
+its time, a blocking message is exposed comm even inside a compute span, and in-flight comm is hidden
+only where the rank computes meanwhile.
+
+One time base: times are seconds since an origin rank 0 chooses before the first step. Every rank of a
+host reads the same clock (perf_counter is CLOCK_MONOTONIC, shared by the host's processes), so their
+spans line up; a rank on another host is shifted by its clock offset against rank 0, estimated by
+ping-pong (dpkit.runtime.training.common_time_base). On GPU, CUDA events are placed on that host time.
 """
 
 from __future__ import annotations
@@ -21,12 +31,19 @@ BYTES_SOURCES = ("counted", "formula", "none")
 
 
 class HostClock:
-    """perf_counter: monotonic, machine-wide, so spans from ranks on one host line up."""
+    """perf_counter: CLOCK_MONOTONIC on Linux, one clock for every process of a host.
+
+    `t0` is the run's common origin; until the training loop sets it (set_origin) it is this process's
+    own start, which is enough for a single process but not to line up several."""
 
     name = "perf_counter"
 
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+    def __init__(self, t0: float | None = None) -> None:
+        self.t0 = time.perf_counter() if t0 is None else t0
+
+    def set_origin(self, t0: float) -> None:
+        """Measure from `t0` (perf_counter seconds on this host): the origin rank 0 chose, shifted by this host's offset."""
+        self.t0 = t0
 
     def mark(self) -> float:
         return time.perf_counter()
@@ -39,18 +56,25 @@ class HostClock:
 
 
 class CudaClock:
-    """CUDA events: GPU work is asynchronous, so the host clock would time the launch, not the work."""
+    """CUDA events: GPU work is asynchronous, so the host clock would time the launch, not the work.
+
+    A reference event is pinned to a host perf_counter reading, so event times land on the same origin
+    as host marks (and as the other ranks' spans)."""
 
     name = "cuda_event"
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, t0: float | None = None) -> None:
         self.device = device
         torch.cuda.synchronize(device)
-        self.t0_host = time.perf_counter()
+        before = time.perf_counter()  # the device is idle: the event below runs as soon as it is recorded
         self.ref = torch.cuda.Event(enable_timing=True)
         self.ref.record()
         torch.cuda.synchronize(device)
-        self.ref_host = time.perf_counter() - self.t0_host
+        self.ref_at = (before + time.perf_counter()) / 2  # host time of the reference event, +- half this window
+        self.t0 = self.ref_at if t0 is None else t0
+
+    def set_origin(self, t0: float) -> None:
+        self.t0 = t0
 
     def mark(self) -> torch.cuda.Event:
         ev = torch.cuda.Event(enable_timing=True)
@@ -59,8 +83,8 @@ class CudaClock:
 
     def seconds(self, mark) -> float:
         if isinstance(mark, float):  # a host-side mark (e.g. a completion callback)
-            return mark - self.t0_host
-        return self.ref_host + self.ref.elapsed_time(mark) / 1000.0
+            return mark - self.t0
+        return (self.ref_at - self.t0) + self.ref.elapsed_time(mark) / 1000.0
 
     def sync(self) -> None:
         torch.cuda.synchronize(self.device)

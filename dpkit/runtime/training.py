@@ -2,6 +2,7 @@
 
 Data fetching happens before a step's clock starts (as a prefetching loader would); a step ends
 with a barrier (timed as idle: waiting for the slowest rank), except for async strategies.
+Before the first step the ranks agree on one time base (common_time_base), so their timelines line up.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import platform
 import signal
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,12 +22,14 @@ import torch
 import torch.distributed as dist
 
 from ..comm import Comm
+from ..comm.link import link_for, link_meta
 from ..config import RunConfig
 from ..results import STEP_COLUMNS, TIMELINE_COLUMNS, RunResult
 from ..strategies import make_strategy
 from ..strategies.base import RankContext
 from ..workloads import build_dataset
 from . import gloo_loop
+from .memory import MemoryMeter
 from .recorder import CudaClock, HostClock, Recorder
 
 
@@ -41,6 +46,94 @@ def rank_device(cfg_device: str, backend: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
+CLOCK_SYNC_ROUNDS = 16  # ping-pong round trips per remote rank; the one with the smallest round trip is kept
+SHARED_CLOCK = "shared monotonic clock"
+
+
+@dataclass
+class TimeBase:
+    """The run's common origin, as this rank's clock reads it, and every rank's offset against rank 0."""
+
+    origin: float  # perf_counter seconds on this rank's host: t = 0 of every span
+    offsets_s: list[float]  # rank r's clock minus rank 0's at the same instant (0 on rank 0's host)
+    uncertainty_s: list[float]  # half the best round trip for a measured offset; 0 for a shared clock
+    methods: list[str]  # SHARED_CLOCK or "ping-pong ..."
+    hostnames: list[str]
+
+
+def host_key() -> tuple[str, str]:
+    """(hostname, kernel boot id): processes with the same key run under one booted kernel, so they read
+    one CLOCK_MONOTONIC (containers on one machine may differ by hostname: they are then measured, not assumed)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return socket.gethostname(), boot
+
+
+def _ping_pong(rank: int, peer: int, group, now: Callable[[], float], rounds: int) -> tuple[float, float]:
+    """Rank 0 and `peer` exchange `rounds` timestamps; on rank 0: (peer's offset, its uncertainty).
+
+    Rank 0 sends at t1 and hears back at t3; the peer stamped t2 in between, so the true offset lies in
+    [t2 - t3, t2 - t1]: the midpoint is the estimate and half the round trip its uncertainty. The round
+    with the smallest round trip is kept (the one least delayed by scheduling and the network)."""
+    buf = torch.zeros(1, dtype=torch.float64)
+    best_rtt, best_offset = float("inf"), 0.0
+    for _ in range(rounds):
+        if rank == 0:
+            t1 = now()
+            dist.send(buf, peer, group=group)
+            dist.recv(buf, peer, group=group)
+            t3 = now()
+            if t3 - t1 < best_rtt:
+                best_rtt, best_offset = t3 - t1, float(buf[0]) - (t1 + t3) / 2
+        else:
+            dist.recv(buf, 0, group=group)
+            buf[0] = now()
+            dist.send(buf, 0, group=group)
+    return (best_offset, best_rtt / 2) if rank == 0 else (0.0, 0.0)
+
+
+def common_time_base(
+    rank: int,
+    world: int,
+    group=None,
+    now: Callable[[], float] = time.perf_counter,
+    measure: list[int] | None = None,
+    rounds: int = CLOCK_SYNC_ROUNDS,
+) -> TimeBase:
+    """Agree on one origin before the first step; every rank of the group must call it.
+
+    Each process taking its own origin after a barrier puts the ranks apart by however late each left
+    the barrier (tens of ms on a loaded machine). Instead rank 0 reads its clock once and broadcasts it.
+    Ranks under rank 0's kernel share its clock and use the value as is; a rank on another host (or in
+    `measure`, which tests use) is given its ping-pong offset against rank 0, with the uncertainty."""
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, host_key(), group=group)
+    if measure is None:
+        measure = [r for r in range(1, world) if hosts[r] != hosts[0]]
+    measure = sorted(set(measure) - {0})
+    offsets, uncertainty = [0.0] * world, [0.0] * world
+    for peer in measure:
+        if rank in (0, peer):
+            offsets[peer], uncertainty[peer] = _ping_pong(rank, peer, group, now, rounds)
+    packed = torch.zeros(1 + 2 * world, dtype=torch.float64)
+    if rank == 0:
+        packed[0] = now()
+        packed[1 : 1 + world] = torch.tensor(offsets, dtype=torch.float64)
+        packed[1 + world :] = torch.tensor(uncertainty, dtype=torch.float64)
+    dist.broadcast(packed, 0, group=group)
+    offsets, uncertainty = packed[1 : 1 + world].tolist(), packed[1 + world :].tolist()
+    pinged = f"ping-pong against rank 0 (best of {rounds} round trips)"
+    return TimeBase(
+        origin=float(packed[0]) + offsets[rank],
+        offsets_s=offsets,
+        uncertainty_s=uncertainty,
+        methods=[pinged if r in measure else SHARED_CLOCK for r in range(world)],
+        hostnames=[h[0] for h in hosts],
+    )
+
+
 def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None:
     """Train one rank; rank 0 writes the RunResult folder to `out_dir`."""
     cfg = RunConfig.from_dict(payload["config"])
@@ -50,16 +143,19 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     dist.barrier()
     clock = CudaClock(device) if device.type == "cuda" else HostClock()
     recorder = Recorder(rank, clock)
-    comm = Comm(recorder, cfg.allreduce_algo)
+    comm = Comm(recorder, cfg.allreduce_algo, link_for(cfg))
     ctx = RankContext(cfg, rank, world, device, recorder, comm)
     strategy = make_strategy(ctx)
     gloo_threads = gloo_loop.apply(cfg.gloo_loop)  # again: building the strategy may have made process groups
     recorder.role, recorder.gap_kind = strategy.role, strategy.gap_kind
+    meter = MemoryMeter(strategy, device, clock, measure_steps=max(1, cfg.warmup))  # counts in warm-up steps only
     recorder.flush_outside_step()
     data = build_dataset(cfg)
     delay = cfg.straggler_delay_s if rank in cfg.straggler_ranks else 0.0
     losses: list[tuple[float, int]] = []
     try:
+        time_base = common_time_base(rank, world, ctrl)
+        clock.set_origin(time_base.origin)
         dist.barrier()
         for step in range(cfg.steps):
             x, y = data.global_batch(step, cfg.global_batch)
@@ -69,7 +165,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             if delay:  # injected, never counted as compute: the learner must see it is not real work
                 with recorder.span("injected", "straggler delay"):
                     time.sleep(delay)
-            losses.append(strategy.train_step(step, x, y))
+            with meter.step(step):
+                losses.append(strategy.train_step(step, x, y))
             group = strategy.end_of_step_group()
             if group is not None:
                 comm.barrier(group, kind="idle", name="end-of-step barrier")
@@ -79,9 +176,12 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
             "steps": recorder.steps,
             "state": strategy.owned_state(),
-            "extra": strategy.extra(),
+            "extra": {**strategy.extra(), **meter.extra()},
+            "link": comm.link_stats(),
+            "memory": meter.report(),
         }
     finally:
+        meter.close()
         strategy.close()
     gathered: list[dict] | None = [None] * world if rank == 0 else None  # type: ignore[list-item]
     dist.gather_object(mine, gathered, dst=0, group=ctrl)
@@ -100,9 +200,15 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         torch_version=torch.__version__,
         python=platform.python_version(),
         hostname=socket.gethostname(),
+        hostnames=time_base.hostnames,
+        clock_sync=time_base.methods,
+        clock_offsets_s=time_base.offsets_s,
+        clock_offset_uncertainty_s=time_base.uncertainty_s,
         cpu_count=os.cpu_count(),
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    meta.update(memory=[g["memory"] for g in gathered])  # per process: dpkit.runtime.memory's mem_* fields
+    meta.update(link_meta(cfg, [g["link"] for g in gathered]))  # "link" and, if any message was late, "link_not_honoured"
     result = assemble(cfg, gathered, meta, type(strategy).merge_states)
     if out_dir is not None:
         result.save(Path(out_dir))

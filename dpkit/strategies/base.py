@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..comm import Comm, Group
+from ..runtime.memory import held_by
 from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
 
@@ -63,6 +64,13 @@ class Strategy:
     def extra(self) -> dict:
         """Strategy-specific measurements that go into the result (JSON-able)."""
         return {}
+
+    def memory_state(self) -> dict[str, int]:
+        """Bytes this rank holds, for memory accounting (dpkit.runtime.memory). Keys: params_bytes, grads_bytes,
+        optimizer_bytes (its optimizer state tensors), buffers_bytes (flat and gather buffers at their peak).
+        The default counts what the attributes named model/module, opt and sync hold, each storage once;
+        a strategy whose layout differs overrides it (sharded data parallelism holds shards, not whole tensors)."""
+        return held_by(self)
 
     def close(self) -> None:
         self.ctx.comm.close()

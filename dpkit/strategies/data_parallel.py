@@ -123,7 +123,7 @@ class DataParallelSpec(StrategySpec):
     description = "data parallelism with all-reduce (parallelism='data', sync='allreduce')"
 
     def selects(self, cfg: RunConfig) -> bool:
-        return cfg.parallelism == "data" and cfg.sync == "allreduce"
+        return cfg.parallelism == "data" and cfg.sync == "allreduce" and cfg.zero_stage == 0
 
     def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
         return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"

@@ -30,6 +30,10 @@ class GradSync:
         """Called after the last backward: on return every gradient holds the average."""
         raise NotImplementedError
 
+    def buffers(self) -> list[torch.Tensor]:
+        """The buffers it keeps from step to step (memory accounting): none for per-tensor."""
+        return []
+
 
 class PerTensorSync(GradSync):
     def finish(self) -> None:
@@ -51,6 +55,9 @@ class FlatSync(GradSync):
         for p in self.params:
             self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [self.flat]
 
     def finish(self) -> None:
         with self.comm.recorder.span("compute", "flatten"):
@@ -105,6 +112,9 @@ class BucketedOverlapSync(GradSync):
             groups[-1].append(p)
             size += p.numel() * p.element_size()
         return [Bucket(i, g) for i, g in enumerate(groups) if g]
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [b.buffer for b in self.buckets]
 
     def begin(self) -> None:
         self.launch_order = []

@@ -32,14 +32,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..cost import memory
 from ..cost.model import HostModel, Link, ps_time
 from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
+from ..workloads import model_layout, trainable_names
 from .base import RankContext, Strategy
+from .ps_layout import assign_shards
 from .ps_server import ParameterServer
 from .ps_worker import PushPullWorker
 from .spec import StrategySpec, config_error
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config import RunConfig
 
 
@@ -68,6 +73,18 @@ class ParameterServerSpec(StrategySpec):
             raise config_error(
                 "max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)"
             )
+        if cfg.num_servers > 1:  # a server owns whole tensors: one past their number would hold an empty shard
+
+            tensors = len(trainable_names(cfg))
+            if cfg.num_servers > tensors:
+                raise config_error(
+                    "num_servers",
+                    cfg.num_servers,
+                    f"at most {tensors}, the trainable parameter tensors of this {cfg.model} (one shard each)",
+                )
+
+    def trains_like_baseline(self, cfg: RunConfig) -> bool:
+        return cfg.sync == "ps"
 
     def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
         return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
@@ -89,6 +106,20 @@ class ParameterServerSpec(StrategySpec):
         copies = (2 * size + 2 * size / k) * f.one.mu
         comm = ps_time(size, cfg.world_size, k, f.one)
         return parts(f.t_forward + f.t_backward + copies, comm, comm, extra=f.t_optimizer / k)
+
+    def predict_memory(self, cfg: RunConfig) -> pd.DataFrame:
+        """Workers: the whole model and its gradients, no optimizer, the packed gradients and pulled parameters
+        (a copy each of the trained ones); server j: its shard, the averaged gradient, its optimizer's state,
+        an inbox row per worker and an outbox (dpkit.cost.memory)."""
+        trained = memory.params_of(cfg)[1]
+        params, grads, _ = memory.whole_model(cfg)
+        act = memory.activation_bytes(cfg, model_layout(cfg).blocks, cfg.global_batch // cfg.world_size // cfg.grad_accum)
+        ranks = [memory.RankMemory(params, grads, 0.0, act, 2 * grads)] * cfg.world_size
+        for shard in assign_shards(trained, cfg.num_servers):
+            sizes = [trained[i] for i in shard]
+            size = float(memory.VALUE_BYTES * sum(sizes))
+            ranks.append(memory.RankMemory(size, size, memory.optimizer_bytes(cfg, sizes), 0.0, (cfg.world_size + 1) * size))
+        return memory.table(ranks, self.roles(cfg))
 
     def build(self, ctx: RankContext) -> Strategy:
         return ParameterServer(ctx) if ctx.rank >= ctx.cfg.world_size else PushPullWorker(ctx)

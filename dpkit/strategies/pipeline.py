@@ -26,13 +26,16 @@ import torch
 from torch import nn
 
 from ..comm import Group, Pending
+from ..cost import memory
 from ..cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
 from ..cost.step_model import ComputeProfile, oversubscription, parts, step_facts
-from ..workloads import build_dataset, build_model, count_parameters, loss_fn, shard
+from ..workloads import build_dataset, build_model, count_parameters, loss_fn, model_layout, shard, trainable_names
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .spec import StrategySpec, config_error
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config import RunConfig
 
 Action = tuple[str, int]  # ("F" | "B", micro-batch index)
@@ -231,6 +234,19 @@ def validate_stages(cfg: RunConfig, stages: int) -> None:
         raise config_error("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
     if cfg.tie_weights:
         raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
+    if cfg.freeze:  # a stage with nothing to train has an empty optimizer and fails only after the launch
+
+        layout, trained = model_layout(cfg), {name.split(".")[0] for name in trainable_names(cfg)}
+        counts = list(cfg.stage_layers) or balanced_split(layout.block_sizes(), stages)  # as stage_blocks cuts it
+        start = 0
+        for s, count in enumerate(counts):
+            names, start = list(layout.blocks[start : start + count]), start + count
+            if not trained & set(names):
+                raise config_error(
+                    "freeze",
+                    cfg.freeze,
+                    f"prefixes that leave every pipeline stage a parameter to train (stage {s}, {names}, has none)",
+                )
 
 
 def stage_shares(cfg: RunConfig, model: nn.Module, stages: int) -> tuple[list[float], list[list[str]]]:
@@ -298,6 +314,23 @@ class PipelineSpec(StrategySpec):
         out["step_time_s"] = step + share * f.t_optimizer + sync
         out["bubble_s"] = bubble_fraction(p, m) * step
         return out
+
+    def predict_memory(self, cfg: RunConfig) -> pd.DataFrame:
+        """Each stage its blocks' parameters, gradients and optimizer state, and its blocks' activations for one
+        micro-batch times the micro-batches its schedule keeps in flight (GPipe m, 1F1B at most p-s); with
+        replicas, its gradient sync's buffers (dpkit.cost.memory)."""
+        p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
+        layout = model_layout(cfg)
+        counts = list(cfg.stage_layers) or balanced_split(layout.block_sizes(), p)  # as stage_blocks cuts it
+        stages, start = [], 0
+        for s, count in enumerate(counts):
+            names, start = list(layout.blocks[start : start + count]), start + count
+            params, grads, state = memory.whole_model(cfg, names)
+            in_flight = peak_in_flight(schedule(cfg.schedule, m, p, s))
+            act = memory.activation_bytes(cfg, names, cfg.global_batch // (d * m), in_flight=in_flight)
+            buffers = memory.sync_buffers(cfg, [grads], d, memory.params_of(cfg, names)[1])
+            stages.append(memory.RankMemory(params, grads, state, act, buffers))
+        return memory.table([stages[r % p] for r in range(cfg.world_size)], self.roles(cfg))
 
     def build(self, ctx: RankContext) -> Strategy:
         return PipelineStage(ctx)

@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..comm import Group
+from ..runtime.memory import held_bytes
 from ..workloads import build_model
 from .base import RankContext, Strategy
 from .ps_layout import ShardLayout, flatten
@@ -30,6 +31,10 @@ class ParameterServer(Strategy):
         self.layout = ShardLayout(build_model(cfg, cfg.seed), cfg.num_servers)  # on the host: servers hold no GPU
         self.params = self.layout.params_of(self.index)
         self.numel = self.layout.numel_of(self.index)
+        mine = {id(p) for p in self.params}
+        for p in self.layout.params:  # a server keeps its shard only: the others' values are never read here
+            if id(p) not in mine:
+                p.data = torch.empty(0)
         self.opt = self.make_optimizer(self.params) if self.params else None
         # buffers kept from step to step (fresh ones would page-fault through every byte, every step):
         # one inbox row per worker, the averaged gradient (the parameters' .grad are views of it), the outbox
@@ -130,6 +135,11 @@ class ParameterServer(Strategy):
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         return self.layout.state_of(self.index)
+
+    def memory_state(self) -> dict[str, int]:
+        """Its shard, the averaged gradient (the shard's .grad are views of it), its optimizer's state, and the
+        inbox (a row per worker) and outbox it keeps from step to step."""
+        return held_bytes(self.params, [self.opt], [self.inbox, self.outbox])
 
     def extra(self) -> dict:
         return {

@@ -12,6 +12,7 @@ import time
 import torch
 
 from ..comm import Group
+from ..runtime.memory import tensor_bytes
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy
 from .ps_layout import ShardLayout, flatten, server_rank, unflatten_into
@@ -65,6 +66,11 @@ class PushPullWorker(Strategy):
 
     def end_of_step_group(self) -> Group | None:
         return None if self.cfg.sync == "ps-async" else self.ctx.comm.world
+
+    def memory_state(self) -> dict[str, int]:
+        """The model and its gradients (counted as every backward ends), and the packed gradients and pulled
+        parameters, kept from step to step: a worker holds the whole model, a server only its shard."""
+        return {**super().memory_state(), "buffers_bytes": tensor_bytes([*self.packed, *self.pulled])}
 
     def extra(self) -> dict:
         return {

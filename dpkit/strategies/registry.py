@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import data_parallel, hybrid, parameter_server, pipeline, single, tensor_parallel
+from . import data_parallel, hybrid, parameter_server, pipeline, sharded_data_parallel, single, tensor_parallel
 from .spec import StrategySpec
 
 if TYPE_CHECKING:
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 SPECS: tuple[StrategySpec, ...] = (
     single.SPEC,
+    sharded_data_parallel.SPEC,
     data_parallel.SPEC,
     parameter_server.SPEC,
     pipeline.SPEC,

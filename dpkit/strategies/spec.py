@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..cost import memory
+
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config import RunConfig
     from .base import RankContext, Strategy
 
@@ -43,6 +47,8 @@ class StrategySpec:
     description: str = ""
     #: fields only this strategy uses, whose non-default values are an error elsewhere (field -> default)
     exclusive_knobs: dict[str, Any] = {}
+    #: values of shared fields only this strategy accepts, an error elsewhere (field -> values), e.g. grad_sync 'fsdp'
+    exclusive_values: dict[str, tuple[Any, ...]] = {}
 
     # ---- which configs, which processes ----------------------------------------------------
     def selects(self, cfg: RunConfig) -> bool:
@@ -88,6 +94,11 @@ class StrategySpec:
     def baseline(self, cfg: RunConfig) -> RunConfig:
         return baseline_config(cfg)
 
+    def trains_like_baseline(self, cfg: RunConfig) -> bool:
+        """Whether this run must equal its single-process baseline step by step (every synchronous strategy
+        does; an asynchronous parameter server changes what is learned, and the kit shows how)."""
+        return True
+
     # ---- cost model hooks --------------------------------------------------------------------------
     def profile_batch(self, cfg: RunConfig) -> int:
         """Samples one rank pushes through the full model per forward: the compute profile to measure."""
@@ -100,6 +111,13 @@ class StrategySpec:
     def predict(self, cfg: RunConfig, model: Any, profile: Any, cores: int | None = None) -> dict[str, float]:
         """The cost model's step time and its parts (dpkit.cost.step_model); `model` is a Link or HostModel."""
         raise ValueError(f"the cost model has no step model for {self.label(cfg)}")
+
+    def predict_memory(self, cfg: RunConfig) -> pd.DataFrame:
+        """The memory model's bytes per process (dpkit.cost.memory): rank, role and the mem_* fields. Default:
+        every rank holds the whole model (ZeRO stage cfg.zero_stage shards it over the ranks) with its gradient
+        sync's buffers, and runs profile_batch samples in grad_accum micro-steps; other layouts override it."""
+        rank = memory.replicated(cfg, cfg.world_size, self.profile_batch(cfg) // cfg.grad_accum)
+        return memory.table([rank] * self.num_processes(cfg), self.roles(cfg))
 
     # ---- the rank side -----------------------------------------------------------------------------
     def build(self, ctx: RankContext) -> Strategy:

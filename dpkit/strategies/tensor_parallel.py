@@ -17,17 +17,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..comm import Comm
+from ..cost import memory
 from ..cost.model import HostModel, Link, tensor_parallel_comm_time
 from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
-from ..workloads import Attention, FeedForward, build_model
+from ..workloads import Attention, FeedForward, build_model, model_layout, trainable_names
 from .base import RankContext, Strategy, trainable
 from .spec import StrategySpec, config_error
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..config import RunConfig
 from .tp_layers import SHARD_DIM, ColumnParallelLinear, RowParallelLinear, copy_to_parallel
 
 SHARD_KEY = "#shard-dim"  # owned_state key suffix: "block0.up.weight#shard-dim0"
+#: parameters whose tensors parallelize() splits over the ranks (by name ending); the rest are replicated
+TP_SPLIT = tuple(f".{m}.{w}" for m in ("attn.q", "attn.k", "attn.v", "up") for w in ("weight", "bias")) + (
+    ".attn.proj.weight",
+    ".down.weight",
+)
 
 
 class ParallelFeedForward(nn.Module):
@@ -155,6 +163,17 @@ class TensorParallelSpec(StrategySpec):
         act = 4.0 * cfg.global_batch * cfg.model_hidden * (cfg.seq_len if cfg.model == "transformer" else 1)
         comm = tensor_parallel_comm_time(act, cfg.world_size, 2 * blocks, model, cfg.allreduce_algo)
         return parts((f.t_forward + f.t_backward + f.t_optimizer) / cfg.world_size, comm, comm)
+
+    def predict_memory(self, cfg: RunConfig) -> pd.DataFrame:
+        """Each rank: the split matrices / t (column-parallel q, k, v and up with their biases, row-parallel
+        proj and down weights), the rest whole; the whole batch's activations, the wide ones / t (dpkit.cost.memory)."""
+        t, layout, trained = cfg.world_size, model_layout(cfg), set(trainable_names(cfg))
+        sizes = [(name, n // t if name.endswith(TP_SPLIT) else n) for name, n in layout.params]
+        mine = [n for name, n in sizes if name in trained]
+        act = memory.activation_bytes(cfg, layout.blocks, cfg.global_batch // cfg.grad_accum, tp=t)
+        params, grads = float(memory.VALUE_BYTES * sum(n for _, n in sizes)), float(memory.VALUE_BYTES * sum(mine))
+        rank = memory.RankMemory(params, grads, memory.optimizer_bytes(cfg, mine), act)
+        return memory.table([rank] * cfg.world_size, self.roles(cfg))
 
     def build(self, ctx: RankContext) -> Strategy:
         return TensorParallel(ctx)

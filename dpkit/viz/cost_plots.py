@@ -23,17 +23,19 @@ def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
         for algo in algos:
             g = frame[(frame.world_size == n) & (frame.algo == algo)].sort_values("size_bytes")
             style = dict(color=colours[algo], linestyle=_STYLES[j % len(_STYLES)], marker="o", markersize=3)
-            ax_t.plot(g.size_bytes, g.time_s, label=f"{algo}, n={n}", **style)
+            ax_t.plot(g.size_bytes, g.time_s, label=f"{algo}, n={n} measured", **style)
             ax_b.plot(g.size_bytes, g.busbw_GBps, label=f"{algo}, n={n}", **style)
+            if "predicted_s" in g.columns:  # the model beside the measurement, never in its place
+                ax_t.plot(g.size_bytes, g.predicted_s, color=colours[algo], linestyle=":", alpha=0.6)
     for ax in (ax_t, ax_b):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("message size (bytes)")
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.set_ylabel("time per all-reduce (s, median)")
+    ax_t.set_ylabel("time per all-reduce (s, median)" + (": dotted = predicted by the model" if "predicted_s" in frame.columns else ""))
     ax_b.set_ylabel("bus bandwidth (GB/s) = S/t * 2(n-1)/n")
     ax_b.legend(fontsize=7, ncol=2)
-    fig.suptitle("all-reduce algorithms: measured")
+    fig.suptitle("all-reduce algorithms: measured" + (" (points) and predicted (dotted)" if "predicted_s" in frame.columns else ""))
     fig.tight_layout()
     return fig
 
@@ -170,4 +172,34 @@ def ps_vs_allreduce_plot(frame: pd.DataFrame) -> Figure:
     for ax in (ax_b, ax_t):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    return fig
+
+
+def link_bench_plot(frame: pd.DataFrame) -> Figure:
+    """Emulated links: measured time (points) against the pattern's formula (lines) over message size, a panel
+    per pattern, a colour per link; a cross marks a row the machine could not honour (its real transfer was
+    slower than the link). `frame` is `dpkit bench link`'s table."""
+    patterns = list(dict.fromkeys(frame.pattern))
+    fig = Figure(figsize=(4.2 * len(patterns), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(patterns), squeeze=False)[0]
+    colours = {k: f"C{i}" for i, k in enumerate(dict.fromkeys(frame.link))}
+    for ax, pattern in zip(axes, patterns, strict=True):
+        rows = frame[frame.pattern == pattern]
+        shapes = sorted(set(zip(rows.world_size, rows.servers, strict=True)))  # a line style per (n, k)
+        for (link, n, k), g in rows.groupby(["link", "world_size", "servers"], sort=False):
+            g = g.sort_values("size_bytes")
+            label = f"{link}, n={n}" + (f", k={k}" if k else "")
+            style = _STYLES[shapes.index((n, k)) % len(_STYLES)]
+            ax.plot(g.size_bytes, g.predicted_s, style, color=colours[link], alpha=0.7, label=label)
+            ok, bad = g[g.honoured], g[~g.honoured]
+            ax.plot(ok.size_bytes, ok.measured_s, "o", color=colours[link], markersize=4)
+            ax.plot(bad.size_bytes, bad.measured_s, "x", color=colours[link], markersize=6)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("message size S (bytes)")
+        ax.set_title(f"{pattern}: {rows.formula.iloc[0]}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("time (s): o measured, x not honoured, lines formula")
+    fig.suptitle("emulated links: measured against alpha + S/B x pattern")
     return fig

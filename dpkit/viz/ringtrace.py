@@ -90,6 +90,14 @@ def trace_ring(world_size: int = 4, numel: int = 1 << 16, timeout_s: float = 60.
     if numel < world_size:
         raise ValueError(f"numel={numel!r} is not allowed: at least world_size={world_size} values, one per chunk")
     with tempfile.TemporaryDirectory(prefix="dpkit-ring-") as tmp:
-        launch("dpkit.viz.ringtrace:trace_rank", {"numel": numel}, world_size, tmp, threads_per_rank=1, timeout_s=timeout_s)
+        launch(
+            "dpkit.viz.ringtrace:trace_rank",
+            {"numel": numel},
+            world_size,
+            tmp,
+            threads_per_rank=1,
+            timeout_s=timeout_s,
+            out_dir_is_temporary=True,
+        )
         rows = json.loads(Path(tmp, "trace.json").read_text())
     return pd.DataFrame(rows, columns=TRACE_COLUMNS).sort_values(["step", "rank"], ignore_index=True)

@@ -16,13 +16,19 @@ import ipywidgets as W
 import pandas as pd
 from IPython.display import clear_output, display
 from matplotlib.figure import Figure
+from traitlets import observe
 
-from ..api import run
-from ..config import RunConfig
-from ..results import RunResult
+from ..api import measured_run, repeat_name, run, run_row, summarize_repeats
+from ..comm.link import LINK_CHOICES, describe
+from ..config import ALLREDUCE_ALGOS, RunConfig
+from ..cost import memory_compare
+from ..cost.model import PRESETS, HostModel, Link
+from ..cost.predict import measure_compute
+from ..results import RunResult, bytes_source, role_kind
 from ..runtime.launch import RankFailedError, RunTimeoutError
+from ..runtime.queue import reporting
 from ..strategies.registry import spec_for
-from . import plots
+from . import memory_plots, plots
 from . import ps_tables as ps
 from .ringtrace import trace_ring
 
@@ -32,17 +38,18 @@ PanelResult = tuple[Figure, pd.DataFrame]
 
 # ---- the cache ---------------------------------------------------------------------------
 class RunCache:
-    """RunResults by RunConfig.run_id(); `launched` counts the runs that really started."""
+    """RunResults by RunConfig.run_id(), repeats by '<run_id>-r<k>' (sweep's folder names); `launched` counts the
+    runs that really started. Each run's machine load is recorded as sweep() records it (api.measured_run)."""
 
     def __init__(self, runner: Callable[[RunConfig], RunResult] = run) -> None:
         self.runner = runner
         self.results: dict[str, RunResult] = {}
         self.launched = 0
 
-    def get(self, cfg: RunConfig) -> RunResult:
-        key = cfg.run_id()
+    def get(self, cfg: RunConfig, repeat: int = 0) -> RunResult:
+        key = repeat_name(cfg, repeat)
         if key not in self.results:
-            self.results[key] = self.runner(cfg)
+            self.results[key] = measured_run(cfg, self.runner)
             self.launched += 1
         return self.results[key]
 
@@ -57,6 +64,23 @@ class RunCache:
             progress(len(configs), len(configs), "done")
         return out
 
+    def run_repeats(self, configs: Sequence[RunConfig], repeats: int, progress: Progress | None = None) -> list[list[RunResult]]:
+        """Every config `repeats` times, round-robin (A, B, C, then A, B, C again) so a drift in the machine's
+        load hits every config alike; per config, its repeats in order. Repeats already cached are not rerun."""
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r} is not allowed: a whole number of runs per config, at least 1")
+        out: list[list[RunResult]] = [[] for _ in configs]
+        total = len(configs) * repeats
+        for r in range(repeats):
+            for i, cfg in enumerate(configs):
+                if progress is not None:
+                    which = f", repeat {r + 1}/{repeats}" if repeats > 1 else ""
+                    progress(r * len(configs) + i, total, f"{cfg.parallelism}, world_size={cfg.world_size}{which}")
+                out[i].append(self.get(cfg, r))
+        if progress is not None:
+            progress(total, total, "done")
+        return out
+
     def __contains__(self, cfg: RunConfig) -> bool:
         return cfg.run_id() in self.results
 
@@ -67,14 +91,17 @@ class RunCache:
 CACHE = RunCache()
 
 
-def frame_of(results: Iterable[RunResult]) -> pd.DataFrame:
-    """One row per run, as dpkit.sweep returns them (with run_id first)."""
-    frames = []
-    for r in results:
-        f = r.to_frame()
-        f.insert(0, "run_id", r.config.run_id())
-        frames.append(f)
-    return pd.concat(frames, ignore_index=True)
+def frame_of(results: Iterable[RunResult | Sequence[RunResult]]) -> pd.DataFrame:
+    """One row per item, as dpkit.sweep returns them (run_id first, spread and noisy columns last).
+
+    An item is one RunResult or the repeats of one config (RunCache.run_repeats): those become one row of
+    medians with their spread (api.summarize_repeats); a single run still gets its within-run spread and load.
+    """
+    groups = []
+    for item in results:
+        runs = [item] if isinstance(item, RunResult) else list(item)
+        groups.append(pd.concat([run_row(r, repeat=k) for k, r in enumerate(runs)], ignore_index=True))
+    return summarize_repeats(groups)
 
 
 def baseline_of(cfg: RunConfig) -> RunConfig:
@@ -90,21 +117,32 @@ def one_run(cfg: RunConfig, cache: RunCache = CACHE, progress: Progress | None =
 
 
 def scaling(
-    base: RunConfig, world_sizes: Sequence[int] = (1, 2, 4), cache: RunCache = CACHE, progress: Progress | None = None
+    base: RunConfig,
+    world_sizes: Sequence[int] = (1, 2, 4),
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+    repeats: int = 3,
 ) -> PanelResult:
-    """Strong scaling of `base` (same global batch): world size 1 is the single-process baseline."""
+    """Strong scaling of `base` (same global batch): world size 1 is the single-process baseline.
+
+    Each world size runs `repeats` times, interleaved, and speedups are ratios of medians with error bars
+    from the repeats: a single run per point on a shared machine can show any speedup at all."""
     configs = [baseline_of(base) if n == 1 else base.replace(world_size=n) for n in world_sizes]
-    frame = plots.scaling_frame(frame_of(cache.run_all(configs, progress)))
+    frame = plots.scaling_frame(frame_of(cache.run_repeats(configs, repeats, progress)))
     frame["per_rank_batch"] = frame.global_batch // frame.world_size
     return plots.speedup_plot(frame), frame
 
 
 def compare(
-    base: RunConfig, field: str, values: Sequence[Any], cache: RunCache = CACHE, progress: Progress | None = None
+    base: RunConfig,
+    field: str,
+    values: Sequence[Any],
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+    repeats: int = 1,
 ) -> PanelResult:
-    """`base` with `field` set to each value: where each run's step time goes."""
-    results = cache.run_all([base.replace(**{field: v}) for v in values], progress)
-    frame = frame_of(results)
+    """`base` with `field` set to each value: where each run's step time goes (medians over `repeats`)."""
+    frame = frame_of(cache.run_repeats([base.replace(**{field: v}) for v in values], repeats, progress))
     return plots.time_breakdown_plot(frame, by=[field]), frame
 
 
@@ -149,14 +187,16 @@ def pipeline_bubble(
     configs = [base.replace(microbatches=m) for m in microbatches]
     results = cache.run_all(configs, progress)
     frame = frame_of(results)
-    shown = results[list(microbatches).index(show) if show in microbatches else -1]
+    shown = results[list(microbatches).index(show) if show is not None and show in microbatches else -1]
     fig = plots.timeline_plot(shown, steps=[shown.config.warmup])
     return fig, frame
 
 
-def compare_configs(configs: dict[str, RunConfig], cache: RunCache = CACHE, progress: Progress | None = None) -> PanelResult:
-    """Differently configured runs under the names given (e.g. one per strategy), side by side."""
-    frame = frame_of(cache.run_all(list(configs.values()), progress))
+def compare_configs(
+    configs: dict[str, RunConfig], cache: RunCache = CACHE, progress: Progress | None = None, repeats: int = 1
+) -> PanelResult:
+    """Differently configured runs under the names given (e.g. one per strategy), side by side (medians over `repeats`)."""
+    frame = frame_of(cache.run_repeats(list(configs.values()), repeats, progress))
     frame.insert(1, "label", list(configs))
     return plots.time_breakdown_plot(frame, by=["label"]), frame
 
@@ -223,6 +263,7 @@ class Panel(W.VBox):
         self.button = W.Button(description="Run", button_style="primary", icon="play")
         self.bar = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="200px"))
         self.status = W.HTML()
+        self._before_wait: str | None = None  # the status a wait for the machine's turn replaced
         self.output = W.Output()
         self.button.on_click(lambda _button: self.run())
         for name, control in controls.items():
@@ -247,12 +288,23 @@ class Panel(W.VBox):
         self.bar.value = done
         self.status.value = f"{done}/{total} runs" + ("" if what == "done" else f": {what}")
 
+    def _waiting(self, ahead: int) -> None:
+        """While a run waits for this machine's turn (other kernels' runs first), say so; then put the status back."""
+        if ahead > 0:
+            if self._before_wait is None:
+                self._before_wait = self.status.value
+            self.status.value = f"waiting: {ahead} run{'s' if ahead != 1 else ''} ahead of you"
+        elif self._before_wait is not None:
+            self.status.value, self._before_wait = self._before_wait, None
+
     def run(self) -> None:
         """What the Run button does: compute, then show the figure and the table (or the error)."""
         self.button.disabled = True
         self.error = None
+        self._before_wait = None
         try:
-            fig, frame = self.compute(**self.values(), progress=self._progress)
+            with reporting(self._waiting):  # runs inside report their place in the machine's queue here
+                fig, frame = self.compute(**self.values(), progress=self._progress)
         except (ValueError, NotImplementedError, RankFailedError, RunTimeoutError) as exc:
             self.error = exc
             self.status.value = f"<span style='color:#b00'>{type(exc).__name__}: {exc}</span>"
@@ -269,8 +321,22 @@ class Panel(W.VBox):
 
 
 # ---- panels the notebooks show ---------------------------------------------------------
+class _Dropdown(W.Dropdown):
+    """A Dropdown where None may be an option's value, e.g. ("unbounded", None). ipywidgets reads value None as
+    "nothing selected" and shows an empty box (issue 16), also right after the learner picked that option;
+    here None selects the option whose value is None."""
+
+    @observe("value")
+    def _propagate_value(self, change: dict) -> None:
+        if change["new"] is None and None in self._options_values:
+            self.index = self._options_values.index(None)
+        else:
+            super()._propagate_value(change)
+
+
 def _dropdown(options: Sequence, value: Any, description: str) -> W.Dropdown:
-    return W.Dropdown(options=list(options), value=value, description=description)
+    """A dropdown over values or (label, value) pairs."""
+    return _Dropdown(options=list(options), value=value, description=description)
 
 
 def _powers_up_to(n: int) -> list[int]:
@@ -287,6 +353,23 @@ SUMMARY_COLUMNS = [
     "idle_s",
     "bytes_sent_per_step",
     "final_loss",
+    "step_time_run_iqr_s",
+    "noisy",
+    "noise_reason",
+]
+SCALING_COLUMNS = [
+    "world_size",
+    "per_rank_batch",
+    "step_time_s",
+    "step_time_iqr_s",
+    "speedup",
+    "speedup_low",
+    "speedup_high",
+    "efficiency",
+    "comm_s",
+    "repeats",
+    "noisy",
+    "noise_reason",
 ]
 
 
@@ -311,19 +394,20 @@ def scaling_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         "global_batch": _dropdown([24, 48, 96, 192], base.global_batch, "global batch"),
         "grad_sync": _dropdown(["per-tensor", "flat", "bucketed", "ddp"], base.grad_sync, "grad sync"),
         "hidden": _dropdown([32, 128, 512], base.model_hidden, "model width (hidden)"),
+        "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per world size (interleaved)"),
     }
 
     def compute(
-        max_world_size: int, global_batch: int, grad_sync: str, hidden: int, progress: Progress | None = None
+        max_world_size: int, global_batch: int, grad_sync: str, hidden: int, repeats: int = 3, progress: Progress | None = None
     ) -> PanelResult:
         cfg = base.replace(global_batch=global_batch, grad_sync=grad_sync, hidden=hidden)
-        return scaling(cfg, list(range(1, max_world_size + 1)), cache, progress)
+        return scaling(cfg, list(range(1, max_world_size + 1)), cache, progress, repeats=repeats)
 
     return Panel(
         "Scaling: speedup and efficiency",
         controls,
         compute,
-        ["world_size", "per_rank_batch", "step_time_s", "speedup", "efficiency", "comm_s"],
+        SCALING_COLUMNS,
     )
 
 
@@ -364,15 +448,23 @@ def ring_panel() -> Panel:
 def pipeline_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """Micro-batches against the bubble: the timeline of one step, and measured beside formula.
 
-    base.global_batch must split into every micro-batch count offered (48 does: 1, 2, 3, 4, 6, 8)."""
+    The work per stage is a knob too (model width and global batch): with little work per micro-batch,
+    fixed costs per message and per call hide the bubble the formula describes. Every batch offered splits
+    into every micro-batch count offered (1, 2, 3, 4, 6, 8)."""
+    widths = sorted({base.model_hidden, 128, 512})
+    batches = sorted({base.global_batch, 48, 384})
     controls = {
         "world_size": W.IntSlider(value=base.world_size, min=2, max=4, description="stages p"),
         "microbatches": _dropdown([1, 2, 3, 4, 6, 8], base.microbatches, "micro-batches m"),
         "schedule": _dropdown(["naive", "gpipe", "1f1b"], base.schedule, "schedule"),
+        "hidden": _dropdown(widths, base.model_hidden, "work per stage: model width"),
+        "global_batch": _dropdown(batches, base.global_batch, "work per stage: global batch"),
     }
 
-    def compute(world_size: int, microbatches: int, schedule: str, progress: Progress | None = None) -> PanelResult:
-        cfg = base.replace(world_size=world_size, schedule=schedule)
+    def compute(
+        world_size: int, microbatches: int, schedule: str, hidden: int, global_batch: int, progress: Progress | None = None
+    ) -> PanelResult:
+        cfg = base.replace(world_size=world_size, schedule=schedule, hidden=hidden, global_batch=global_batch)
         return pipeline_bubble(cfg, [microbatches], microbatches, cache, progress)
 
     return Panel(
@@ -391,7 +483,7 @@ def ps_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         "straggler_delay_s": W.FloatSlider(
             value=base.straggler_delay_s, min=0.0, max=0.05, step=0.01, description="worker 0 delay (s)"
         ),
-        "max_staleness": _dropdown([None, 0, 1, 2], base.max_staleness, "staleness bound"),
+        "max_staleness": _dropdown([("unbounded", None), ("0", 0), ("1", 1), ("2", 2)], base.max_staleness, "staleness bound"),
     }
 
     def compute(
@@ -429,3 +521,338 @@ def strategy_panel(configs: Callable[[int, int], dict[str, RunConfig]], cache: R
         compute,
         ["label", "num_processes", "step_time_s", "compute_s", "comm_s", "bubble_s", "bytes_sent_per_step", "final_loss"],
     )
+
+
+# ---- will it fit? ---------------------------------------------------------------------------
+MEMORY_COLUMNS = [
+    "label", "predicted_peak_bytes", "measured_peak_bytes", "budget_bytes", "fits",
+    "predicted_wire_bytes_per_step", "predicted_step_time_s",
+]  # fmt: skip
+
+
+def memory_fit(
+    base: RunConfig,
+    world_size: int,
+    strategy: str,
+    budget_bytes: float,
+    link: Link | HostModel = PRESETS["10GbE"],
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+) -> PanelResult:
+    """Every strategy of memory_compare.strategy_configs at `world_size`: predicted bytes of its busiest rank
+    against a device of `budget_bytes`, predicted bytes on the wire and step time on `link`; `strategy` is
+    also run, so its measured bytes stand beside the prediction."""
+    configs = memory_compare.strategy_configs(base, world_size)
+    if strategy not in configs:
+        raise ValueError(f"strategy {strategy!r} is not allowed at world_size={world_size}: choose one of {sorted(configs)}")
+    (result,) = cache.run_all([configs[strategy]], progress)
+    profile = measure_compute(base, base.global_batch, 1, steps=4)  # one single-process run, scaled per strategy
+    costs = memory_compare.costs(configs, budget_bytes, link, profile)
+    measured = result.memory_frame()
+    costs["measured_peak_bytes"] = [
+        float(measured.loc[measured["rank"] == memory_compare.busiest_rank(memory_compare.predicted_frame(cfg), cfg), "mem_peak_bytes"].iloc[0])
+        if label == strategy else float("nan")
+        for label, cfg in configs.items()
+    ]  # fmt: skip
+    breakdown = memory_compare.breakdown(configs, {strategy: result})
+    name = link.name if isinstance(link, Link) else "this machine"
+    return memory_plots.memory_fit_plot(breakdown, costs, budget_bytes, name), costs
+
+
+def memory_panel(base: RunConfig, cache: RunCache = CACHE, link: Link | HostModel = PRESETS["10GbE"]) -> Panel:
+    """Will it fit? Model size, world size, the strategy to run, and a device's memory: which strategies
+    fit, and what each costs on the wire and in step time (predicted), the chosen one measured too."""
+    widths = (64, 128, 256)
+    sizes = [(f"{memory_compare.parameters(base.replace(hidden=h)) / 1e6:.2g}M parameters (hidden {h})", h) for h in widths]
+    names = list(memory_compare.strategy_configs(base, 4))
+    hidden = base.model_hidden if base.model_hidden in widths else 128
+    controls = {
+        "hidden": W.Dropdown(options=sizes, value=hidden, description="model size"),
+        "world_size": _dropdown([2, 4], 4, "ranks (devices)"),
+        "strategy": _dropdown(names, names[0], "run and measure"),
+        "budget_mb": _dropdown([1, 2, 4, 8, 16, 32, 64], 8, "memory per device (MB)"),
+    }
+
+    def compute(hidden: int, world_size: int, strategy: str, budget_mb: float, progress: Progress | None = None) -> PanelResult:
+        return memory_fit(base.replace(hidden=hidden), world_size, strategy, budget_mb * 1e6, link, cache, progress)
+
+    return Panel("Will it fit? Memory per device, bytes on the wire, step time", controls, compute, MEMORY_COLUMNS)
+
+
+# ---- the experiment: world size x sync mode, speedup and where the time goes ----------------
+SYNC_MODES = {"allreduce": "all-reduce", "ps": "parameter server", "ps-async": "async parameter server"}
+SCALINGS = ("strong", "weak")
+#: links a dropdown can offer: "custom" needs numbers a dropdown has no room for
+EXPERIMENT_LINKS: tuple[str, ...] = tuple(c for c in LINK_CHOICES if c != "custom")
+EXPERIMENT_STEPS = 4  # the panel's runs: 1 + modes x (N-1) configs x repeats of them must finish in a minute or two on 2 cores
+EXPERIMENT_HIDDEN = (32, 64, 128, 256)
+EXPERIMENT_BATCHES = (12, 24, 48, 96)  # global batches that split over 1..4 ranks (strong); per-rank batches (weak)
+EXPERIMENT_COLUMNS = [
+    "mode", "world_size", "processes", "global_batch", "per_rank_batch", "step_time_s", "step_time_iqr_s",
+    "speedup", "speedup_low", "speedup_high", "efficiency", "comm_s", "exposed_comm_s",
+    "worker_comm_s", "worker_exposed_comm_s", "server_comm_s", "server_exposed_comm_s",
+    "worker_bytes_per_step", "server_bytes_per_step", "bytes_source", "repeats", "noisy", "noise_reason",
+]  # fmt: skip
+ROLE_COLUMNS = ["role", "processes", "comm_s", "exposed_comm_s", "comm_iqr_s", "bytes_sent_per_step", "bytes_source", "repeats"]
+ROLE_SLUGS = {"parameter server": "server"}  # the wide columns' prefix per role kind; training roles are "worker"
+
+
+def mode_label(cfg: RunConfig) -> str:
+    """'all-reduce (ring)', 'parameter server (1 server)': the sync mode with the knob that shapes its traffic."""
+    servers = spec_for(cfg).num_processes(cfg) - cfg.world_size  # processes the strategy adds: parameter servers
+    if not servers:
+        return f"{SYNC_MODES[cfg.sync]} ({cfg.allreduce_algo})"
+    return f"{SYNC_MODES[cfg.sync]} ({servers} server{'s' if servers != 1 else ''})"
+
+
+def processes_label(cfg: RunConfig) -> str:
+    """What the launcher starts, in words: a PS's world_size counts its workers and the servers come on top."""
+    total = spec_for(cfg).num_processes(cfg)
+    if total == 1:
+        return "1 (single process)"
+    n, k = cfg.world_size, total - cfg.world_size
+    if k:
+        return f"{total} ({n} worker{'s' if n != 1 else ''} + {k} server{'s' if k != 1 else ''})"
+    return str(total)
+
+
+def mode_config(base: RunConfig, sync: str, world_size: int) -> RunConfig:
+    """`base` as a data-parallel run with `sync` on `world_size` training ranks (1: the single-process baseline).
+
+    Knobs the mode ignores are put back to their defaults (the all-reduce algorithm for a PS, the servers for
+    all-reduce), so changing them does not rerun configs they cannot affect."""
+    if sync not in SYNC_MODES:
+        raise ValueError(f"sync mode {sync!r} is not allowed: choose from {', '.join(map(repr, SYNC_MODES))}")
+    if sync == "allreduce":
+        cfg = base.replace(parallelism="data", sync=sync, world_size=world_size, num_servers=1, max_staleness=None)
+    else:
+        staleness = base.max_staleness if sync == "ps-async" else None
+        cfg = base.replace(
+            parallelism="data", sync=sync, world_size=world_size, allreduce_algo="native", zero_stage=0, max_staleness=staleness
+        )
+    return baseline_of(cfg) if world_size == 1 else cfg
+
+
+def _spread(values: pd.Series) -> float:
+    """IQR over repeats from 3 on, max - min below (as api.summarize_repeats gives step_time_iqr_s)."""
+    values = values.astype(float)
+    if len(values) >= 3:
+        return float(values.quantile(0.75) - values.quantile(0.25))
+    return float(values.max() - values.min())
+
+
+def role_comm(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """Per role kind (worker, parameter server, single process) of one config: comm and exposed comm per step
+    (per step the mean over that role's processes, then the median over timed steps, as summarize() takes
+    comm_s), bytes sent per step per process (mean, as bytes_sent_per_step_by_role) and whether they were
+    counted or priced by formula; medians over the repeats, with the comm time's spread over them.
+
+    A parameter server's comm time is its own: the mean over training ranks that summaries report hides it."""
+    rows = []
+    for r in runs:
+        cfg = r.config
+        kinds = [role_kind(role) for role in spec_for(cfg).roles(cfg)]
+        stats = r.step_stats()
+        timed = stats[stats.step >= cfg.warmup].copy()
+        timed["role_kind"] = [kinds[int(k)] if int(k) < len(kinds) else f"rank {k}" for k in timed["rank"]]
+        for kind, g in timed.groupby("role_kind", sort=False):
+            per_step = g.groupby("step")[["comm_s", "exposed_comm_s"]].mean().median()
+            ranks = sorted(int(k) for k in pd.unique(g["rank"]))
+            tl = r.timeline
+            rows.append(
+                {
+                    "role": kind,
+                    "processes": len(ranks),
+                    "comm_s": float(per_step.comm_s),
+                    "exposed_comm_s": float(per_step.exposed_comm_s),
+                    "bytes_sent_per_step": float(g.groupby("rank").bytes_sent.mean().mean()),
+                    "bytes_source": bytes_source(tl[tl["rank"].isin(ranks)] if len(tl) else tl),
+                }
+            )
+    if not rows:
+        return pd.DataFrame(columns=ROLE_COLUMNS)
+    per_run = pd.DataFrame(rows)
+    out = []
+    for kind, g in per_run.groupby("role", sort=False):
+        sources = set(g.bytes_source)
+        out.append(
+            {
+                "role": kind,
+                "processes": int(g.processes.iloc[0]),
+                "comm_s": float(g.comm_s.median()),
+                "exposed_comm_s": float(g.exposed_comm_s.median()),
+                "comm_iqr_s": _spread(g.comm_s),
+                "bytes_sent_per_step": float(g.bytes_sent_per_step.median()),
+                "bytes_source": sources.pop() if len(sources) == 1 else "mixed",
+                "repeats": len(g),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _check_experiment(world_sizes: Sequence[int], sync_modes: Sequence[str], scaling: str) -> list[int]:
+    if scaling not in SCALINGS:
+        raise ValueError(
+            f"scaling={scaling!r} is not allowed: choose 'strong' (same global batch) or 'weak' (same per-rank batch)"
+        )
+    if not sync_modes:
+        raise ValueError("sync_modes is empty: choose at least one of " + ", ".join(SYNC_MODES.values()))
+    for mode in sync_modes:
+        if mode not in SYNC_MODES:
+            raise ValueError(f"sync mode {mode!r} is not allowed: choose from {', '.join(map(repr, SYNC_MODES))}")
+    sizes = sorted({int(n) for n in world_sizes})
+    if not sizes or sizes[0] != 1:
+        raise ValueError(
+            f"world_sizes={list(world_sizes)!r} must include 1: the single-process baseline every speedup divides by"
+        )
+    return sizes
+
+
+def experiment_frames(
+    base: RunConfig,
+    world_sizes: Sequence[int] = (1, 2, 3),
+    sync_modes: Sequence[str] = ("allreduce", "ps"),
+    scaling: str = "strong",
+    repeats: int = 3,
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs behind `experiment`, as (frame, per_role): frame has one row per (mode, world size) with
+    medians over the repeats, their spread, speedup/efficiency and the per-role comm as worker_*/server_*
+    columns; per_role has one row per (mode, world size, role kind) (role_comm).
+
+    Strong scaling keeps base.global_batch at every world size; weak scaling takes it as the per-rank batch,
+    so world size N runs N times it. World size 1 is the single-process baseline, one run shared by every
+    mode. Every config runs `repeats` times, round-robin (RunCache.run_repeats), so a drift in the machine's
+    load hits all points alike."""
+    sizes = _check_experiment(world_sizes, sync_modes, scaling)
+    modes = list(dict.fromkeys(sync_modes))
+    grid: list[tuple[str, int, RunConfig]] = []
+    for mode in modes:
+        for n in sizes:
+            batch = base.global_batch * n if scaling == "weak" else base.global_batch
+            cfg = mode_config(base.replace(global_batch=batch), mode, n)
+            grid.append((mode_label(mode_config(base, mode, 2)), n, cfg))
+    unique = list({cfg.run_id(): cfg for _, _, cfg in grid}.values())
+    runs = dict(zip([c.run_id() for c in unique], cache.run_repeats(unique, repeats, progress), strict=True))
+    frame = frame_of([runs[cfg.run_id()] for _, _, cfg in grid])
+    frame.insert(1, "mode", [label for label, _, _ in grid])
+    frame.insert(2, "scaling", scaling)
+    frame["processes"] = [processes_label(cfg) for _, _, cfg in grid]
+    frame["per_rank_batch"] = frame.global_batch // frame.world_size
+    frame["link_description"] = [describe(cfg) for _, _, cfg in grid]  # the baseline has none: one process sends nothing
+    frame["link_not_honoured"] = [sum(bool(r.meta.get("link_not_honoured")) for r in runs[cfg.run_id()]) for _, _, cfg in grid]
+    parts = []
+    for label, n, cfg in grid:
+        roles = role_comm(runs[cfg.run_id()])
+        roles.insert(0, "mode", label)
+        roles.insert(1, "world_size", n)
+        parts.append(roles)
+    per_role = pd.concat(parts, ignore_index=True)
+    for i, (label, n, _) in enumerate(grid):
+        for _, row in per_role[(per_role["mode"] == label) & (per_role.world_size == n)].iterrows():
+            slug = ROLE_SLUGS.get(row.role, "worker")
+            for col, value in (
+                ("comm_s", row.comm_s),
+                ("exposed_comm_s", row.exposed_comm_s),
+                ("bytes_per_step", row.bytes_sent_per_step),
+            ):
+                frame.loc[frame.index[i], f"{slug}_{col}"] = value
+    return plots.scaling_frame(frame, hue="mode"), per_role
+
+
+def experiment(
+    base: RunConfig,
+    world_sizes: Sequence[int] = (1, 2, 3),
+    sync_modes: Sequence[str] = ("allreduce", "ps"),
+    scaling: str = "strong",
+    repeats: int = 3,
+    cache: RunCache = CACHE,
+    progress: Progress | None = None,
+) -> PanelResult:
+    """Speedup and communication per sync mode against world size (the kit's promised experiment): the
+    speedup says how well a mode scales, the comm rows say why; see experiment_frames for the runs and
+    plots.experiment_plot for the figure. The frame is experiment_frames' first."""
+    frame, per_role = experiment_frames(base, world_sizes, sync_modes, scaling, repeats, cache, progress)
+    return plots.experiment_plot(frame, per_role), frame
+
+
+def _batch_note(batch: int, scaling: str, max_world_size: int) -> str:
+    """The batch the control does not set, at every world size: the per-rank batch (strong) or the global one (weak)."""
+    sizes = range(1, max_world_size + 1)
+    if scaling == "weak":
+        return f"weak scaling: per-rank batch {batch}; global batch at world size 1..{max_world_size}: " + ", ".join(
+            str(batch * n) for n in sizes
+        )
+    per = ", ".join(str(batch // n) if batch % n == 0 else f"{batch / n:g} (does not split)" for n in sizes)
+    return f"strong scaling: global batch {batch}; per-rank batch at world size 1..{max_world_size}: {per}"
+
+
+def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
+    """World size, batch and sync mode against speedup and communication time (see `experiment`).
+
+    Runs at most EXPERIMENT_STEPS steps each and offers small models first: a press of Run is
+    1 + modes x (N - 1) configs, each `repeats` times, on a laptop's few cores."""
+    steps = min(base.steps, EXPERIMENT_STEPS)
+    quick = base.replace(steps=steps, warmup=min(base.warmup, steps - 1))
+    modes = [(label, key) for key, label in SYNC_MODES.items()]
+    chosen = tuple(dict.fromkeys(["allreduce", "ps", base.sync]))  # the base's own mode is always offered pre-selected
+    sizes = [
+        (f"{memory_compare.parameters(quick.replace(hidden=h)) / 1e3:.3g}k parameters (hidden {h})", h) for h in EXPERIMENT_HIDDEN
+    ]
+    small = base.model_hidden if base.model_hidden in EXPERIMENT_HIDDEN[:2] else EXPERIMENT_HIDDEN[0]
+    controls: dict[str, W.ValueWidget] = {
+        "max_world_size": W.IntSlider(value=3, min=2, max=4, description="largest world size"),
+        "scaling": W.ToggleButtons(
+            options=[("strong (same global batch)", "strong"), ("weak (same per-rank batch)", "weak")], description="scaling"
+        ),
+        "batch": _dropdown(
+            EXPERIMENT_BATCHES, base.global_batch if base.global_batch in EXPERIMENT_BATCHES else 24, "global batch"
+        ),
+        "sync_modes": W.SelectMultiple(options=modes, value=chosen, rows=3, description="sync modes"),
+        "allreduce_algo": _dropdown(ALLREDUCE_ALGOS, base.allreduce_algo, "all-reduce algorithm"),
+        "num_servers": W.IntSlider(value=base.num_servers, min=1, max=2, description="parameter servers"),
+        "hidden": W.Dropdown(options=sizes, value=small, description="model size"),
+        "link": _dropdown(EXPERIMENT_LINKS, base.link if base.link in EXPERIMENT_LINKS else "none", "emulated link"),
+        "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per point (interleaved)"),
+    }
+    if len(EXPERIMENT_LINKS) < 2:  # no emulated links to offer
+        del controls["link"]
+
+    def compute(
+        max_world_size: int,
+        scaling: str,
+        batch: int,
+        sync_modes: Sequence[str],
+        allreduce_algo: str,
+        num_servers: int,
+        hidden: int,
+        repeats: int,
+        link: str = "none",
+        progress: Progress | None = None,
+    ) -> PanelResult:
+        cfg = quick.replace(global_batch=batch, hidden=hidden, allreduce_algo=allreduce_algo, num_servers=num_servers)
+        if link != cfg.link:
+            cfg = cfg.replace(link=link, link_latency_s=None, link_bandwidth_Bps=None)
+        return experiment(cfg, range(1, max_world_size + 1), list(sync_modes), scaling, repeats, cache, progress)
+
+    panel = Panel(
+        "Experiment: world size, batch and sync mode against speedup and communication", controls, compute, EXPERIMENT_COLUMNS
+    )
+    note = W.HTML()
+    panel.batch_note = note  # type: ignore[attr-defined]
+
+    def update(_change: Any = None) -> None:
+        c = panel.controls
+        c["batch"].description = "per-rank batch" if c["scaling"].value == "weak" else "global batch"
+        note.value = _batch_note(c["batch"].value, c["scaling"].value, c["max_world_size"].value)
+        chosen_modes = set(c["sync_modes"].value)
+        c["allreduce_algo"].disabled = "allreduce" not in chosen_modes
+        c["num_servers"].disabled = not chosen_modes & {"ps", "ps-async"}
+
+    for name in ("batch", "scaling", "max_world_size", "sync_modes"):
+        controls[name].observe(update, names="value")
+    update()
+    grid = next(child for child in panel.children if isinstance(child, W.GridBox))
+    grid.children = (*grid.children, note)
+    return panel

@@ -1,0 +1,360 @@
+"""Emulated network links: every message between ranks takes at least the time a named link needs.
+
+On one laptop every "network" is a loopback copy, faster than Ethernet for big messages and with no
+queueing worth seeing, so the lessons about communication (a parameter server's incoming link fills up
+with n workers, a ring's links work in parallel, buckets hide the all-reduce behind the backward) do not
+show. With `RunConfig.link` set, each rank gets a LinkEmulator and its Comm paces every message by it.
+The real transfer still happens (results stay exactly those of single-process training); the emulator
+only makes the rank wait until the link would have delivered it.
+
+The model (alpha: latency per message, B: bandwidth per direction), on each rank:
+- one outgoing and one incoming port, each carrying B bytes/s; a message of S bytes occupies a port for
+  S/B, and messages queue on a busy port (first come, first served in the order the rank handles them);
+- a send posted at `now` leaves at out_start = max(now, out_free) and is complete at out_free = out_start
+  + S/B (the sender's buffer is free then: a send's wait sleeps until that time);
+- the receiver takes the message in at arrival = max(out_start + alpha, in_free) + S/B, in_free =
+  arrival: a receive's wait sleeps until then. So one message costs alpha + S/B; n workers pushing S to
+  one server take n*S/B at the server's incoming port; the links of a ring carry their traffic in
+  parallel (every rank sends on its own outgoing port).
+- the receiver learns out_start from a header: a one-number tensor (float64 seconds, the sender's
+  time.perf_counter) sent with tag HEADER_TAG just before each paced payload. All ranks of a run live on
+  one host and read one CLOCK_MONOTONIC, so the sender's time is the receiver's time: no shared state.
+- a backend collective (native all-reduce, broadcast, DDP's buckets) is opaque, so it is held instead:
+  the ranks agree (a one-number MAX all-reduce) on when the last of them was ready (entered, with its
+  ports free), and each waits until that time plus the collective's cluster-view cost on the link
+  (dpkit.cost.model terms for its algorithm, S and n); both ports are busy until then.
+- while it waits for the link, a rank sleeps (no spinning), so computation on another thread (the comm
+  thread of async all-reduces) really overlaps the emulated transfer.
+
+Honest labels: where the real transfer was slower than the link asked for (the payload was not there at
+its emulated arrival, or a held collective's real run ended after its deadline), the emulation could not
+be honoured: those messages are counted with their worst lateness (LinkEmulator.stats, meta
+"link_not_honoured"). Lateness under LATE_SLACK_S is timer and scheduler noise and not counted.
+Barriers are not paced (they carry no data). Limits: FIFO order on a port is the order in which the
+rank handles its messages (a receive handled late cannot take an earlier idle slot); ranks on several
+hosts would need their clock offsets, so emulation assumes one host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from ..cost.model import PRESETS, Link, Terms
+
+HEADER_TAG = 0x6C6E6B  # the tag of paced messages' headers, apart from payloads (tag 0), so any-source receives see headers only
+LATE_SLACK_S = 50e-6  # lateness under this is what waking up and returning from a wait costs: not counted
+LINK_CHOICES: tuple[str, ...] = ("none", *PRESETS, "custom")
+
+T = TypeVar("T")
+
+
+# ---- which link a run asked for ---------------------------------------------------------------
+def _bad(field_name: str, value: Any, allowed: str) -> ValueError:
+    """The shape of dpkit's config errors (dpkit.strategies.spec.config_error), without importing strategies."""
+    return ValueError(f"RunConfig.{field_name}={value!r} is not allowed: {allowed}")
+
+
+def validate_link(cfg: Any) -> None:
+    """RunConfig's link fields: a preset name, "none", or "custom" with both finite numbers > 0."""
+    name, latency, bandwidth = cfg.link, cfg.link_latency_s, cfg.link_bandwidth_Bps
+    if name not in LINK_CHOICES:
+        raise _bad("link", name, f"choose one of {', '.join(map(repr, LINK_CHOICES))} (presets: {', '.join(PRESETS)})")
+    for field_name, value in (("link_latency_s", latency), ("link_bandwidth_Bps", bandwidth)):
+        if name != "custom" and value is not None:
+            raise _bad(field_name, value, "None unless link='custom' (a preset brings its own latency and bandwidth)")
+        if name == "custom" and (value is None or not math.isfinite(value) or not value > 0):
+            raise _bad(field_name, value, "a finite number > 0 with link='custom'")
+
+
+def link_of(name: str, latency_s: float | None = None, bandwidth_Bps: float | None = None) -> Link | None:
+    """The Link for a config's values: None for "none", a preset by its key, or the custom numbers."""
+    if name == "none":
+        return None
+    if name == "custom":
+        if latency_s is None or bandwidth_Bps is None:
+            raise ValueError("link='custom' needs link_latency_s and link_bandwidth_Bps")
+        return Link(alpha=float(latency_s), bandwidth=float(bandwidth_Bps), name="custom")
+    if name not in PRESETS:
+        raise _bad("link", name, f"choose one of {', '.join(map(repr, LINK_CHOICES))} (presets: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def link_for(cfg: Any) -> Link | None:
+    """The run's emulated link (None: the machine as it is)."""
+    return link_of(cfg.link, cfg.link_latency_s, cfg.link_bandwidth_Bps)
+
+
+def human_bandwidth(bps: float) -> str:
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.3g} B/s"
+
+
+def human_seconds(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def link_label(link: Link) -> str:
+    return f"emulated link: {link.name}, alpha = {human_seconds(link.alpha)}, B = {human_bandwidth(link.bandwidth)}"
+
+
+def describe(cfg_or_meta: Any) -> str:
+    """One line for a figure's subtitle: which link the run emulated (from a RunConfig, a RunResult, or its
+    meta), and, from a result, whether the machine could honour it."""
+    meta = getattr(cfg_or_meta, "meta", cfg_or_meta)
+    if isinstance(meta, dict):
+        info = meta.get("link")
+        if not info:
+            return "no emulated link (the machine as it is)"
+        text = info.get("description") or link_label(
+            Link(alpha=info["alpha_s"], bandwidth=info["bandwidth_Bps"], name=info["name"])
+        )
+        late = meta.get("link_not_honoured")
+        if late:
+            text += (
+                f"; not honoured for {late['messages']} of {late['of']} messages "
+                f"(the machine was slower, by up to {human_seconds(late['worst_late_s'])})"
+            )
+        return text
+    link = link_for(cfg_or_meta)
+    return "no emulated link (the machine as it is)" if link is None else link_label(link)
+
+
+def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
+    """What a run records about its link: meta["link"] (the link and the paced counts) and, when some
+    message could not be honoured, meta["link_not_honoured"] (count, of how many, worst lateness)."""
+    link = link_for(cfg)
+    if link is None:
+        return {}
+    stats = [s for s in per_rank if s]
+    total = {k: sum(s[k] for s in stats) for k in ("messages", "collectives", "late")}
+    worst = max((s["worst_late_s"] for s in stats), default=0.0)
+    out: dict = {
+        "link": {
+            "key": cfg.link,
+            "name": link.name,
+            "alpha_s": link.alpha,
+            "bandwidth_Bps": link.bandwidth,
+            "description": link_label(link),
+            **total,
+            "worst_late_s": worst,
+        }
+    }
+    if total["late"]:
+        out["link_not_honoured"] = {
+            "messages": total["late"],
+            "of": total["messages"] + total["collectives"],
+            "worst_late_s": worst,
+        }
+    return out
+
+
+# ---- waiting without spinning -------------------------------------------------------------------
+_thread_state = threading.local()
+
+
+def _fine_timer_slack() -> None:
+    """Linux rounds a sleeping thread's wake-up up by its timer slack (50 us by default): set this thread's
+    to 1 us once, so a 574 us message (64 KiB on 1 GbE) is not over-slept by 10%."""
+    if getattr(_thread_state, "slack_set", False):
+        return
+    _thread_state.slack_set = True
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in ns; this thread only
+        except (OSError, AttributeError):
+            pass
+
+
+WAKE_HISTORY = 16  # recent wake-up delays a thread remembers
+
+
+def sleep_until(deadline: float) -> None:
+    """Sleep (not spin) until time.perf_counter() >= deadline, and wake up close to it.
+
+    A sleeping thread resumes some tens of microseconds after its timer (the scheduler's wake-up delay,
+    longer on a busy machine): 10% of a 64 KiB message on 1 GbE. So the timer is set that much early, by
+    the smallest delay among this thread's recent sleeps; a thread that still wakes before the deadline
+    sleeps again for the rest. Nothing is ever let through early."""
+    _fine_timer_slack()
+    history: list[float] = _thread_state.__dict__.setdefault("wake_delays", [])
+    early = min(history, default=0.0)
+    while (left := deadline - time.perf_counter()) > 0:
+        target = left - early if left > early else left
+        before = time.perf_counter()
+        time.sleep(target)
+        history.append(max(0.0, time.perf_counter() - before - target))
+        del history[:-WAKE_HISTORY]
+        early = 0.0
+
+
+# ---- the emulator ---------------------------------------------------------------------------------
+class PacedSend:
+    """A paced send in flight: wait() is the real send plus sleeping until the outgoing port is done."""
+
+    def __init__(self, works: list, done_at: float) -> None:
+        self.works, self.done_at = works, done_at
+        self._done = False
+
+    def wait(self) -> None:
+        if not self._done:
+            for w in self.works:
+                w.wait()
+            sleep_until(self.done_at)
+            self._done = True
+
+
+class PacedRecv:
+    """A paced receive: its header says when the message left the sender; wait() sleeps until it arrives."""
+
+    def __init__(self, emulator: LinkEmulator, header: torch.Tensor, header_work, payload_work, size: int) -> None:
+        self.emulator, self.header, self.size = emulator, header, size
+        self.header_work, self.payload_work = header_work, payload_work
+        self.left_at: float | None = None
+        self.arrival: float | None = None
+        self.late_s = 0.0  # how long after its emulated arrival the real transfer was seen to end (0: on time)
+        self._done = False
+
+    def read_header(self) -> float:
+        if self.left_at is None:
+            self.header_work.wait()
+            self.left_at = float(self.header.item())
+        return self.left_at
+
+    def wait(self) -> None:
+        if not self._done:
+            self.emulator.complete([self])
+
+
+class LinkEmulator:
+    """One rank's ports on an emulated link: paced point-to-point messages and held collectives.
+    Thread-safe (the comm thread and the training thread may both send)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.out_free = self.in_free = 0.0
+        self._lock = threading.Lock()
+        self.messages = self.collectives = self.late = 0
+        self.worst_late_s = 0.0
+
+    def seconds(self, terms: Terms) -> float:
+        """A pattern's time on this link from its cost-model terms (messages, bytes on the busiest link, ...)."""
+        messages, moved, *_ = terms
+        return messages * self.link.alpha + moved / self.link.bandwidth
+
+    # -- point to point -----------------------------------------------------------------------
+    def isend(self, t: torch.Tensor, dst: int, group=None) -> PacedSend:
+        """Post `t` to global rank `dst`: its header, then the payload; the outgoing port is booked now."""
+        size = t.numel() * t.element_size()
+        with self._lock:
+            left = max(time.perf_counter(), self.out_free)
+            self.out_free = left + size / self.link.bandwidth
+            done = self.out_free
+        header = torch.tensor([left], dtype=torch.float64, device=t.device)
+        works = [dist.isend(header, dst, group=group, tag=HEADER_TAG), dist.isend(t, dst, group=group)]
+        return PacedSend(works, done)
+
+    def irecv(self, t: torch.Tensor, src: int, group=None) -> PacedRecv:
+        """Post a receive into `t` from global rank `src` (header and payload, in the order they were sent)."""
+        header = torch.empty(1, dtype=torch.float64, device=t.device)
+        header_work = dist.irecv(header, src, group=group, tag=HEADER_TAG)
+        return PacedRecv(self, header, header_work, dist.irecv(t, src, group=group), t.numel() * t.element_size())
+
+    def recv(self, t: torch.Tensor, src: int | None, group=None) -> int:
+        """Blocking receive into `t` from `src` (None: any rank); returns the sender's global rank."""
+        if src is None:  # any source: the first header to come names the sender, whose payload follows it
+            header = torch.empty(1, dtype=torch.float64, device=t.device)
+            src = dist.recv(header, None, group=group, tag=HEADER_TAG)
+            work = PacedRecv(self, header, None, dist.irecv(t, src, group=group), t.numel() * t.element_size())
+            work.left_at = float(header.item())
+        else:
+            work = self.irecv(t, src, group)
+        work.wait()
+        return src
+
+    def complete(self, works: list) -> None:
+        """Finish paced messages: the receives take the incoming port in the order their senders let them go
+        (so a server's n pushes queue as on a real port), then every send is waited for."""
+        receives = [w for w in works if isinstance(w, PacedRecv) and not w._done]
+        for w in receives:
+            w.read_header()
+        with self._lock:
+            for w in sorted(receives, key=lambda w: w.left_at):
+                if w.arrival is None:
+                    start = max(w.left_at + self.link.alpha, self.in_free)
+                    w.arrival = self.in_free = start + w.size / self.link.bandwidth
+        for w in sorted(receives, key=lambda w: w.arrival):
+            late = 0.0
+            if time.perf_counter() > w.arrival:  # the header itself came after the message was due
+                w.payload_work.wait()
+                late = time.perf_counter() - w.arrival
+                late = late if late > LATE_SLACK_S else 0.0
+            else:
+                sleep_until(w.arrival)
+                before = time.perf_counter()
+                w.payload_work.wait()
+                after = time.perf_counter()
+                if after - before > LATE_SLACK_S:  # the payload was not there when the link had delivered it
+                    late = after - w.arrival
+            w._done, w.late_s = True, late
+            self._count(late, collective=False)
+        for w in works:
+            if not isinstance(w, PacedRecv):
+                w.wait()
+
+    # -- backend collectives ----------------------------------------------------------------------
+    def hold(self, terms: Terms, group, run: Callable[[], T], device: torch.device | None = None) -> T:
+        """Run a backend collective (every rank of `group` calls this in the same order) and hold it until
+        the last rank was ready plus the pattern's time on the link (`terms`: cost.model's cluster view)."""
+        with self._lock:
+            ready = max(time.perf_counter(), self.out_free, self.in_free)
+        stamp = torch.tensor([ready], dtype=torch.float64, device=device)
+        dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group)
+        result = run()
+        deadline = float(stamp.item()) + self.seconds(terms)
+        late = time.perf_counter() - deadline
+        self._count(late if late > LATE_SLACK_S else 0.0, collective=True)
+        sleep_until(deadline)
+        with self._lock:
+            self.out_free, self.in_free = max(self.out_free, deadline), max(self.in_free, deadline)
+        return result
+
+    # -- honesty ------------------------------------------------------------------------------------
+    def _count(self, late: float, collective: bool) -> None:
+        with self._lock:
+            if collective:
+                self.collectives += 1
+            else:
+                self.messages += 1
+            if late > 0:
+                self.late += 1
+                self.worst_late_s = max(self.worst_late_s, late)
+
+    def reset_counts(self) -> None:
+        """Start counting afresh (a benchmark measures its repeats apart from its warm-up)."""
+        with self._lock:
+            self.messages = self.collectives = self.late = 0
+            self.worst_late_s = 0.0
+
+    def stats(self) -> dict:
+        """Paced receives and held collectives on this rank, and how many the machine could not honour."""
+        with self._lock:
+            return {
+                "messages": self.messages,
+                "collectives": self.collectives,
+                "late": self.late,
+                "worst_late_s": self.worst_late_s,
+            }

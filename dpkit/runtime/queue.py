@@ -1,0 +1,412 @@
+"""Runs on one machine take turns: a machine-wide first-come, first-served queue (issue 16).
+
+Why: thirty kernels of a workshop launching ranks at once on one server make every step time measure
+the others, not the strategy. So a run waits for its turn, and while it runs nobody else's does.
+
+How: each waiting run puts a ticket file in the queue folder (default /tmp/dpkit-queue, mode 1777 so
+every user of the machine shares it; $DPKIT_QUEUE_DIR overrides). A ticket is written, flock()ed by
+its owner, and only then renamed into place, so every visible ticket is locked while its owner lives;
+the kernel drops the lock the moment the owner dies (kill -9 included), and the next waiter sees a
+ticket nobody locks as dead and skips (and, if it may, removes) it. Tickets are ordered by the
+time the kernel gave them on arrival (their inode change time, which no user can set back) and then by
+name, so nobody can jump the queue by naming a ticket; the turn belongs to the first live ticket.
+The owner's pid and process start time (/proc/<pid>/stat field 22) are in the ticket too: a lock
+kept alive by a leftover child of a dead owner does not count, nor does a reused pid.
+A turn that lasts longer than $DPKIT_QUEUE_MAX_TURN_S (default 1800 s: a stopped kernel, or a user
+holding the machine on purpose) is not waited for any longer. Threads of one process queue alike
+(one ticket each); a thread that already holds a turn is not queued again (run() inside a sweep).
+$DPKIT_QUEUE=off turns all of it off; a folder that cannot be used safely means a warning and no queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no machine queue
+    fcntl = None  # type: ignore[assignment]
+
+QUEUE_ENV = "DPKIT_QUEUE"  # "off" (or 0, false, no): runs do not take turns
+DIR_ENV = "DPKIT_QUEUE_DIR"  # where the tickets live; default DEFAULT_DIR
+MAX_TURN_ENV = "DPKIT_QUEUE_MAX_TURN_S"
+DEFAULT_DIR = Path("/tmp/dpkit-queue")  # not $TMPDIR: that can differ per user, and the queue is the machine's
+DEFAULT_MAX_TURN_S = 1800.0
+POLL_S = 0.1  # how often the next in line looks; those further back look less often (see _interval)
+PREFIX = "ticket."
+_OFF = {"off", "0", "false", "no"}
+
+Progress = Callable[[int], None]  # called with how many runs are ahead, each time that number changes
+
+
+@dataclass
+class Turn:
+    """What waiting for this machine cost a run; `meta()` is what the RunResult records."""
+
+    queued: bool  # False: queue off, unavailable, or (queue=False) not asked for
+    wait_s: float = 0.0
+    ahead_at_start: int = 0
+    loadavg_at_start: list[float] | None = field(default_factory=lambda: loadavg())
+
+    def meta(self) -> dict:
+        """queue_wait_s, queue_ahead_at_start, and the 1/5/15-minute load average now and when the turn began."""
+        return {
+            "queued": self.queued,
+            "queue_wait_s": round(self.wait_s, 3),
+            "queue_ahead_at_start": self.ahead_at_start,
+            "loadavg_at_start": self.loadavg_at_start,
+            "loadavg_at_end": loadavg(),
+        }
+
+
+def loadavg() -> list[float] | None:
+    """The machine's 1, 5 and 15-minute load averages (/proc/loadavg), or None where there are none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def enabled() -> bool:
+    """False when $DPKIT_QUEUE says off: an expert's switch for everything this process runs."""
+    return os.environ.get(QUEUE_ENV, "on").strip().lower() not in _OFF
+
+
+def max_turn_s() -> float:
+    try:
+        value = float(os.environ.get(MAX_TURN_ENV, DEFAULT_MAX_TURN_S))
+    except ValueError:
+        return DEFAULT_MAX_TURN_S
+    return value if value > 0 else DEFAULT_MAX_TURN_S
+
+
+_reporter: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("dpkit_queue_reporter", default=None)
+
+
+@contextlib.contextmanager
+def reporting(progress: Progress) -> Iterator[None]:
+    """Within the block, machine_turn() calls without a progress callback report to `progress`.
+
+    Why: a notebook Panel learns how many runs are ahead of it without every function between the
+    Run button and run() taking a callback."""
+    token = _reporter.set(progress)
+    try:
+        yield
+    finally:
+        _reporter.reset(token)
+
+
+_local = threading.local()  # .turn: the Turn this thread holds, if any
+
+
+@contextlib.contextmanager
+def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Iterator[Turn]:
+    """Wait for this machine's turn, hold it for the block, give it up after (even on an exception).
+
+    `progress(ahead)` is called with how many runs are ahead whenever that changes, last with 0.
+    A thread already holding a turn gets that turn again at once; queue=False, $DPKIT_QUEUE=off or a
+    folder that cannot be used give an unqueued Turn."""
+    held = getattr(_local, "turn", None)
+    if held is not None:
+        yield held
+        return
+    folder = queue_dir() if queue and enabled() and fcntl is not None else None
+    if folder is None:
+        yield Turn(queued=False)
+        return
+    report = progress or _reporter.get()
+    t0 = time.monotonic()
+    try:
+        ticket = _Ticket(folder)
+    except OSError as exc:  # a full disk or a folder changed under us: run, unqueued, rather than fail the run
+        _warn_once(f"dpkit: runs on this machine do not take turns: cannot queue in {folder} ({exc})")
+        ticket = None
+    if ticket is None:
+        yield Turn(queued=False)
+        return
+    try:
+        try:
+            ahead = _wait_for_turn(ticket, report)
+            turn = Turn(queued=True, wait_s=time.monotonic() - t0, ahead_at_start=ahead)
+        except OSError as exc:
+            _warn_once(f"dpkit: stopped waiting for this machine's turn: the queue in {folder} failed ({exc})")
+            turn = Turn(queued=False, wait_s=time.monotonic() - t0)
+        _local.turn = turn
+        try:
+            yield turn
+        finally:
+            _local.turn = None
+    finally:
+        ticket.release()
+
+
+# ---- the folder ---------------------------------------------------------------------------------
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def queue_dir() -> Path | None:
+    """The queue folder, created if missing (mode 1777: shared by every user, each deleting only their own
+    tickets); None, with a warning, when it cannot be used safely: then runs do not queue."""
+    configured = os.environ.get(DIR_ENV)
+    path = Path(configured) if configured else DEFAULT_DIR
+    problem = _prepare(path, follow=bool(configured))
+    if problem is None:
+        return path
+    _warn_once(f"dpkit: runs on this machine do not take turns: queue folder {path} {problem} (set {DIR_ENV} or {QUEUE_ENV}=off)")
+    return None
+
+
+def _prepare(path: Path, follow: bool) -> str | None:
+    """Why `path` cannot hold the queue, or None. The default folder must not be a symlink (someone else's
+    link could point it anywhere); a folder others may write to must be sticky, or anyone could delete tickets."""
+    try:
+        os.mkdir(path, 0o1777)
+        os.chmod(path, 0o1777)  # mkdir's mode is cut by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror})"
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory" if not stat.S_ISLNK(st.st_mode) else "is a symbolic link"
+    if not follow and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o1777)
+            st = os.lstat(path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        return "is writable by others but not sticky (mode 1777): anyone could delete the tickets in it"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
+
+
+# ---- tickets ------------------------------------------------------------------------------------
+_own_fds: set[int] = set()  # our tickets' locked descriptors: a forked child must not keep a lock alive
+_own_lock = threading.Lock()
+
+
+def _close_own_in_child() -> None:
+    for fd in list(_own_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _own_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_own_in_child)
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _proc_start(pid: int) -> int | None:
+    """Process start time in clock ticks since boot (/proc/<pid>/stat field 22); None if there is no such
+    process, or only its zombie (dead, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Ticket:
+    """Our place in the queue: a locked file, renamed into the folder only once locked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.fd = -1
+        self._enter()
+
+    def _enter(self) -> None:
+        name = f"{time.monotonic_ns():020d}.{os.getpid()}.{secrets.token_hex(8)}"
+        self.name = PREFIX + name
+        tmp = self.folder / f"tmp.{name}"
+        info = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "pidns": _pid_ns()}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with _own_lock:
+                _own_fds.add(fd)
+            os.fchmod(fd, 0o644)  # readable by all, whatever the umask: the others must be able to test its lock
+            os.write(fd, json.dumps(info).encode())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, self.folder / self.name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self._close(fd)
+            raise
+        self.fd, self.ino = fd, os.fstat(fd).st_ino
+
+    @staticmethod
+    def _close(fd: int) -> None:
+        with _own_lock:
+            _own_fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def still_there(self) -> bool:
+        try:
+            return os.lstat(self.folder / self.name).st_ino == self.ino
+        except OSError:
+            return False
+
+    def reenter(self) -> None:
+        """Our ticket was deleted (a cleaner of /tmp, the folder's owner): queue again rather than run unqueued."""
+        self.release()
+        with contextlib.suppress(OSError):
+            _prepare(self.folder, follow=True)
+        self._enter()
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        if self.still_there():
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / self.name)
+        self._close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:  # a Ctrl-C between creating the ticket and guarding it must not keep our place
+        self.release()
+
+
+def _alive(path: Path, st: os.stat_result, my_ns: str) -> bool:
+    """Whether the ticket at `path` has a live owner: someone holds its lock, and its pid (when this process
+    can see that pid namespace) is still the process that wrote it. A file we cannot open and test is no ticket."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, PermissionError):
+        return False
+    except OSError:  # out of descriptors, say: look again next time rather than pass a live ticket for good
+        return True
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False  # nobody holds it: the owner is gone
+        except BlockingIOError:
+            pass
+        try:
+            info = json.loads(os.read(fd, 4096))
+            pid, start, ns = int(info["pid"]), info.get("start"), info.get("pidns")
+        except Exception:  # noqa: BLE001 -- anyone can write a ticket: nothing in one may crash the waiters
+            return True  # locked but unreadable: counts as a turn, bounded by the longest turn like any other
+        if not ns or ns != my_ns or start is None:
+            return True
+        now = _proc_start(pid)
+        if now is None:  # no such process, or one /proc hides from us (hidepid): only our own uid is sure
+            return st.st_uid != os.getuid()
+        return now == start
+    finally:
+        os.close(fd)
+
+
+class _Queue:
+    """One waiter's view of the queue folder; remembers dead tickets and how long the head has held its turn."""
+
+    def __init__(self, ticket: _Ticket) -> None:
+        self.ticket = ticket
+        self.skip: set[tuple[str, int]] = set()  # (name, inode) of tickets found dead or overstaying
+        self.head_since: dict[tuple[str, int], float] = {}
+        self.ns = _pid_ns()
+        self.limit = max_turn_s()
+
+    def ahead(self) -> int:
+        """How many live tickets are ahead of ours (0: the turn is ours)."""
+        folder = self.ticket.folder
+        tickets = []
+        mine = None
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:  # the folder was removed (a /tmp cleaner): so was our ticket
+            self.ticket.reenter()
+            return self.ahead()
+        for e in entries:
+            if e.name.startswith("tmp."):
+                _remove_if_abandoned(e)
+            if not e.name.startswith(PREFIX):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (e.name, st.st_ino) in self.skip:
+                continue
+            key = (st.st_ctime_ns, e.name)
+            if e.name == self.ticket.name and st.st_ino == self.ticket.ino:
+                mine = key
+            else:
+                tickets.append((key, e.name, st))
+        if mine is None:
+            self.ticket.reenter()
+            return self.ahead()
+        count = 0
+        for _key, name, st in sorted(t for t in tickets if t[0] < mine):
+            ident = (name, st.st_ino)
+            if not _alive(folder / name, st, self.ns):
+                self.skip.add(ident)
+                if st.st_uid == os.getuid():
+                    with contextlib.suppress(OSError):
+                        os.unlink(folder / name)
+                continue
+            if count == 0:  # the head: holding the turn (or about to)
+                since = self.head_since.setdefault(ident, time.monotonic())
+                if time.monotonic() - since > self.limit:
+                    self.skip.add(ident)
+                    _warn_once(
+                        f"dpkit: a run (ticket {name}) has held this machine for over {self.limit:g} s; "
+                        f"not waiting for it any longer (${MAX_TURN_ENV})"
+                    )
+                    continue
+            count += 1
+        return count
+
+
+def _remove_if_abandoned(entry: os.DirEntry) -> None:
+    """A ticket of ours half-made by a process killed between creating and renaming it: gone after a minute."""
+    with contextlib.suppress(OSError):
+        st = entry.stat(follow_symlinks=False)
+        if st.st_uid == os.getuid() and time.time_ns() - st.st_ctime_ns > 60e9:
+            os.unlink(entry.path)
+
+
+def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> int:
+    """Poll until no live ticket is ahead; returns how many were ahead at first."""
+    queue = _Queue(ticket)
+    first = last = None
+    while True:
+        ahead = queue.ahead()
+        if first is None:
+            first = ahead
+        if report is not None and ahead != last:
+            report(ahead)
+        last = ahead
+        if ahead == 0:
+            return first
+        time.sleep(min(1.0, POLL_S * (1 + ahead // 4)))  # those far back look less often: 30 waiters stay cheap

@@ -1,0 +1,284 @@
+"""Spread on every number: repeats run round-robin and resume one by one, rows carry medians with their spread,
+noisy rows say why, plots draw the repeats' range and a red warning, and the demo never shows a superlinear
+efficiency without a sentence explaining it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
+
+import dpkit.api
+from dpkit import RunConfig, RunResult, sweep
+from dpkit.api import flag_noise, runnable_outside, summarize_repeats, within_run_iqr
+from dpkit.demo import report
+from dpkit.viz import plots
+from dpkit.viz import widgets as w
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = RunConfig(
+    parallelism="data", model="mlp", hidden=16, layers=2, global_batch=8, steps=3, warmup=1, threads_per_rank=1, timeout_s=60
+)
+
+
+def counting_run(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
+    """dpkit.api.run, really run and recorded in launch order."""
+    calls: list[RunConfig] = []
+    real = dpkit.api.run
+    monkeypatch.setattr(dpkit.api, "run", lambda cfg, out=None: calls.append(cfg) or real(cfg, out))
+    return calls
+
+
+# ---- sweep: real runs ----------------------------------------------------------------------------
+def test_sweep_repeats_round_robin_gives_medians_and_resumes_per_repeat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting_run(monkeypatch)
+    frame = sweep(BASE, out=tmp_path, progress=False, repeats=3, world_size=[1, 2])
+    assert [c.world_size for c in calls] == [1, 2, 1, 2, 1, 2]  # round-robin, not 1, 1, 1, 2, 2, 2
+    ids = [BASE.replace(world_size=n).run_id() for n in (1, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{i}{s}" for i in ids for s in ("", "-r1", "-r2"))
+
+    assert frame.run_id.tolist() == ids and frame.repeats.tolist() == [3, 3]
+    for row, run_id in zip(frame.itertuples(), ids, strict=True):
+        runs = [RunResult.load(tmp_path / f"{run_id}{s}") for s in ("", "-r1", "-r2")]
+        times = np.array([r.summary["step_time_s"] for r in runs])
+        q25, q75 = np.percentile(times, [25, 75])
+        assert row.step_time_s == pytest.approx(np.median(times))
+        assert row.step_time_iqr_s == pytest.approx(q75 - q25)
+        assert (row.step_time_min_s, row.step_time_max_s) == pytest.approx((times.min(), times.max()))
+        assert row.samples_per_s == pytest.approx(BASE.global_batch / np.median(times))
+        assert row.comm_s == pytest.approx(np.median([r.summary["comm_s"] for r in runs]))
+        per_run = []
+        for r in runs:  # within a run: per timed step, the slowest rank; then the IQR over the steps
+            stats = r.step_stats()
+            steps = stats[stats.step >= BASE.warmup].groupby("step").step_time_s.max()
+            per_run.append(np.subtract(*np.percentile(steps, [75, 25])))
+            assert "busy_outside" in r.meta["load"]  # the load it ran under is saved with it
+        assert row.step_time_run_iqr_s == pytest.approx(np.median(per_run))
+    assert frame.noisy.dtype == bool and all(isinstance(r, str) for r in frame.noise_reason)
+    assert (frame.cpu_count >= 1).all() and (frame.busy_processes >= frame.other_busy_processes).all()
+    assert not frame.resumed.any()
+
+    shutil.rmtree(tmp_path / f"{ids[1]}-r1")  # lose one repeat of one config
+    calls.clear()
+    again = sweep(BASE, out=tmp_path, progress=False, repeats=3, world_size=[1, 2])
+    assert [(c.world_size) for c in calls] == [2]
+    assert again.resumed.tolist() == [True, False] and again.resumed_repeats.tolist() == [3, 2]
+    assert again.step_time_s.iloc[0] == frame.step_time_s.iloc[0]  # the same three runs, loaded
+
+    calls.clear()
+    more = sweep(BASE, out=tmp_path, progress=False, repeats=4, world_size=[1, 2])
+    assert [c.world_size for c in calls] == [1, 2] and more.repeats.tolist() == [4, 4]
+    assert (tmp_path / f"{ids[0]}-r3").is_dir()
+
+
+def test_sweep_refuses_bad_repeats_before_running_and_defaults_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting_run(monkeypatch)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="repeats"):
+            sweep(BASE, out=tmp_path, progress=False, repeats=bad, world_size=[1])
+    assert calls == [] and not list(tmp_path.iterdir())
+    one = sweep(BASE, progress=False, world_size=[1])
+    assert len(calls) == 1 and one.repeats.tolist() == [1] and one.step_time_iqr_s.tolist() == [0.0]
+
+
+def test_within_run_iqr_uses_the_slowest_rank_of_each_timed_step() -> None:
+    steps = pd.DataFrame(
+        {"rank": [0, 1] * 4, "step": [0, 0, 1, 1, 2, 2, 3, 3], "role": ["worker"] * 8,
+         "start_s": [0.0] * 8, "end_s": [9.0, 9.0, 1.0, 2.0, 1.0, 4.0, 3.0, 1.0]}
+    )  # fmt: skip
+    timeline = pd.DataFrame(columns=["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"])
+    result = RunResult(BASE.replace(world_size=2, steps=4), [1.0] * 4, {}, timeline, steps, {})
+    assert within_run_iqr(result) == pytest.approx(np.subtract(*np.percentile([2.0, 4.0, 3.0], [75, 25])))  # step 0 is warm-up
+
+
+def test_load_counts_busy_processes_outside_the_run_only() -> None:
+    spin = [sys.executable, "-c", "while True: pass"]
+    busy = subprocess.Popen(spin)  # our child, as a run's ranks are
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # unrelated to `busy`
+    try:
+        time.sleep(0.5)
+        seen_from_us = [runnable_outside() for _ in range(5)]
+        seen_from_idle = [runnable_outside(me=idle.pid) for _ in range(5)]
+    finally:
+        busy.kill()
+        idle.kill()
+        busy.wait()
+        idle.wait()
+    assert all(s is not None and busy.pid not in s for s in seen_from_us)
+    assert any(s is not None and busy.pid in s for s in seen_from_idle)
+
+
+# ---- noise flags on hand-made rows (no processes) ---------------------------------------------------
+def _runs(times: list[float], **cols) -> pd.DataFrame:
+    """Per-run rows of one config, as run_row() makes them."""
+    return pd.DataFrame(
+        {"run_id": "x", "world_size": 1, "global_batch": 8, "step_time_s": times, "repeat": range(len(times)), **cols}
+    )
+
+
+def test_repeats_are_summarised_and_flagged_when_their_spread_exceeds_a_fifth_of_the_median() -> None:
+    calm, wide, two = summarize_repeats([_runs([1.0, 1.05, 1.1]), _runs([1.0, 1.1, 1.5]), _runs([1.0, 1.3])]).itertuples()
+    assert (calm.step_time_s, calm.step_time_iqr_s, calm.samples_per_s) == pytest.approx((1.05, 0.05, 8 / 1.05))
+    assert not calm.noisy and calm.noise_reason == ""
+    assert wide.step_time_iqr_s == pytest.approx(0.25) and wide.noisy  # quartiles 1.05 and 1.3
+    assert wide.noise_reason == "spread 23% of the median over 3 repeats"
+    assert two.step_time_iqr_s == pytest.approx(0.3) and two.repeats == 2  # below 3 repeats: max - min
+    assert two.noise_reason == "spread (max - min) 26% of the median over 2 repeats"
+    single = summarize_repeats([_runs([1.0])]).iloc[0]
+    assert single.step_time_iqr_s == 0.0 and not single.noisy
+
+
+def test_a_run_whose_own_steps_disagree_is_noisy() -> None:
+    ok, bad = flag_noise(
+        pd.DataFrame({"step_time_s": [1.0, 1.0], "repeats": [1, 1], "step_time_run_iqr_s": [0.3, 0.31]})
+    ).itertuples()
+    assert not ok.noisy
+    assert bad.noisy and bad.noise_reason == "steps within a run spread 31% of the median step"
+
+
+def test_busy_processes_beyond_the_cores_are_noisy_only_when_others_compete() -> None:
+    frame = flag_noise(
+        pd.DataFrame(
+            {
+                "step_time_s": [1.0] * 4,
+                "busy_processes": [5.0, 4.0, 2.0, 3.0],
+                "other_busy_processes": [3.0, 0.0, 1.0, 0.2],
+                "cpu_count": [2, 2, 2, 2],
+            }
+        )
+    )
+    assert frame.noisy.tolist() == [True, False, False, False]  # 4 ranks alone on 2 cores; 2 on 2; a blip of 0.2
+    assert frame.noise_reason[0] == "5 busy processes on 2 cores while measuring (3 of them outside the run)"
+    bare = flag_noise(pd.DataFrame({"step_time_s": [1.0], "world_size": [2]}))
+    assert bare.noisy.tolist() == [False] and bare.noise_reason.tolist() == [""]
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+def _scaling(times: dict[int, tuple[float, float, float]], noisy: dict[int, str] | None = None, **extra) -> pd.DataFrame:
+    """A sweep-like frame: world size -> (median, min, max) step time, one row each."""
+    rows = []
+    for n, (t, lo, hi) in times.items():
+        reason = (noisy or {}).get(n, "")
+        rows.append({"world_size": n, "global_batch": 48, "step_time_s": t, "samples_per_s": 48 / t, "step_time_min_s": lo,
+                     "step_time_max_s": hi, "repeats": 3, "noisy": bool(reason), "noise_reason": reason,
+                     **{k: (v[n] if isinstance(v, dict) else v) for k, v in extra.items()}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_speedup_bounds_pair_each_rows_range_with_the_baselines() -> None:
+    out = plots.scaling_frame(_scaling({1: (1.0, 0.9, 1.2), 2: (0.5, 0.4, 0.6)}))
+    assert out.speedup.tolist() == pytest.approx([1.0, 2.0])
+    assert out.speedup_low.tolist() == pytest.approx([1 / 1.2, 0.9 / 0.6])  # slowest here against fastest baseline
+    assert out.speedup_high.tolist() == pytest.approx([1 / 0.9, 1.2 / 0.4])
+    assert out.efficiency_high.tolist() == pytest.approx([1 / 0.9, 1.2 / 0.4 / 2])
+    plain = plots.scaling_frame(
+        pd.DataFrame({"world_size": [1, 2], "global_batch": 8, "step_time_s": [1.0, 0.5], "samples_per_s": [8, 16]})
+    )
+    assert plain.speedup_low.tolist() == plain.speedup_high.tolist() == pytest.approx([1.0, 2.0])
+
+
+def test_speedup_plot_draws_error_bars_integer_ticks_and_a_red_warning_for_noisy_rows() -> None:
+    frame = _scaling(
+        {1: (1.0, 0.9, 1.2), 2: (0.6, 0.5, 0.9), 4: (0.4, 0.35, 0.5)}, noisy={2: "spread 34% of the median over 3 repeats"}
+    )
+    frame["world_size"] = frame.world_size.astype(float)  # even float sizes get whole-number ticks
+    fig = plots.speedup_plot(frame)
+    data = plots.scaling_frame(frame)
+    for ax, col in zip(fig.axes, ("speedup", "efficiency"), strict=True):
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        segments = bars.lines[2][0].get_segments()
+        assert [seg[0][1] for seg in segments] == pytest.approx(data[f"{col}_low"].tolist())
+        assert [seg[1][1] for seg in segments] == pytest.approx(data[f"{col}_high"].tolist())
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    warned = [t for t in fig.texts if "noisy measurement at world size 2" in t.get_text()]
+    assert len(warned) == 1 and "spread 34%" in warned[0].get_text() and warned[0].get_color() == plots.WARNING_COLOR
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.title.get_window_extent(renderer))
+    calm = plots.speedup_plot(_scaling({1: (1.0, 0.95, 1.05), 2: (0.6, 0.58, 0.62)}))
+    assert not any("Warning" in t.get_text() for t in calm.texts)
+
+
+# ---- the demo's report ------------------------------------------------------------------------------
+DEMO_CORES = {"threads_per_rank": {1: 2, 2: 1, 4: 1}, "num_processes": {1: 1, 2: 2, 4: 4}, "cpu_count": 2, "comm_s": 0.01}
+
+
+def test_demo_report_explains_an_efficiency_above_what_the_cores_can_give() -> None:
+    t1 = 1.0
+    frame = _scaling(
+        {1: (t1, 0.7, 1.3), 2: (t1 / 5.08, 0.18, 0.21), 4: (0.6, 0.55, 0.65)},
+        noisy={1: "spread 34% of the median over 3 repeats"},
+        **DEMO_CORES,
+    )
+    text = report(frame)
+    assert "2.54" in text  # the table shows the efficiency...
+    assert (
+        "WARNING: efficiency 2.54 at world size 2 is above what 2 cores can give (speedup 5.08; the cores allow at most 1): "
+        "the measurement was noisy (world size 1: spread 34% of the median over 3 repeats)"
+    ) in text  # ...and says why it cannot be believed
+    assert "WARNING: noisy measurement at world size 1 (the baseline every speedup divides by)" in text
+    assert "limited by the cores" not in text and "cannot be read as they stand" in text
+    plot_text = " ".join(t.get_text() for t in plots.speedup_plot(frame).texts).replace("\n    ", " ")
+    assert "efficiency 2.54 at world size 2 is above what 2 cores can give" in plot_text
+
+
+def test_demo_report_warns_on_superlinear_even_when_the_repeats_agree() -> None:
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (1 / 2.6, 0.38, 0.39), 4: (0.6, 0.59, 0.61)}, **DEMO_CORES)
+    text = report(frame)
+    assert "WARNING: efficiency 1.30 at world size 2 is above what 2 cores can give" in text
+    assert "rerun with more repeats" in text and "limited by the cores" not in text
+    assert "does not come from" in text and "cannot be read as they stand" not in text  # no noise measured: say so
+
+
+def test_demo_report_conclusion_follows_the_numbers_when_they_are_clean() -> None:
+    within = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.98, 0.97, 0.99), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
+    assert "WARNING" not in within and "speedup is limited by the cores you have" in within
+    slower = report(_scaling({1: (1.0, 0.99, 1.01), 2: (1.2, 1.19, 1.21), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
+    assert "No world size beat the single process (best speedup 0.83, at world size 2)" in slower
+    beyond = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.7, 0.69, 0.71), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
+    assert "WARNING" not in beyond and "more than extra cores explain" in beyond and "limited by the cores" not in beyond
+
+
+def test_demo_quick_writes_spread_columns(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dpkit.cli", "demo", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=400, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(tmp_path / "demo.csv", keep_default_na=False, na_values=[""])
+    spread = ["step_time_iqr_s", "step_time_min_s", "step_time_max_s", "step_time_run_iqr_s", "speedup_low", "speedup_high",
+              "repeats", "busy_processes", "cpu_count", "noisy", "noise_reason"]  # fmt: skip
+    assert set(spread) <= set(frame.columns)
+    assert frame.world_size.tolist() == [1, 2, 4] and frame.repeats.tolist() == [3, 3, 3]
+    assert ((frame.step_time_min_s <= frame.step_time_s) & (frame.step_time_s <= frame.step_time_max_s)).all()
+    assert len(list((tmp_path / "runs").iterdir())) == 9
+    assert "step_time_iqr_s" in done.stdout
+    for row in frame.itertuples():
+        if row.noisy:
+            assert f"noisy measurement at world size {row.world_size}" in done.stdout
+        if row.world_size > 1 and row.efficiency > 1.2:
+            assert f"WARNING: efficiency {row.efficiency:.2f} at world size {row.world_size}" in done.stdout
+
+
+# ---- widgets ----------------------------------------------------------------------------------------
+def test_widget_scaling_repeats_interleaved_and_reuses_cached_repeats() -> None:
+    launched: list[int] = []
+    cache = w.RunCache(lambda cfg: launched.append(cfg.world_size) or dpkit.api.run(cfg))
+    fig, frame = w.scaling(BASE, [1, 2], cache=cache, repeats=2)
+    assert launched == [1, 2, 1, 2] and frame.repeats.tolist() == [2, 2]
+    assert {"speedup_low", "speedup_high", "step_time_iqr_s", "noisy"} <= set(frame.columns)
+    assert any(isinstance(c, ErrorbarContainer) for c in fig.axes[0].containers)
+    launched.clear()
+    _, frame = w.scaling(BASE, [1, 2], cache=cache)  # default: 3 repeats; the first two are cached
+    assert launched == [1, 2] and frame.repeats.tolist() == [3, 3]
+    panel = w.scaling_panel(BASE.replace(global_batch=24, hidden=32), cache)
+    assert panel.values()["repeats"] == 3
