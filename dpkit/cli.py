@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-world-size", type=int, default=4, help="largest world size in the grid (default: 4)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: 5)")
     p.add_argument("--quick", action="store_true", help="a small grid (for tests)")
+    p.add_argument("--dry-run", action="store_true", help="gpu_check only: run the GPU script on the CPU (labelled a dry run)")
     p.add_argument(
         "--gloo-loop",
         choices=gloo_loop.GLOO_LOOP_MODES,

@@ -300,7 +300,12 @@ class RunResult:
                     "tid": tracks[s.kind],
                     "ts": s.start_s * 1e6,
                     "dur": max(s.end_s - s.start_s, 0.0) * 1e6,
-                    "args": {"step": int(s.step), "bytes": int(s.bytes), "bytes_source": s.bytes_source, "blocking": bool(s.blocking)},
+                    "args": {
+                        "step": int(s.step),
+                        "bytes": int(s.bytes),
+                        "bytes_source": s.bytes_source,
+                        "blocking": bool(s.blocking),
+                    },
                 }
             )
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"dpkit": self.meta}}
@@ -333,7 +338,7 @@ class RunResult:
         for name, frame in (("losses.csv", self.losses_frame()), ("timeline.csv", self.timeline), ("steps.csv", self.steps)):
             files[name] = _write_atomic(folder / name, frame.to_csv(index=False).encode())
         buf = io.BytesIO()
-        np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in self.final_state_dict.items()})
+        np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in self.final_state_dict.items()})  # type: ignore[arg-type]
         files["state_dict.npz"] = _write_atomic(folder / "state_dict.npz", buf.getvalue())
         manifest = {
             "format": RESULT_FORMAT,

@@ -2,7 +2,7 @@
 # dpkit quick start: one command to install and run the demo, one to install and run the tests.
 #
 #   bash scripts/quickstart.sh run     # .venv + dpkit (torch only if missing), then `dpkit demo`
-#   bash scripts/quickstart.sh test    # .venv + dpkit[test], then pytest over tests/ and the notebooks
+#   bash scripts/quickstart.sh test    # .venv + dpkit[test], then ruff, mypy and pytest over tests/, the notebooks and the exercises
 #
 # Environment knobs:
 #   PYTHON=python3.12           interpreter for the virtual environment (3.10 or newer)
@@ -47,5 +47,20 @@ fi
 
 echo "== installing dpkit with its test extras"
 "${pip[@]}" -e ".[test]"
+# tests/test_browser.py runs the notebooks in JupyterLab in Chromium: Debian's package, not Playwright's download
+if [ -x /usr/bin/chromium ]; then
+  echo "== Chromium for the browser test: /usr/bin/chromium is there"
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== installing Chromium for the browser test: apt-get update -q && apt-get install -y -q chromium"
+  if ! { apt-get update -q && apt-get install -y -q chromium; }; then
+    echo "== Chromium could not be installed: tests/test_browser.py will be skipped" >&2
+  fi
+else
+  echo "== no /usr/bin/chromium, and installing it needs root and apt-get: tests/test_browser.py will be skipped" >&2
+fi
+echo "== lint (ruff) and types (mypy)"
+"$VENV/bin/python" -m ruff check dpkit tests notebooks exercises
+"$VENV/bin/python" -m ruff format --check dpkit tests notebooks exercises
+"$VENV/bin/python" -m mypy
 echo "== running the test suite"
-exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+exec "$VENV/bin/python" -m pytest tests notebooks exercises --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg

@@ -25,7 +25,15 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["00_start_here", "01_data_parallel", "02_allreduce", "03_parameter_server", "04_model_parallel", "05_compare_and_choose", "06_memory"]
+NAMES = [
+    "00_start_here",
+    "01_data_parallel",
+    "02_allreduce",
+    "03_parameter_server",
+    "04_model_parallel",
+    "05_compare_and_choose",
+    "06_memory",
+]
 
 # per notebook: which panels to drive and the values a learner would pick
 DRIVES = {

@@ -133,3 +133,28 @@ def test_traffic_and_async_plots() -> None:
     fig = plots.async_plot({"sync": curve, "async": curve}, hist)
     assert [p.get_height() for p in fig.axes[1].patches] == [5, 2, 1]
     assert isinstance(plots.async_plot({"sync": curve}), Figure)
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_ring_steps_plot_text_fits_its_cells(n: int) -> None:
+    """Issue 16: at 6 ranks the cells' labels ("0+1+2+3+4+5") ran over their cells and the chunk labels into each other."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    everything = 2**n - 1  # the longest label: a chunk that holds every rank's values
+    rows = [
+        {"step": s, "rank": r, "holds": [everything] * n, "recv_chunk": -1, "phase": "all-gather", "start_s": 0.0, "end_s": 1e-3}
+        for s in range(2 * (n - 1) + 1)
+        for r in range(n)
+    ]
+    fig = plots.ring_steps_plot(pd.DataFrame(rows))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in (a for a in fig.axes if a.images):
+        (x0, y0), (x1, y1) = ax.transData.transform([(0, 0), (1, 1)])
+        cell_w, cell_h = abs(x1 - x0), abs(y1 - y0)
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert box.width < 0.95 * cell_w and box.height < 0.95 * cell_h, (n, text.get_text(), box, cell_w, cell_h)
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+        assert all(a.x1 < b.x0 for a, b in zip(ticks, ticks[1:], strict=False)), f"chunk labels overlap at n={n}"

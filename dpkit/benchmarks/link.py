@@ -118,18 +118,20 @@ def link_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     for spec in payload["links"]:
         link = Link(alpha=spec["alpha"], bandwidth=spec["bandwidth"], name=spec["name"])
         comm = Comm(Recorder(rank, HostClock()), "ring", link)
+        emulator = comm.link
+        assert emulator is not None
         for size in payload["sizes"]:
             for _ in range(payload.get("warmup", 1)):
                 dist.barrier()
                 _once(pattern, comm, size, rank, world, servers, m, bufs)
-            comm.link.reset_counts()
+            emulator.reset_counts()
             times = []
             for _ in range(payload["repeats"]):
                 dist.barrier()
                 start = time.perf_counter()
                 _once(pattern, comm, size, rank, world, servers, m, bufs)
                 times.append((start, time.perf_counter()))
-            stats = comm.link.stats()
+            stats = emulator.stats()
             local.append(
                 {
                     "key": spec["key"],

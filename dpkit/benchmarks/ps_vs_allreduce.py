@@ -24,7 +24,11 @@ from ..strategies.base import trainable
 from ..viz.cost_plots import ps_vs_allreduce_plot
 from ..workloads import build_model
 
-METHODS: dict[str, dict[str, Any]] = {"ps k=1": {"sync": "ps", "num_servers": 1}, "ps k=2": {"sync": "ps", "num_servers": 2}, "ring": {"sync": "allreduce"}}
+METHODS: dict[str, dict[str, Any]] = {
+    "ps k=1": {"sync": "ps", "num_servers": 1},
+    "ps k=2": {"sync": "ps", "num_servers": 2},
+    "ring": {"sync": "allreduce"},
+}
 
 
 def base_config(quick: bool) -> RunConfig:

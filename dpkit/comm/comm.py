@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -46,7 +46,7 @@ class AsyncWork:
     def __init__(self, comm: Comm, name: str, start: float, nbytes_sent: int, source: str) -> None:
         self.comm, self.name, self.start, self.nbytes, self.source = comm, name, start, nbytes_sent, source
         self.done_at: float | None = None
-        self._work = None
+        self._work: Any = None  # the backend's Work, for a native collective
         self._future: Future | None = None
         self._recorded = False
 
@@ -300,7 +300,9 @@ class Comm:
     def send(self, t: torch.Tensor, dst: int, group: Group | None = None, name: str = "send") -> None:
         self.wait([self.isend(t, dst, group, name)], name)
 
-    def recv(self, t: torch.Tensor, src: int | None = None, group: Group | None = None, name: str = "recv", kind: str = "comm") -> int:
+    def recv(
+        self, t: torch.Tensor, src: int | None = None, group: Group | None = None, name: str = "recv", kind: str = "comm"
+    ) -> int:
         """Receive into `t` from global rank `src` (None: from any rank); returns the sender's rank. The wait
         is recorded as `kind`: a pipeline stage waiting for its neighbour is in the bubble, a server waiting
         for gradients is idle."""

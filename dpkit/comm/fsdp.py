@@ -74,7 +74,7 @@ def shard_blocks(model: nn.Sequential, comm: Comm, group: Group | None = None, a
     embedding and output head) is left to the root: one FSDP2 unit may not own a parameter another uses."""
     pg = (group or comm.world).group or dist.group.WORLD
     device_type = next(model.parameters()).device.type
-    mesh = DeviceMesh.from_group(pg, device_type)
+    mesh = DeviceMesh.from_group(pg, device_type)  # type: ignore[arg-type]
     owners: dict[int, list[str]] = {}
     for name, block in model.named_children():
         for p in block.parameters():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,7 @@ class GroupView:
 
     ranks: tuple[int, ...]
     me: int
-    group: object = None
+    group: Any = None  # the torch ProcessGroup (None: the default group)
     link: LinkEmulator | None = field(default=None, compare=False)
 
     @classmethod

@@ -20,9 +20,10 @@ The model (alpha: latency per message, B: bandwidth per direction), on each rank
   time.perf_counter) sent with tag HEADER_TAG just before each paced payload. All ranks of a run live on
   one host and read one CLOCK_MONOTONIC, so the sender's time is the receiver's time: no shared state.
 - a backend collective (native all-reduce, broadcast, DDP's buckets) is opaque, so it is held instead:
-  the ranks agree (a one-number MAX all-reduce) on when the last of them was ready (entered, with its
-  ports free), and each waits until that time plus the collective's cluster-view cost on the link
-  (dpkit.cost.model terms for its algorithm, S and n); both ports are busy until then.
+  the ranks agree (a one-number MAX all-reduce, in flight beside the collective itself) on when the last
+  of them was ready (entered, with its ports free), and each waits until that time plus the collective's
+  cluster-view cost on the link (dpkit.cost.model terms for its algorithm, S and n); both ports are busy
+  until then.
 - while it waits for the link, a rank sleeps (no spinning), so computation on another thread (the comm
   thread of async all-reduces) really overlaps the emulated transfer.
 
@@ -50,7 +51,7 @@ import torch.distributed as dist
 
 from ..cost.model import PRESETS, Link, Terms
 
-HEADER_TAG = 0x6C6E6B  # the tag of paced messages' headers, apart from payloads (tag 0), so any-source receives see headers only
+HEADER_TAG = 0x6C6E6B  # headers travel apart from payloads (tag 0): an any-source receive sees headers only
 LATE_SLACK_S = 50e-6  # lateness under this is what waking up and returning from a wait costs: not counted
 LINK_CHOICES: tuple[str, ...] = ("none", *PRESETS, "custom")
 
@@ -94,6 +95,7 @@ def link_for(cfg: Any) -> Link | None:
 
 
 def human_bandwidth(bps: float) -> str:
+    """125e6 -> "125 MB/s": labels in the units links are quoted in."""
     for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
         if bps >= scale:
             return f"{bps / scale:.3g} {unit}"
@@ -101,6 +103,7 @@ def human_bandwidth(bps: float) -> str:
 
 
 def human_seconds(s: float) -> str:
+    """5e-05 -> "50 us"."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if s >= scale:
             return f"{s / scale:.3g} {unit}"
@@ -108,6 +111,7 @@ def human_seconds(s: float) -> str:
 
 
 def link_label(link: Link) -> str:
+    """The human string for a run's link, e.g. "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s"."""
     return f"emulated link: {link.name}, alpha = {human_seconds(link.alpha)}, B = {human_bandwidth(link.bandwidth)}"
 
 
@@ -289,26 +293,28 @@ class LinkEmulator:
         """Finish paced messages: the receives take the incoming port in the order their senders let them go
         (so a server's n pushes queue as on a real port), then every send is waited for."""
         receives = [w for w in works if isinstance(w, PacedRecv) and not w._done]
-        for w in receives:
-            w.read_header()
+        left = [(w.read_header(), w) for w in receives]
+        due: list[tuple[float, PacedRecv]] = []
         with self._lock:
-            for w in sorted(receives, key=lambda w: w.left_at):
-                if w.arrival is None:
-                    start = max(w.left_at + self.link.alpha, self.in_free)
-                    w.arrival = self.in_free = start + w.size / self.link.bandwidth
-        for w in sorted(receives, key=lambda w: w.arrival):
+            for left_at, w in sorted(left, key=lambda p: p[0]):
+                arrival = w.arrival
+                if arrival is None:
+                    arrival = max(left_at + self.link.alpha, self.in_free) + w.size / self.link.bandwidth
+                    w.arrival = self.in_free = arrival
+                due.append((arrival, w))
+        for arrival, w in sorted(due, key=lambda p: p[0]):
             late = 0.0
-            if time.perf_counter() > w.arrival:  # the header itself came after the message was due
+            if time.perf_counter() > arrival:  # the header itself came after the message was due
                 w.payload_work.wait()
-                late = time.perf_counter() - w.arrival
+                late = time.perf_counter() - arrival
                 late = late if late > LATE_SLACK_S else 0.0
             else:
-                sleep_until(w.arrival)
+                sleep_until(arrival)
                 before = time.perf_counter()
                 w.payload_work.wait()
                 after = time.perf_counter()
                 if after - before > LATE_SLACK_S:  # the payload was not there when the link had delivered it
-                    late = after - w.arrival
+                    late = after - arrival
             w._done, w.late_s = True, late
             self._count(late, collective=False)
         for w in works:
@@ -322,8 +328,9 @@ class LinkEmulator:
         with self._lock:
             ready = max(time.perf_counter(), self.out_free, self.in_free)
         stamp = torch.tensor([ready], dtype=torch.float64, device=device)
-        dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group)
+        agreed = dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group, async_op=True)  # in flight beside run()
         result = run()
+        agreed.wait()
         deadline = float(stamp.item()) + self.seconds(terms)
         late = time.perf_counter() - deadline
         self._count(late if late > LATE_SLACK_S else 0.0, collective=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def comm_time(algo: str, size: float, n: int, model: Link | HostModel) -> float:
 
 
 def bucketed_overlap(
-    bucket_bytes: list[float], t_backward: float, n: int, link: Link | HostModel, algo: str = "native"
+    bucket_bytes: Sequence[float], t_backward: float, n: int, link: Link | HostModel, algo: str = "native"
 ) -> Overlap:
     """Buckets (in launch order) become ready as the backward produces their gradients, in proportion
     to their bytes; all-reduces run one at a time, each starting when its bucket is ready and the

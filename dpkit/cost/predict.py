@@ -110,7 +110,7 @@ def compare(cfg: RunConfig, link: Link | HostModel, result=None, profile: Comput
     """Predicted and measured side by side for one config: a row per quantity, with the relative error.
     Runs `cfg` (and the single-process compute profile) unless given; `result` may be a list of runs."""
     if result is None:
-            result = run(cfg)
+        result = run(cfg)
     measured = measured_quantities(result if isinstance(result, list) else [result])
     profile = profile or measure_compute(cfg, profile_batch(cfg), target_threads(cfg))
     pred = predict_step(cfg, link, profile)

@@ -147,7 +147,7 @@ def launch(
                         gloo_loop,
                         out_dir_is_temporary,
                     )
-                    p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)
+                    p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)  # type: ignore[attr-defined]
                     procs.append(p)  # before start(): a Ctrl-C inside start() must not leave it untracked
                     try:
                         with _sigint_held_back():
@@ -287,7 +287,7 @@ def _read_reports(open_links: dict, reports: dict) -> None:
 
 
 def _supervise(procs: list, links: list, deadline: float, roles: list[str], timeout_s: float) -> None:
-    first_failure = None
+    first_failure: float | None = None
     reports: dict[int, dict] = {}
     open_links = dict(enumerate(links))
     while True:
@@ -299,7 +299,7 @@ def _supervise(procs: list, links: list, deadline: float, roles: list[str], time
         now = time.monotonic()
         if failed and first_failure is None:
             first_failure = now
-        if failed and (all(c is not None for c in codes) or now - first_failure > GRACE_S):
+        if failed and first_failure is not None and (all(c is not None for c in codes) or now - first_failure > GRACE_S):
             _read_reports(open_links, reports)  # a rank sends before it exits: its report is here now
             raise _failure(procs, failed, reports, roles)
         if now > deadline:

@@ -124,7 +124,7 @@ class Recorder:
     def end_step(self) -> None:
         end = self.clock.mark()
         self.clock.sync()
-        start_s, end_s = self.clock.seconds(self._step_start), self.clock.seconds(end)
+        start_s, end_s = self.clock.seconds(self._step_start), self.clock.seconds(end)  # type: ignore[arg-type]
         new = [
             Span(self.rank, st, kind, name, self.clock.seconds(a), self.clock.seconds(b), nbytes, source, blocking)
             for st, kind, name, a, b, nbytes, source, blocking in self._pending

@@ -185,7 +185,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         strategy.close()
     gathered: list[dict] | None = [None] * world if rank == 0 else None  # type: ignore[list-item]
     dist.gather_object(mine, gathered, dst=0, group=ctrl)
-    if rank != 0:
+    if gathered is None:  # every rank but 0
         return
     meta.update(
         clock=clock.name,

@@ -46,6 +46,7 @@ class DataParallel(Strategy):
         model = build_model(cfg, cfg.seed + ctx.rank).to(ctx.device)
         broadcast_model(ctx, model, group)
         self.module = model
+        self.model: torch.nn.Module
         params = trainable(model)
         if cfg.grad_sync == "ddp":
             self.model = DistributedDataParallel(model, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
@@ -91,9 +92,9 @@ class DataParallel(Strategy):
             last = i == accum - 1
             if self.sync is not None:
                 self.sync.enabled = last
-                ctx = contextlib.nullcontext()
+                ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
             else:
-                ctx = contextlib.nullcontext() if last else self.model.no_sync()
+                ctx = contextlib.nullcontext() if last else self.model.no_sync()  # type: ignore[operator]
             with ctx:
                 mx, my = shard(xs, i, accum), shard(ys, i, accum)
                 if self.sync is None:
@@ -116,7 +117,6 @@ class DataParallel(Strategy):
         return {}
 
 
-
 class DataParallelSpec(StrategySpec):
     name = "data-allreduce"
     parallelism = "data"
@@ -134,7 +134,9 @@ class DataParallelSpec(StrategySpec):
     def label(self, cfg: RunConfig) -> str:
         return f"data/allreduce/{cfg.grad_sync}/{cfg.allreduce_algo}"
 
-    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    def predict(
+        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
+    ) -> dict[str, float]:
         """fwd + bwd + opt + gradient buffer copies (2S mu, not for per-tensor) + exposed all-reduce: all of
         it for per-tensor and flat; for bucketed/ddp what the backward does not hide (cost.model.bucketed_overlap),
         except on one host whose cores are all computing: there the copies take turns with the backward."""

@@ -160,7 +160,9 @@ class BucketedOverlapSync(GradSync):
             h.remove()
 
 
-def make_grad_sync(kind: str, params: list[nn.Parameter], comm: Comm, group: Group | None = None, bucket_mb: float = 1.0) -> GradSync:
+def make_grad_sync(
+    kind: str, params: list[nn.Parameter], comm: Comm, group: Group | None = None, bucket_mb: float = 1.0
+) -> GradSync:
     """The hand-written sync `kind` over `group` (default: every rank), with the run's all-reduce algorithm."""
     if kind == "per-tensor":
         return PerTensorSync(params, comm, group)

@@ -74,7 +74,6 @@ class ParameterServerSpec(StrategySpec):
                 "max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)"
             )
         if cfg.num_servers > 1:  # a server owns whole tensors: one past their number would hold an empty shard
-
             tensors = len(trainable_names(cfg))
             if cfg.num_servers > tensors:
                 raise config_error(
@@ -95,7 +94,9 @@ class ParameterServerSpec(StrategySpec):
     def label(self, cfg: RunConfig) -> str:
         return f"data/{cfg.sync}/k={cfg.num_servers}"
 
-    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    def predict(
+        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
+    ) -> dict[str, float]:
         """Sync: fwd + bwd + copies (2S + 2S/k, mu) + 2 alpha + 2 max(S, nS/k)/B + the servers' opt/k."""
         if cfg.sync != "ps":
             raise ValueError(f"RunConfig.sync={cfg.sync!r} has no step model: the cost model covers synchronous steps only")

@@ -235,7 +235,6 @@ def validate_stages(cfg: RunConfig, stages: int) -> None:
     if cfg.tie_weights:
         raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
     if cfg.freeze:  # a stage with nothing to train has an empty optimizer and fails only after the launch
-
         layout, trained = model_layout(cfg), {name.split(".")[0] for name in trainable_names(cfg)}
         counts = list(cfg.stage_layers) or balanced_split(layout.block_sizes(), stages)  # as stage_blocks cuts it
         start = 0
@@ -295,7 +294,9 @@ class PipelineSpec(StrategySpec):
     def label(self, cfg: RunConfig) -> str:
         return f"{cfg.parallelism}/{cfg.schedule}/m={cfg.microbatches}"
 
-    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    def predict(
+        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
+    ) -> dict[str, float]:
         """(m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its optimizer; with replicas,
         each stage's gradients all-reduced over them. A pipeline's stages hand work along, so the average
         share of the cores sets the pace: the stages busy outside the bubble, N (1 - bubble)."""

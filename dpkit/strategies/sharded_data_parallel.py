@@ -182,6 +182,7 @@ class _ShardedBase(Strategy):
         broadcast_model(ctx, self.module)  # ranks start from different seeds: the broadcast must align them
         self.compute = ComputeSpans(self.rec)
         self.syncing = True  # whether this micro-step's gradients are reduced (stage 1: only the last one)
+        self.opt: torch.optim.Optimizer  # each subclass makes it over the parameters it steps
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         accum = self.cfg.grad_accum
@@ -213,7 +214,7 @@ class _ShardedBase(Strategy):
     def optimizer_bytes(self) -> int:
         """Bytes of the optimizer's state tensors on this rank (SGD's momentum; Adam's two moments and step)."""
         return sum(
-            self.local_bytes(t) for state in self.opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)
+            int(self.local_bytes(t)) for state in self.opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)
         )
 
     def local_bytes(self, t: torch.Tensor) -> int:
@@ -259,6 +260,7 @@ class ShardedDataParallel(_ShardedBase):
             if unit.grad_flat is None:
                 unit.grad_flat = torch.zeros_like(unit.full)
                 self._buffers(+unit.full_bytes)
+            assert p.grad is not None  # the hook runs after the gradient was accumulated
             unit.grad_view(p).copy_(p.grad)
             p.grad = None
         unit.ready.add(p)
@@ -302,6 +304,7 @@ class ShardedDataParallel(_ShardedBase):
         if self.stage == 1:
             unit.shard.grad = summed.div_(self.world)
         else:
+            assert unit.shard.grad is not None  # stages 2 and 3 keep the shard's gradient between micro-steps
             unit.shard.grad.add_(summed.div_(self.world))
             unit.grad_flat = None  # the whole gradient is no longer needed
             self._buffers(-unit.full_bytes)
@@ -333,9 +336,11 @@ class ShardedDataParallel(_ShardedBase):
             if self.stage < 3:  # the shard was updated in place in `full`: gather everyone else's
                 self.comm.all_gather(unit.shard.detach(), unit.full, name=f"all-gather-{unit.name}")
             if self.stage == 1:
+                assert unit.grad_flat is not None
                 unit.grad_flat.zero_()
                 unit.shard.grad = None
             else:
+                assert unit.shard.grad is not None
                 unit.shard.grad.zero_()
 
     # -- stage 3: gather a block's parameters just before they are used, free them after ---------------

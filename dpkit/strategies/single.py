@@ -41,7 +41,9 @@ class SingleSpec(StrategySpec):
         if cfg.world_size != 1:
             raise config_error("world_size", cfg.world_size, "1 when parallelism='none' (single process)")
 
-    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    def predict(
+        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
+    ) -> dict[str, float]:
         f = step_facts(cfg, model, profile, oversubscription(cfg.num_processes, profile.threads, cores))
         return parts(f.t_forward + f.t_backward + f.t_optimizer, 0.0, 0.0)
 

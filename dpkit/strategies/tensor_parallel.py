@@ -156,7 +156,9 @@ class TensorParallelSpec(StrategySpec):
         if width % tp or hidden % tp:
             raise config_error("hidden", hidden, f"a size divisible by the tensor-parallel degree world_size={tp}")
 
-    def predict(self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:
+    def predict(
+        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
+    ) -> dict[str, float]:
         """(fwd + bwd + opt)/tp + 2 all-reduces of the activations per parallel block."""
         f = step_facts(cfg, model, profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
         blocks = sum(1 for m in f.model.modules() if isinstance(m, (FeedForward, Attention)))

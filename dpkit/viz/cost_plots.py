@@ -32,10 +32,14 @@ def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set_xlabel("message size (bytes)")
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.set_ylabel("time per all-reduce (s, median)" + (": dotted = predicted by the model" if "predicted_s" in frame.columns else ""))
+    ax_t.set_ylabel(
+        "time per all-reduce (s, median)" + (": dotted = predicted by the model" if "predicted_s" in frame.columns else "")
+    )
     ax_b.set_ylabel("bus bandwidth (GB/s) = S/t * 2(n-1)/n")
     ax_b.legend(fontsize=7, ncol=2)
-    fig.suptitle("all-reduce algorithms: measured" + (" (points) and predicted (dotted)" if "predicted_s" in frame.columns else ""))
+    fig.suptitle(
+        "all-reduce algorithms: measured" + (" (points) and predicted (dotted)" if "predicted_s" in frame.columns else "")
+    )
     fig.tight_layout()
     return fig
 
@@ -168,7 +172,9 @@ def ps_vs_allreduce_plot(frame: pd.DataFrame) -> Figure:
     ax_b.set(
         xlabel="workers n", ylabel="MiB moved per rank per step (sent + received)", title="traffic: measured (o), predicted (--)"
     )
-    ax_t.set(xlabel="workers n", ylabel="comm ms per step", title="comm time per worker / ring rank: measured (o), predicted (--)")
+    ax_t.set(
+        xlabel="workers n", ylabel="comm ms per step", title="comm time per worker / ring rank: measured (o), predicted (--)"
+    )
     for ax in (ax_b, ax_t):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -381,9 +381,10 @@ def ring_steps_plot(trace: pd.DataFrame) -> Figure:
     """
     steps = sorted(pd.unique(trace.step))
     n = int(trace["rank"].nunique())
-    cols = min(len(steps), 4)
+    wide = n > 4  # "0+1+2+3+4" no longer fits a cell on one line: fewer panels a row, labels on two lines
+    cols = min(len(steps), 3 if wide else 4)
     rows = int(np.ceil(len(steps) / cols))
-    fig = _figure((3.1 * cols, 0.55 * n * rows + 1.2 * rows))
+    fig = _figure((12.4 if wide else 3.1 * cols, ((0.45 if wide else 0.55) * n + 1.2) * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     cmap = matplotlib.colormaps["Blues"]
     for ax, step in zip(axes.flat, steps, strict=False):
@@ -392,7 +393,9 @@ def ring_steps_plot(trace: pd.DataFrame) -> Figure:
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=n + 1, aspect="auto")
         for r, (holds, recv) in enumerate(zip(part.holds, part.recv_chunk, strict=True)):
             for c, mask in enumerate(holds):
-                who = "+".join(str(k) for k in range(n) if mask >> k & 1)
+                ranks = [str(k) for k in range(n) if mask >> k & 1]
+                half = (len(ranks) + 1) // 2
+                who = "+".join(ranks[:half]) + "\n+" + "+".join(ranks[half:]) if wide and len(ranks) > 3 else "+".join(ranks)
                 ax.text(
                     c, r, who, ha="center", va="center", fontsize=7, color="white" if bin(mask).count("1") > n / 2 else "black"
                 )
@@ -403,7 +406,9 @@ def ring_steps_plot(trace: pd.DataFrame) -> Figure:
         ax.set_title(
             "start: rank r holds its own values" if step == 0 else f"step {step}: {phase}\n{ms:.2f} ms (slowest rank)", fontsize=8
         )
-        ax.set_xticks(range(n), [f"chunk {c}" for c in range(n)], fontsize=7)
+        ax.set_xticks(range(n), [str(c) if wide else f"chunk {c}" for c in range(n)], fontsize=7)
+        if wide:
+            ax.set_xlabel("chunk", fontsize=7, labelpad=1)
         ax.set_yticks(range(n), [f"rank {r}" for r in range(n)], fontsize=7)
     for ax in list(axes.flat)[len(steps) :]:
         ax.axis("off")
