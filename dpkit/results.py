@@ -214,6 +214,8 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "bytes_source": bytes_source(timeline),
         "timed_steps": int(cfg.steps - cfg.warmup),
         "final_loss": float(losses[-1]),
+        # same config + seed -> the same losses bit for bit, except where update order depends on timing (async PS)
+        "reproducible": spec_for(cfg).trains_like_baseline(cfg),
         "clock": meta.get("clock"),
         "threads_per_rank": meta.get("threads_per_rank"),
         "gloo_loop": meta.get("gloo_loop"),

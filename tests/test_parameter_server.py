@@ -149,3 +149,10 @@ def test_bad_ps_configs_fail_before_any_process_starts() -> None:
         PS.replace(world_size=2, fail_rank=0, fail_at_step=3)
     with pytest.raises(ValueError, match="num_servers"):
         PS.replace(world_size=2, num_servers=0)
+
+
+def test_async_is_labelled_not_reproducible_and_sync_is() -> None:
+    """Async updates land in the order the workers happen to arrive: the result says so, sync says the opposite."""
+    cfg = PS.replace(world_size=2, steps=2)
+    assert run(cfg).summary["reproducible"] is True
+    assert run(cfg.replace(sync="ps-async")).summary["reproducible"] is False
