@@ -22,7 +22,7 @@ from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step
 from ..workloads import build_model, loss_fn, shard
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .grad_sync import make_grad_sync
-from .spec import StrategySpec
+from .spec import DataSplitSpec
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -117,19 +117,13 @@ class DataParallel(Strategy):
         return {}
 
 
-class DataParallelSpec(StrategySpec):
+class DataParallelSpec(DataSplitSpec):
     name = "data-allreduce"
     parallelism = "data"
     description = "data parallelism with all-reduce (parallelism='data', sync='allreduce')"
 
     def selects(self, cfg: RunConfig) -> bool:
         return cfg.parallelism == "data" and cfg.sync == "allreduce" and cfg.zero_stage == 0
-
-    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
-        return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
-
-    def profile_batch(self, cfg: RunConfig) -> int:
-        return cfg.global_batch // cfg.world_size
 
     def label(self, cfg: RunConfig) -> str:
         return f"data/allreduce/{cfg.grad_sync}/{cfg.allreduce_algo}"

@@ -40,7 +40,7 @@ from .base import RankContext, Strategy
 from .ps_layout import assign_shards
 from .ps_server import ParameterServer
 from .ps_worker import PushPullWorker
-from .spec import StrategySpec, config_error
+from .spec import DataSplitSpec, config_error
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 
-class ParameterServerSpec(StrategySpec):
+class ParameterServerSpec(DataSplitSpec):
     name = "parameter-server"
     parallelism = "data"
     description = "an asynchronous parameter server (parallelism='data', sync='ps-async')"
@@ -84,12 +84,6 @@ class ParameterServerSpec(StrategySpec):
 
     def trains_like_baseline(self, cfg: RunConfig) -> bool:
         return cfg.sync == "ps"
-
-    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
-        return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
-
-    def profile_batch(self, cfg: RunConfig) -> int:
-        return cfg.global_batch // cfg.world_size
 
     def label(self, cfg: RunConfig) -> str:
         return f"data/{cfg.sync}/k={cfg.num_servers}"

@@ -52,7 +52,7 @@ from ..runtime.recorder import Recorder
 from ..workloads import build_model, loss_fn, shard
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .data_parallel import broadcast_model
-from .spec import StrategySpec, config_error
+from .spec import DataSplitSpec, config_error
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -487,7 +487,7 @@ class FSDP2DataParallel(_ShardedBase):
 
 
 # ---- the spec ---------------------------------------------------------------------------------------
-class ShardedDataParallelSpec(StrategySpec):
+class ShardedDataParallelSpec(DataSplitSpec):
     name = "data-zero"
     parallelism = "data"
     description = "sharded data parallelism, ZeRO (parallelism='data', sync='allreduce', zero_stage=1, 2 or 3)"
@@ -514,12 +514,6 @@ class ShardedDataParallelSpec(StrategySpec):
             raise config_error(
                 "grad_sync", cfg.grad_sync, "'flat' or 'bucketed' with zero_stage > 0 (or 'fsdp', torch FSDP2, with zero_stage=3)"
             )
-
-    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
-        return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
-
-    def profile_batch(self, cfg: RunConfig) -> int:
-        return cfg.global_batch // cfg.world_size
 
     def label(self, cfg: RunConfig) -> str:
         algo = "fsdp2" if cfg.grad_sync == "fsdp" else cfg.grad_sync

@@ -122,3 +122,14 @@ class StrategySpec:
     # ---- the rank side -----------------------------------------------------------------------------
     def build(self, ctx: RankContext) -> Strategy:
         raise NotImplementedError(f"strategy {self.name!r} has no implementation")
+
+
+class DataSplitSpec(StrategySpec):
+    """A strategy whose training ranks each take an equal slice of the global batch (data parallelism in all its
+    forms: all-reduce, parameter server, sharded), further cut into grad_accum micro-steps."""
+
+    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
+        return cfg.world_size * cfg.grad_accum, f"world_size*grad_accum={cfg.world_size}*{cfg.grad_accum}"
+
+    def profile_batch(self, cfg: RunConfig) -> int:
+        return cfg.global_batch // cfg.world_size
