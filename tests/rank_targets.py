@@ -71,3 +71,25 @@ def record_span(payload: dict, rank: int, world: int, out_dir: str) -> None:
     time.sleep(payload["s"])
     end = time.clock_gettime(time.CLOCK_MONOTONIC)
     Path(payload["log"], f"{payload['run']}-rank{rank}.json").write_text(json.dumps({"start": start, "end": end}))
+
+
+def background_held(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: on an emulated link, start two native all-reduces in the background back to back and
+    write, per work, when it was started, when its real run ended and when the link delivers it."""
+    import torch
+
+    from dpkit.comm import Comm
+    from dpkit.cost.model import Link
+    from dpkit.runtime.recorder import HostClock, Recorder
+
+    comm = Comm(Recorder(rank, HostClock()), "native", Link(alpha=payload["alpha"], bandwidth=payload["bandwidth"], name="slow"))
+    tensors = [torch.full((payload["numel"],), float(rank + 1)) for _ in range(2)]
+    dist.barrier()
+    works = [comm.all_reduce_async(t) for t in tensors]
+    for w in works:
+        w.wait()
+    sums = [float(t[0]) for t in tensors]
+    keys = comm.link.stats() if comm.link is not None else {}
+    comm.close()
+    rows = [{"start": w.start, "real_done": w.done_at, "deliver_at": w.deliver_at} for w in works]
+    Path(out_dir, f"held{rank}.json").write_text(json.dumps({"works": rows, "sums": sums, "stats": keys}))

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from ..cost.model import Link, Terms, broadcast_terms
 from .algorithms import ALGORITHMS, all_gather_into, allreduce_sum, predicted_bytes_sent, reduce_scatter_sum, shard_algo
 from .group import GroupView, nbytes
-from .link import LinkEmulator
+from .link import LinkEmulator, sleep_until
 
 if TYPE_CHECKING:
     from ..runtime.recorder import Recorder
@@ -41,11 +41,16 @@ R = TypeVar("R")
 
 
 class AsyncWork:
-    """A collective in flight. wait() blocks until it is done; its span [launch, completion] is recorded once."""
+    """A collective in flight. wait() blocks until it is done; its span [launch, completion] is recorded once.
+
+    On an emulated link a collective run on the comm thread is done when its real run has finished and the
+    link has delivered it (`deliver_at`): the comm thread does not sleep out the link itself, so the next
+    collective's real transfer is not kept waiting behind this one's emulated time."""
 
     def __init__(self, comm: Comm, name: str, start: float, nbytes_sent: int, source: str) -> None:
         self.comm, self.name, self.start, self.nbytes, self.source = comm, name, start, nbytes_sent, source
         self.done_at: float | None = None
+        self.deliver_at = 0.0  # when the emulated link delivers it (0: no link, or nothing held)
         self._work: Any = None  # the backend's Work, for a native collective
         self._future: Future | None = None
         self._recorded = False
@@ -53,10 +58,15 @@ class AsyncWork:
     def _mark_done(self, *_args) -> None:
         self.done_at = time.perf_counter()
 
+    def done(self) -> bool:
+        """Finished, and delivered by the link: wait() would return at once."""
+        real = self._future.done() if self._future is not None else self._work is None or self._work.is_completed()
+        return real and time.perf_counter() >= self.deliver_at
+
     def _record(self) -> None:
         if not self._recorded:
             self._recorded = True
-            end = self.done_at if self.done_at is not None else time.perf_counter()
+            end = max(self.done_at if self.done_at is not None else time.perf_counter(), self.deliver_at)
             self.comm.recorder.add("comm", self.name, self.start, max(end, self.start), self.nbytes, self.source, blocking=False)
 
     def wait(self) -> None:
@@ -64,6 +74,7 @@ class AsyncWork:
             self._work.wait()
         if self._future is not None:
             self.nbytes = self._future.result()
+        sleep_until(self.deliver_at)
         self._record()
 
 
@@ -93,6 +104,7 @@ class Comm:
         self.link = LinkEmulator(link) if link is not None else None
         self.bytes_received = 0
         self._thread: ThreadPoolExecutor | None = None
+        self._delivery: ThreadPoolExecutor | None = None
         self._world: Group | None = None
 
     # ---- groups ------------------------------------------------------------------------------
@@ -149,7 +161,7 @@ class Comm:
     ) -> AsyncWork:
         """Start a sum in place; native uses the backend's async op, hand-written ones a comm thread
         (one thread keeps the order of collectives identical on every rank); on an emulated link native
-        runs on the comm thread too, which sleeps out the link's time while the rank computes."""
+        runs on the comm thread too, held for the link's time from when it was started."""
         algo = algo or self.algo
         view = group or self.world
         start = time.perf_counter()
@@ -158,16 +170,29 @@ class Comm:
             work._work = dist.all_reduce(t, group=self._pg(group), async_op=True)
             work._work.get_future().then(work._mark_done)
         else:
-            if self._thread is None:
-                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-comm")
-
-            def job() -> int:
-                sent = allreduce_sum(t, algo, self._pg(group), self.link)
-                work._mark_done()
-                return sent
-
-            work._future = self._thread.submit(job)
+            self._submit(work, lambda: allreduce_sum(t, algo, self._pg(group), self.link))
         return work
+
+    def _submit(self, work: AsyncWork, collective: Callable[[], int]) -> None:
+        """Queue `work` on the comm thread: one thread runs them in the order they were started, so every
+        rank issues its collectives in the same order."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-comm")
+        work._future = self._thread.submit(self._job, work, collective)
+
+    def _job(self, work: AsyncWork, collective: Callable[[], int]) -> int:
+        """The comm thread's run of `work`. On an emulated link its held collectives count as ready from when
+        the work was started (not from when this thread got to them), and their delivery time is left on the
+        work (whoever waits sleeps until then) instead of being slept out here, which would keep the next
+        collective's real transfer waiting behind this one's emulated time."""
+        if self.link is None:
+            sent = collective()
+        else:
+            with self.link.deliver_later(work.start) as delivery:
+                sent = collective()
+            work.deliver_at = delivery.at
+        work._mark_done()
+        return sent
 
     def all_reduce_future(
         self, t: torch.Tensor, group: Group | None = None, name: str = "allreduce", then: Callable | None = None
@@ -186,17 +211,28 @@ class Comm:
             return work._work.get_future().then(native_done)
         out: torch.futures.Future = torch.futures.Future()
 
-        def thread_done(fut: Future) -> None:
+        def deliver(fut: Future) -> None:
             try:
-                work.nbytes = fut.result()
-                work._record()
+                work.wait()  # the real run is done; sleeps until the emulated link delivers it
                 out.set_result(finish(t))
             except Exception as exc:  # surface in the training thread, not a silent hang
                 out.set_exception(exc)
 
+        def thread_done(fut: Future) -> None:
+            if fut.exception() is None and work.deliver_at > time.perf_counter():
+                self._delivery_thread().submit(deliver, fut)  # not on the comm thread: it goes on to the next
+            else:
+                deliver(fut)
+
         assert work._future is not None
         work._future.add_done_callback(thread_done)
         return out
+
+    def _delivery_thread(self) -> ThreadPoolExecutor:
+        """Completes DDP's Futures when the emulated link delivers them, in the order they were started."""
+        if self._delivery is None:
+            self._delivery = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-deliver")
+        return self._delivery
 
     # ---- the ring's halves as collectives of their own: sharded data parallelism -------------------
     # Both run algorithms.shard_algo(the run's all-reduce algorithm): the hand-written ring's halves for
@@ -244,15 +280,7 @@ class Comm:
         """Run `job` (a collective that returns the bytes it sent) on the comm thread. One thread runs them
         one at a time in the order they were started, so every rank issues its collectives in the same order."""
         work = AsyncWork(self, name, time.perf_counter(), predicted_bytes, _source(algo))
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpkit-comm")
-
-        def run() -> int:
-            sent = job()
-            work._mark_done()
-            return sent
-
-        work._future = self._thread.submit(run)
+        self._submit(work, job)
         return work
 
     def _view(self, group: Group | None) -> GroupView:
@@ -318,9 +346,10 @@ class Comm:
         return sender
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
+        for pool in (self._thread, self._delivery):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._thread = self._delivery = None
 
 
 def _source(algo: str) -> str:

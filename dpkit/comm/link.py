@@ -20,10 +20,12 @@ The model (alpha: latency per message, B: bandwidth per direction), on each rank
   time.perf_counter) sent with tag HEADER_TAG just before each paced payload. All ranks of a run live on
   one host and read one CLOCK_MONOTONIC, so the sender's time is the receiver's time: no shared state.
 - a backend collective (native all-reduce, broadcast, DDP's buckets) is opaque, so it is held instead:
-  the ranks agree (a one-number MAX all-reduce, in flight beside the collective itself) on when the last
-  of them was ready (entered, with its ports free), and each waits until that time plus the collective's
-  cluster-view cost on the link (dpkit.cost.model terms for its algorithm, S and n); both ports are busy
-  until then.
+  the ranks agree (through the run's store: a set and a blocking read, no gloo message) on when the last
+  of them was ready (started it, with its ports free), and each waits until that time plus the
+  collective's cluster-view cost on the link (dpkit.cost.model terms for its algorithm, S and n); both
+  ports are busy until then. One started in the background (Comm.all_reduce_async, DDP's hook) counts as
+  ready from when it was started, not from when the comm thread got to it, and the comm thread does not
+  sleep out its link time: it goes on to the next one, and whoever uses the result waits for the delivery.
 - while it waits for the link, a rank sleeps (no spinning), so computation on another thread (the comm
   thread of async all-reduces) really overlaps the emulated transfer.
 
@@ -43,7 +45,8 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -205,7 +208,41 @@ def sleep_until(deadline: float) -> None:
         early = 0.0
 
 
+_NOT_RUN = object()
+
+
+class Agreement:
+    """The time the last rank was ready for a held collective (and the collective's result, if it ran meanwhile)."""
+
+    def __init__(self, at: float, result: Any = _NOT_RUN) -> None:
+        self.at, self.result = at, result
+
+
+def _agreement_store() -> Any:
+    """This thread's own client of the run's rendezvous store (TCPStore), or None where there is none to clone.
+    Keys are a few tens of bytes per rank and held collective, kept until the run ends."""
+    store = getattr(_thread_state, "store", _NOT_RUN)
+    if store is _NOT_RUN:
+        store = None
+        try:
+            base = dist.distributed_c10d._get_default_store()
+            while hasattr(base, "underlying_store"):  # PrefixStores: their keys would be prefixed, harmless
+                base = base.underlying_store
+            store = base.clone()  # type: ignore[attr-defined]  # TCPStore has it; the stubs say Store
+        except (AttributeError, RuntimeError, ValueError):
+            store = None
+        _thread_state.store = store
+    return store
+
+
 # ---- the emulator ---------------------------------------------------------------------------------
+class Delivery:
+    """When the link delivers a collective run ahead on the comm thread (`at`: 0 until a held collective sets it)."""
+
+    def __init__(self, posted_at: float) -> None:
+        self.posted_at, self.at = posted_at, 0.0
+
+
 class PacedSend:
     """A paced send in flight: wait() is the real send plus sleeping until the outgoing port is done."""
 
@@ -253,6 +290,7 @@ class LinkEmulator:
         self._lock = threading.Lock()
         self.messages = self.collectives = self.late = 0
         self.worst_late_s = 0.0
+        self._agreed: dict[tuple[int, ...], int] = {}  # held collectives agreed so far, per group
 
     def seconds(self, terms: Terms) -> float:
         """A pattern's time on this link from its cost-model terms (messages, bytes on the busiest link, ...)."""
@@ -324,20 +362,57 @@ class LinkEmulator:
     # -- backend collectives ----------------------------------------------------------------------
     def hold(self, terms: Terms, group, run: Callable[[], T], device: torch.device | None = None) -> T:
         """Run a backend collective (every rank of `group` calls this in the same order) and hold it until
-        the last rank was ready plus the pattern's time on the link (`terms`: cost.model's cluster view)."""
+        the last rank was ready plus the pattern's time on the link (`terms`: cost.model's cluster view).
+
+        Inside `deliver_later`, it does not sleep: it returns once the real collective is done and leaves the
+        waiting to whoever uses the result (the comm thread goes on to the next collective meanwhile)."""
+        later: Delivery | None = getattr(_thread_state, "delivery", None)
         with self._lock:
-            ready = max(time.perf_counter(), self.out_free, self.in_free)
-        stamp = torch.tensor([ready], dtype=torch.float64, device=device)
-        agreed = dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group, async_op=True)  # in flight beside run()
-        result = run()
-        agreed.wait()
-        deadline = float(stamp.item()) + self.seconds(terms)
+            now = time.perf_counter() if later is None else later.posted_at
+            ready = max(now, self.out_free, self.in_free)
+        last_ready = self._last_ready(ready, group, device, run)
+        result = run() if last_ready.result is _NOT_RUN else last_ready.result
+        deadline = last_ready.at + self.seconds(terms)
+        with self._lock:  # both ports are busy until then: the next message or collective queues behind it
+            self.out_free, self.in_free = max(self.out_free, deadline), max(self.in_free, deadline)
         late = time.perf_counter() - deadline
         self._count(late if late > LATE_SLACK_S else 0.0, collective=True)
-        sleep_until(deadline)
-        with self._lock:
-            self.out_free, self.in_free = max(self.out_free, deadline), max(self.in_free, deadline)
+        if later is None:
+            sleep_until(deadline)
+        else:
+            later.at = max(later.at, deadline)
         return result
+
+    @contextmanager
+    def deliver_later(self, posted_at: float) -> Iterator[Delivery]:
+        """For a collective started on the comm thread at `posted_at`: its held collectives are ready from then
+        (not from when the thread got to them) and do not sleep; the Delivery says when the link delivers."""
+        delivery = Delivery(posted_at)
+        _thread_state.delivery = delivery
+        try:
+            yield delivery
+        finally:
+            _thread_state.delivery = None
+
+    def _last_ready(self, ready: float, group, device: torch.device | None, run: Callable[[], T]) -> Agreement:
+        """When the last rank of `group` was ready for this collective. Through the run's store where there is
+        one: a set and a blocking read, with no gloo message (gloo's I/O thread polls hard while a message is in
+        flight, taking CPU from the ranks on a small machine). Else a one-number MAX all-reduce in flight beside
+        the collective itself (`run` is then called here, and its result kept)."""
+        store = _agreement_store()
+        if store is not None:
+            ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else tuple(range(dist.get_world_size()))
+            with self._lock:
+                seq = self._agreed.get(ranks, 0)
+                self._agreed[ranks] = seq + 1
+            prefix = f"dpkit/link/{'-'.join(map(str, ranks))}/{seq}/"
+            store.set(prefix + str(dist.get_rank()), repr(ready))
+            return Agreement(max(float(v) for v in store.multi_get([prefix + str(r) for r in ranks])))
+        stamp = torch.tensor([ready], dtype=torch.float64, device=device)
+        agreed = dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group, async_op=True)
+        result = run()
+        agreed.wait()
+        return Agreement(float(stamp.item()), result)
 
     # -- honesty ------------------------------------------------------------------------------------
     def _count(self, late: float, collective: bool) -> None:

@@ -289,7 +289,7 @@ class ShardedDataParallel(_ShardedBase):
         """Take the shard gradients of the reduce-scatters already done, so their whole-gradient buffers
         are freed during the backward, not at its end (stages 2 and 3 keep little more than shards)."""
         for unit in self.launched:
-            if unit.reduce is not None and unit.reduce[1].done():
+            if unit.reduce is not None and unit.reduce[0].done():
                 self._collect(unit)
 
     def _collect(self, unit: Unit) -> None:
