@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gloo-loop",
         choices=gloo_loop.GLOO_LOOP_MODES,
         default=None,
-        help="scheduling of gloo's I/O threads in every run (default idle)",
+        help="scheduling of gloo's I/O threads in every run (default low)",
     )
     p.set_defaults(func=cmd_bench, parser=p)
     return parser

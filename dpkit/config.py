@@ -126,7 +126,7 @@ class RunConfig:
     device: str = "auto"
     backend: str = "auto"
     threads_per_rank: int | None = None
-    # gloo's busy-polling I/O thread: "idle" (SCHED_IDLE) or "normal"; default $DPKIT_GLOO_LOOP or "idle" (dpkit/gloo_loop.py)
+    # gloo's busy-polling I/O thread: "low" (nice 5), "idle" (SCHED_IDLE) or "normal"; default $DPKIT_GLOO_LOOP or "low" (dpkit/runtime/gloo_loop.py)
     gloo_loop: str = dataclasses.field(default_factory=default_mode)
     timeout_s: float = 300.0
     # emulated network (dpkit/comm/link.py): "none", a preset of dpkit.cost.model.PRESETS, or "custom"
@@ -217,7 +217,7 @@ FIELD_HELP: dict[str, str] = {
     "threads_per_rank": "torch threads per rank (default: cores / processes)",
     "gloo_loop": "scheduling of gloo's busy-polling I/O thread: "
     + " | ".join(GLOO_LOOP_MODES)
-    + " (default: $DPKIT_GLOO_LOOP, else idle)",
+    + " (default: $DPKIT_GLOO_LOOP, else low)",
     "timeout_s": "seconds before an unfinished run is killed, a finite number > 0",
     "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
     "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",

@@ -13,7 +13,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 
 def test_bad_modes_are_named_with_the_allowed_values(monkeypatch):
-    with pytest.raises(ValueError, match=r"gloo_loop='busy' is not allowed: choose one of \['idle', 'normal'\]"):
+    with pytest.raises(ValueError, match=r"gloo_loop='busy' is not allowed: choose one of \['low', 'idle', 'normal'\]"):
         check_mode("busy")
     with pytest.raises(ValueError, match="RunConfig.gloo_loop='fast' is not allowed"):
         RunConfig(gloo_loop="fast")
@@ -29,7 +29,7 @@ def test_a_bad_mode_fails_before_any_rank_starts(tmp_path):
 
 
 @linux_only
-@pytest.mark.parametrize("mode", ["idle", "normal"])
+@pytest.mark.parametrize("mode", ["low", "idle", "normal"])
 def test_launched_ranks_have_their_loop_threads_in_the_mode(tmp_path, mode):
     launch("rank_targets:report_ranks", {"new_group": True, "mode": mode}, 2, tmp_path, gloo_loop=mode, timeout_s=60)
     for rank in range(2):
@@ -43,7 +43,7 @@ def test_launched_ranks_have_their_loop_threads_in_the_mode(tmp_path, mode):
 
 @linux_only
 def test_environment_variable_sets_the_launch_and_config_default(tmp_path, monkeypatch):
-    assert RunConfig().gloo_loop == "idle"
+    assert RunConfig().gloo_loop == "low"
     monkeypatch.setenv(ENV_VAR, "normal")
     assert RunConfig().gloo_loop == "normal"
     assert RunConfig(gloo_loop="idle").gloo_loop == "idle"  # an explicit value wins
@@ -55,7 +55,7 @@ def test_environment_variable_sets_the_launch_and_config_default(tmp_path, monke
 def test_a_run_records_the_mode_and_covers_groups_its_strategy_makes():
     cfg = RunConfig(parallelism="hybrid", world_size=4, data_parallel_size=2, model="mlp", hidden=16, steps=2, warmup=1)
     result = run(cfg)
-    assert result.summary["gloo_loop"] == "idle"
+    assert result.summary["gloo_loop"] == "low"
     # rank 0: the world group and its data-parallel group (made while building the strategy) have one each
     assert result.meta["gloo_loop_threads"] == 2
     assert (

@@ -84,7 +84,7 @@ def test_a_bad_gloo_loop_variable_names_the_field_it_sets(monkeypatch: pytest.Mo
     with pytest.raises(ValueError) as info:
         RunConfig()
     assert "DPKIT_GLOO_LOOP='bogus'" in str(info.value) and "RunConfig.gloo_loop" in str(info.value)
-    assert "['idle', 'normal']" in str(info.value)
+    assert "['low', 'idle', 'normal']" in str(info.value)
     assert RunConfig(gloo_loop="normal").gloo_loop == "normal"  # an explicit value does not read it
 
 

@@ -110,7 +110,7 @@ def launch(
     """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks.
     `queue`: wait for this machine's turn first (dpkit.runtime.queue: runs from all processes on the machine
     take turns); False, or $DPKIT_QUEUE=off, starts at once. A caller already holding a turn is not queued again.
-    `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "idle").
+    `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "low").
     `out_dir_is_temporary`: out_dir is a temporary folder that the caller deletes after the run; if the
     caller dies during the run (kill -9), the ranks delete it instead, so it is not left behind.
 
