@@ -222,6 +222,22 @@ def test_one_message_takes_alpha_plus_size_over_bandwidth() -> None:
         assert quartile <= 1.10 * row.predicted_s, f"{row.size_bytes} B: {quartile:.6f} s against {row.predicted_s:.6f} s"
 
 
+def test_two_servers_fill_their_links_together() -> None:
+    """A parameter server with k = 2 servers and n = 4 workers takes 2 alpha + 2 nS/(kB), within 10%: worker w
+    pushes to server w mod k first and server j answers worker j mod n first (the benchmark's pattern sends in
+    the order PushPullWorker and PushPullServer use), so both servers' links are busy at once. When every worker
+    started at server 0 and both servers answered worker 0 first it took 1.13-1.33x."""
+    from dpkit.benchmarks import link as bench
+
+    require_a_machine_that_can_honour_the_link()
+    frame = bench.measure("ps", {"slow": SLOW_LINK}, [MIB], 6, repeats=5, servers=2)
+    row = next(frame.itertuples())
+    print(
+        f"\n{load()}: formula {row.predicted_s * 1e3:.2f} ms, median {row.measured_s * 1e3:.2f} ms, late {row.late}/{row.paced}"
+    )
+    assert row.measured_s <= 1.10 * row.predicted_s, f"{row.measured_s:.5f} s against {row.predicted_s:.5f} s"
+
+
 MODEL = {"model": "mlp", "hidden": 256, "layers": 2, "threads_per_rank": 1, "timeout_s": 120}  # S = 4.1 MiB of gradients
 
 

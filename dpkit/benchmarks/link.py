@@ -86,13 +86,15 @@ def _once(pattern: str, comm: Comm, size: int, rank: int, world: int, servers: i
         workers, shard = world - servers, numel // servers
         if rank < workers:
             pulls = [comm.irecv(bufs["b"][j * shard : (j + 1) * shard], workers + j) for j in range(servers)]
-            pushes = [comm.isend(bufs["a"][j * shard : (j + 1) * shard], workers + j) for j in range(servers)]
+            order = [(rank + j) % servers for j in range(servers)]  # staggered, as PushPullWorker does
+            pushes = [comm.isend(bufs["a"][j * shard : (j + 1) * shard], workers + j) for j in order]
             comm.wait(pushes)
             comm.wait(pulls)
         else:
             inbox = bufs["a"][: workers * shard].view(workers, shard)
             comm.wait([comm.irecv(inbox[w], w) for w in range(workers)])
-            comm.wait([comm.isend(bufs["b"][:shard], w) for w in range(workers)])
+            server = rank - workers
+            comm.wait([comm.isend(bufs["b"][:shard], (server + i) % workers) for i in range(workers)])  # staggered
     elif pattern == "pipeline":
         acts = bufs["a"][: microbatches * numel].view(microbatches, numel)
         sends = []

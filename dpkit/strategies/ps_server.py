@@ -117,13 +117,17 @@ class ParameterServer(Strategy):
         self.version += 1
 
     def _answer(self, workers: list[int]) -> None:
-        """Send the current shard to `workers` (their pull receives are already posted)."""
+        """Send the current shard to `workers` (their pull receives are already posted), server j starting at
+        the j-th of them: were every server to answer the same worker first, that worker's incoming link would
+        fill while the others wait (workers stagger their pushes the same way)."""
         if not workers:
             return
         t0 = time.perf_counter()
         flat = flatten(self.params, out=self.outbox)
         comm = self.ctx.comm
-        comm.wait([comm.isend(flat, w, self.group, name="answer-pull") for w in workers], name="answer-pull")
+        first = self.index % len(workers)
+        order = workers[first:] + workers[:first]
+        comm.wait([comm.isend(flat, w, self.group, name="answer-pull") for w in order], name="answer-pull")
         slowest = min(self.pushes)
         for w in workers:
             self.pulled_version[w], self.pulled_slowest[w] = self.version, slowest

@@ -53,10 +53,15 @@ class PushPullWorker(Strategy):
         return loss, xs.shape[0]
 
     def _push_pull(self, grads: list[torch.Tensor]) -> None:
-        """Post every pull first (so no server ever waits on a worker to answer), then push and wait."""
+        """Post every pull first (so no server ever waits on a worker to answer), then push and wait. Worker w
+        pushes to its shards starting at shard w mod k: were every worker to start at the same server, that
+        server's incoming link would fill while the others wait (on an emulated link, k servers would take
+        up to twice their formula's time)."""
         comm = self.ctx.comm
         pulls = [comm.irecv(buf, srv, self.group) for (srv, _), buf in zip(self.shards, self.pulled, strict=True)]
-        pushes = [comm.isend(g, srv, self.group, name="push-gradients") for (srv, _), g in zip(self.shards, grads, strict=True)]
+        k = len(self.shards)
+        order = [(self.ctx.rank + j) % k for j in range(k)]
+        pushes = [comm.isend(grads[i], self.shards[i][0], self.group, name="push-gradients") for i in order]
         comm.wait(pushes, name="push-gradients")
         pushed = time.perf_counter()
         comm.wait(pulls, name="pull-parameters (wait for server)")
