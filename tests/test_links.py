@@ -363,3 +363,23 @@ def test_buckets_hide_the_all_reduce_behind_the_backward() -> None:
         )
     else:
         print(f"raw steps not compared: the load was above {QUIET_FOR_RAW_STEPS} per core when the test started")
+
+
+@pytest.mark.slow
+def test_bench_link_runs_in_quick_mode_and_writes_what_it_promises(tmp_path, capsys) -> None:
+    """`dpkit bench link --quick`: every pattern's rows with their formula, and the buckets-against-flat table with
+    the overlap formula beside it (speed is not asserted here: test_buckets_hide_... does that)."""
+    import pandas as pd
+
+    from dpkit.cli import main as cli_main
+
+    assert cli_main(["bench", "link", "--quick", "--out", str(tmp_path)]) == 0
+    frame = pd.read_csv(tmp_path / "link.csv")
+    assert set(frame.pattern) == {"p2p", "ring", "ps", "pipeline"} and (frame.predicted_s > 0).all()
+    assert (tmp_path / "link.png").stat().st_size > 0
+    buckets = pd.read_csv(tmp_path / "overlap.csv").set_index("grad_sync")
+    assert list(buckets.index) == ["flat", "bucketed"]
+    assert buckets.saving["flat"] == 0 and buckets.formula_saving["flat"] == 0
+    assert buckets.hidden_comm_s["bucketed"] > 0 and buckets.exposed_comm_s["bucketed"] < buckets.exposed_comm_s["flat"]
+    assert 0 < buckets.formula_saving["bucketed"] < 1
+    assert "formula_exposed_ms" in capsys.readouterr().out
