@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .api import cores_available, sweep
+from .api import sweep
 from .config import RunConfig
+from .measure import cores_available
 from .viz.plots import scaling_frame, scaling_warnings, speedup_plot
 
 REPEATS = 3

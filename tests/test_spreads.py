@@ -18,8 +18,8 @@ from matplotlib.container import ErrorbarContainer
 
 import dpkit.api
 from dpkit import RunConfig, RunResult, sweep
-from dpkit.api import flag_noise, runnable_outside, summarize_repeats, within_run_iqr
 from dpkit.demo import report
+from dpkit.measure import flag_noise, runnable_outside, summarize_repeats, within_run_iqr
 from dpkit.viz import plots
 from dpkit.viz import widgets as w
 

@@ -18,12 +18,13 @@ from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 from traitlets import observe
 
-from ..api import measured_run, repeat_name, run, run_row, summarize_repeats
+from ..api import run
 from ..comm.link import LINK_CHOICES, describe
 from ..config import ALLREDUCE_ALGOS, RunConfig
 from ..cost import memory_compare
 from ..cost.model import PRESETS, HostModel, Link
 from ..cost.predict import measure_compute
+from ..measure import measured_run, repeat_name, run_row, summarize_repeats
 from ..results import RunResult, bytes_source, role_kind
 from ..runtime.launch import RankFailedError, RunTimeoutError
 from ..runtime.queue import reporting
@@ -39,7 +40,7 @@ PanelResult = tuple[Figure, pd.DataFrame]
 # ---- the cache ---------------------------------------------------------------------------
 class RunCache:
     """RunResults by RunConfig.run_id(), repeats by '<run_id>-r<k>' (sweep's folder names); `launched` counts the
-    runs that really started. Each run's machine load is recorded as sweep() records it (api.measured_run)."""
+    runs that really started. Each run's machine load is recorded as sweep() records it (measure.measured_run)."""
 
     def __init__(self, runner: Callable[[RunConfig], RunResult] = run) -> None:
         self.runner = runner
@@ -95,7 +96,7 @@ def frame_of(results: Iterable[RunResult | Sequence[RunResult]]) -> pd.DataFrame
     """One row per item, as dpkit.sweep returns them (run_id first, spread and noisy columns last).
 
     An item is one RunResult or the repeats of one config (RunCache.run_repeats): those become one row of
-    medians with their spread (api.summarize_repeats); a single run still gets its within-run spread and load.
+    medians with their spread (measure.summarize_repeats); a single run still gets its within-run spread and load.
     """
     groups = []
     for item in results:
@@ -634,7 +635,7 @@ def mode_config(base: RunConfig, sync: str, world_size: int) -> RunConfig:
 
 
 def _spread(values: pd.Series) -> float:
-    """IQR over repeats from 3 on, max - min below (as api.summarize_repeats gives step_time_iqr_s)."""
+    """IQR over repeats from 3 on, max - min below (as measure.summarize_repeats gives step_time_iqr_s)."""
     values = values.astype(float)
     if len(values) >= 3:
         return float(values.quantile(0.75) - values.quantile(0.25))

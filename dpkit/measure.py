@@ -1,0 +1,255 @@
+"""How much to trust a measurement: a run's repeats, its steps' spread and the machine's load while it ran.
+
+sweep() (dpkit.api) and the panels (dpkit.viz.widgets) take every run through measured_run, which records
+how busy the rest of the machine was, and summarize their repeats here into medians with their spread and
+a noisy / noise_reason verdict (flag_noise), so a figure can say when its numbers are not to be trusted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .results import RunResult
+from .runtime.queue import machine_turn
+
+SPREAD_LIMIT = 0.2  # repeats' IQR (max-min below 3 repeats) over their median above this: noisy
+RUN_SPREAD_LIMIT = 0.3  # one run's timed steps: IQR over the median step time above this: noisy
+OUTSIDE_BUSY_LIMIT = 0.5  # processes outside the run busy on average at least this much count as competing
+MEDIAN_COLUMNS = (  # time measurements: the median over repeats (those a summary lacks are skipped)
+    "step_time_s",
+    "compute_s",
+    "comm_s",
+    "exposed_comm_s",
+    "hidden_comm_s",
+    "idle_s",
+    "bubble_s",
+    "injected_s",
+    "bubble_fraction",
+    "step_time_run_iqr_s",
+)
+
+
+def repeat_name(cfg: RunConfig, repeat: int) -> str:
+    """The folder (and cache key) of one repeat: '<run_id>' for repeat 0, as before repeats existed, '<run_id>-r<k>' after."""
+    return cfg.run_id() if repeat == 0 else f"{cfg.run_id()}-r{repeat}"
+
+
+def cores_available() -> int:
+    """Cores this process may run on: its affinity mask (what a container or taskset grants), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def busy_outside(me: int | None = None) -> int | None:
+    """How many processes are runnable right now outside `me` (default: this one) and its descendants."""
+    pids = runnable_outside(me)
+    return None if pids is None else len(pids)
+
+
+def runnable_outside(me: int | None = None) -> set[int] | None:
+    """Processes runnable right now other than `me` (default: this one) and its descendants, which include
+    a run's ranks; None where /proc cannot be read. Only the processes this one can see (its pid namespace)."""
+    me = os.getpid() if me is None else me
+    table: dict[int, tuple[bytes, int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        table[int(entry)] = (fields[0], int(fields[1]))
+    if not table:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    ours, todo = {me}, [me]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            ours.add(child)
+            todo.append(child)
+    return {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours}
+
+
+class LoadSampler:
+    """Counts, on a thread, the runnable processes outside this one and its children while a run is measured.
+
+    Why: on a shared machine another job takes cores from the ranks, and the step times then measure that
+    job, not the strategy. One look at /proc costs a few ms, so it looks every `interval_s` (plus once at the
+    start and once at the end), and `mean` is the average count: 1.0 is one process busy the whole time.
+    """
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dpkit-load-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        count = busy_outside()
+        if count is not None:
+            self.samples.append(count)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> LoadSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples)) if self.samples else math.nan
+
+
+def measured_run(cfg: RunConfig, runner: Callable[[RunConfig], RunResult], queue: bool = True) -> RunResult:
+    """runner(cfg), with the machine's load while it ran recorded in result.meta['load'] (saved with the result,
+    so a resumed run keeps the load it was measured under). The machine's turn is taken first (a run() inside
+    keeps it), so the load is sampled while the run runs, not while it waits for other kernels' runs."""
+    with machine_turn(queue=queue), LoadSampler() as load:
+        result = runner(cfg)
+    result.meta["load"] = {"busy_outside": round(load.mean, 2), "samples": len(load.samples), "cpu_count": cores_available()}
+    return result
+
+
+def _iqr(values: Sequence[float] | pd.Series) -> float:
+    """Interquartile range (linear interpolation between samples); NaN for no values."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if not arr.size:
+        return math.nan
+    q25, q75 = np.percentile(arr, [25, 75])
+    return float(q75 - q25)
+
+
+def within_run_iqr(result: RunResult) -> float:
+    """IQR of one run's timed step times (each step: its slowest rank, as summarize() takes them): how steady the run was."""
+    stats = result.step_stats()
+    timed = stats[stats.step >= result.config.warmup]
+    return _iqr(timed.groupby("step").step_time_s.max()) if len(timed) else math.nan
+
+
+def run_row(result: RunResult, repeat: int = 0, resumed: bool | None = None) -> pd.DataFrame:
+    """One run as one row (to_frame() with run_id first) plus its repeat index, within-run spread and load."""
+    frame = result.to_frame()
+    frame.insert(0, "run_id", result.config.run_id())
+    frame["repeat"] = repeat
+    if resumed is not None:
+        frame["resumed"] = resumed
+    frame["step_time_run_iqr_s"] = within_run_iqr(result)
+    load = result.meta.get("load") or {}
+    other = load.get("busy_outside")
+    other = math.nan if other is None else float(other)
+    own = _own_busy(result.summary)
+    frame["other_busy_processes"] = other
+    frame["busy_processes"] = other + own
+    frame["cpu_count"] = load.get("cpu_count", result.meta.get("cpu_count", math.nan))
+    return frame
+
+
+def _own_busy(summary: dict[str, Any] | pd.Series) -> float:
+    """Cores a run keeps busy: its processes times their compute threads (NaN when it does not say)."""
+    procs, threads = summary.get("num_processes"), summary.get("threads_per_rank")
+    if procs is None or threads is None or pd.isna(procs) or pd.isna(threads):
+        return math.nan
+    return float(procs) * float(threads)
+
+
+def summarize_repeats(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One row per group of per-run rows (the repeats of one config, as run_row() makes them).
+
+    Config fields and the rest come from the first repeat; the MEDIAN_COLUMNS are medians over the repeats;
+    samples_per_s is global_batch / median step time, so speedups agree whichever column they divide.
+    step_time_iqr_s is the interquartile range over the repeats from 3 repeats on; with 2 repeats, where
+    quartiles mean little, it is max - min (and 0 for 1 repeat). busy_processes and other_busy_processes
+    are the worst repeat's. Then flag_noise() adds noisy and noise_reason.
+    """
+    rows = []
+    for runs in groups:
+        runs = runs.reset_index(drop=True)
+        row = runs.iloc[0].to_dict()
+        row.pop("repeat", None)
+        times = runs.step_time_s.astype(float)
+        for col in MEDIAN_COLUMNS:
+            if col in runs.columns:
+                row[col] = float(runs[col].astype(float).median())
+        median = row["step_time_s"]
+        if "global_batch" in row:
+            row["samples_per_s"] = row["global_batch"] / median if median > 0 else math.nan
+        n = len(runs)
+        row["step_time_iqr_s"] = _iqr(times) if n >= 3 else float(times.max() - times.min())
+        row["step_time_min_s"] = float(times.min())
+        row["step_time_max_s"] = float(times.max())
+        row["repeats"] = n
+        if "resumed" in runs.columns:
+            row["resumed"] = bool(runs.resumed.all())
+            row["resumed_repeats"] = int(runs.resumed.sum())
+        for col in ("busy_processes", "other_busy_processes"):
+            if col in runs.columns:
+                row[col] = float(runs[col].max()) if runs[col].notna().any() else math.nan
+        rows.append(row)
+    return flag_noise(pd.DataFrame(rows))
+
+
+def noise_reasons(row: dict[str, Any] | pd.Series) -> list[str]:
+    """Why one row's numbers cannot be trusted as they stand, one phrase per reason; empty when nothing says so.
+
+    Three signs, each checked only where the row has its columns: the repeats disagree (IQR, or max - min
+    below 3 repeats, over the median > SPREAD_LIMIT); the steps of a run disagree (within-run IQR over the
+    median > RUN_SPREAD_LIMIT); or processes outside the run were busy (on average >= OUTSIDE_BUSY_LIMIT)
+    while the run and they together wanted more cores than there are.
+    """
+
+    def num(col: str) -> float:
+        value = row.get(col)
+        try:
+            return math.nan if value is None else float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    reasons = []
+    median, n = num("step_time_s"), num("repeats")
+    spread, run_spread = num("step_time_iqr_s"), num("step_time_run_iqr_s")
+    if median > 0 and n >= 2 and spread / median > SPREAD_LIMIT:
+        what = "spread" if n >= 3 else "spread (max - min)"
+        reasons.append(f"{what} {spread / median:.0%} of the median over {n:.0f} repeats")
+    if median > 0 and run_spread / median > RUN_SPREAD_LIMIT:
+        reasons.append(f"steps within a run spread {run_spread / median:.0%} of the median step")
+    busy, other, cores = num("busy_processes"), num("other_busy_processes"), num("cpu_count")
+    if math.isnan(other):
+        other = busy  # a frame that only says how many were busy: count them all as outside the run
+    if cores > 0 and other >= OUTSIDE_BUSY_LIMIT and busy > cores:
+        reasons.append(f"{busy:.3g} busy processes on {cores:.0f} cores while measuring ({other:.3g} of them outside the run)")
+    return reasons
+
+
+def flag_noise(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` plus noisy (bool) and noise_reason ('; '-joined noise_reasons(), '' when not noisy), row by row."""
+    out = frame.copy()
+    reasons = ["; ".join(noise_reasons(row)) for _, row in out.iterrows()]
+    out["noisy"] = [bool(r) for r in reasons]
+    out["noise_reason"] = reasons
+    return out
