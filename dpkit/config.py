@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .comm.link import LINK_CHOICES, validate_link
+from .runtime.cores import cores_available
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
 from .strategies.registry import PARALLELISMS, SPECS, spec_for
 from .strategies.spec import config_error
@@ -46,7 +47,7 @@ MODEL_DEFAULTS = {
 
 def max_local_ranks() -> int:
     """How many rank processes one machine may host: oversubscribing CPUs past 8x only measures thrashing."""
-    return max(8, 4 * (os.cpu_count() or 1))
+    return max(8, 4 * cores_available())
 
 
 class UnknownFieldError(TypeError, ValueError):
@@ -375,7 +376,7 @@ def validate(cfg: RunConfig) -> None:
         _fail(
             "world_size",
             cfg.world_size,
-            f"at most {max_local_ranks()} processes on this machine ({os.cpu_count()} cores; "
+            f"at most {max_local_ranks()} processes on this machine ({cores_available()} cores; "
             f"this config needs {nprocs}); use torchrun across machines for more",
         )
     split, what = spec.batch_split(cfg)

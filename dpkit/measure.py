@@ -18,6 +18,7 @@ import pandas as pd
 
 from .config import RunConfig
 from .results import RunResult
+from .runtime.cores import cores_available
 from .runtime.queue import machine_turn
 
 SPREAD_LIMIT = 0.2  # repeats' IQR (max-min below 3 repeats) over their median above this: noisy
@@ -40,14 +41,6 @@ MEDIAN_COLUMNS = (  # time measurements: the median over repeats (those a summar
 def repeat_name(cfg: RunConfig, repeat: int) -> str:
     """The folder (and cache key) of one repeat: '<run_id>' for repeat 0, as before repeats existed, '<run_id>-r<k>' after."""
     return cfg.run_id() if repeat == 0 else f"{cfg.run_id()}-r{repeat}"
-
-
-def cores_available() -> int:
-    """Cores this process may run on: its affinity mask (what a container or taskset grants), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity masks (macOS, Windows)
-        return os.cpu_count() or 1
 
 
 def busy_outside(me: int | None = None) -> int | None:

@@ -84,3 +84,18 @@ def test_two_runs_at_once_do_not_collide(small: RunConfig) -> None:
     assert results[0].losses != results[1].losses  # different seeds really ran apart
     for i in range(2):
         assert results[i].losses == run(small.replace(parallelism="data", world_size=2, seed=i)).losses
+
+
+def test_default_threads_count_the_cores_this_process_may_use(monkeypatch) -> None:
+    """A container granted 1 of the host's cores gets 1 thread per rank, not host cores / ranks."""
+    import os
+
+    from dpkit.runtime import launch as launch_module
+    from dpkit.runtime.cores import cores_available
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert cores_available() == 1
+    assert launch_module.default_threads(1) == 1 and launch_module.default_threads(4) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert launch_module.default_threads(2) == 4

@@ -11,7 +11,6 @@ the learner's version against the built-in one.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..runtime.cores import cores_available
 from ..runtime.launch import RankFailedError, RunTimeoutError, launch
 from .base import RankExercise, compare, read_progress
 from .catalog import exercise
@@ -199,7 +199,7 @@ def _time(
     ex: RankExercise, folder: str, functions: list, worlds: list[int], repeats: int, timeout_s: float, rows: list[dict]
 ) -> tuple[dict | None, str | None]:
     """(timing, None), or (None, problem) if the learner's version fails on the larger timing case."""
-    cores = os.cpu_count() or 1
+    cores = cores_available()
     world = min(max(worlds), max(2, cores))
     out = Path(folder, "timing")
     out.mkdir()

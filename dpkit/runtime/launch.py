@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .cores import cores_available
 from .gloo_loop import check_mode, default_mode
 from .queue import machine_turn
 
@@ -88,8 +89,9 @@ def choose_backend(device: str, backend: str, nprocs: int) -> tuple[str, str]:
 
 
 def default_threads(nprocs: int) -> int:
-    """cores / ranks, at least 1: ranks on one machine share its cores."""
-    return max(1, (os.cpu_count() or 1) // nprocs)
+    """cores / ranks, at least 1: ranks on one machine share its cores (those this process may use: a JupyterHub
+    container granted 2 of a host's 64 cores has 2)."""
+    return max(1, cores_available() // nprocs)
 
 
 def launch(

@@ -29,6 +29,7 @@ from ..strategies import make_strategy
 from ..strategies.base import RankContext
 from ..workloads import build_dataset
 from . import gloo_loop
+from .cores import cores_available
 from .memory import MemoryMeter
 from .recorder import CudaClock, HostClock, Recorder
 
@@ -205,6 +206,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         clock_offsets_s=time_base.offsets_s,
         clock_offset_uncertainty_s=time_base.uncertainty_s,
         cpu_count=os.cpu_count(),
+        cores_available=cores_available(),
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     meta.update(memory=[g["memory"] for g in gathered])  # per process: dpkit.runtime.memory's mem_* fields
