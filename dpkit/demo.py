@@ -14,7 +14,7 @@ import pandas as pd
 
 from .api import sweep
 from .config import RunConfig
-from .measure import cores_available
+from .runtime.cores import cores_available
 from .viz.plots import scaling_frame, scaling_warnings, speedup_plot
 
 REPEATS = 3

@@ -65,4 +65,4 @@ echo "== lint (ruff) and types (mypy)"
 echo "== running the test suite"
 # the exercise notebooks run with their reference solutions plugged in (exercises/README.md)
 export DPKIT_EXERCISE_SOLUTIONS=1
-exec "$VENV/bin/python" -m pytest tests notebooks exercises --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+exec "$VENV/bin/python" -m pytest tests notebooks exercises --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg --durations=15

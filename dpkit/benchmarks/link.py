@@ -48,6 +48,7 @@ from ..cost.model import PRESETS, Link, allreduce_time, p2p_terms, ps_time
 from ..runtime.launch import launch
 from ..runtime.recorder import HostClock, Recorder
 from .allreduce import KIB, MIB, human_bytes
+from .overlap import measure_overlap, overlap_config
 
 FULL_LINKS = ["1GbE", "10GbE", "100GbE", "NVLink"]
 QUICK_LINKS = ["1GbE", "NVLink"]
@@ -268,8 +269,6 @@ def main(out: Path, args: argparse.Namespace) -> None:
             )
         )
     frame = pd.concat(frames, ignore_index=True)
-    from .overlap import measure_overlap, overlap_config
-
     buckets = measure_overlap(overlap_config(quick), 1 if quick else 3)
     load_after = os.getloadavg()
     frame["cpu_count"] = os.cpu_count()

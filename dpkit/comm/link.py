@@ -214,21 +214,14 @@ def sleep_until(deadline: float) -> None:
         del history[:-WAKE_HISTORY]
 
 
-_NOT_RUN = object()
-
-
-class Agreement:
-    """The time the last rank was ready for a held collective (and the collective's result, if it ran meanwhile)."""
-
-    def __init__(self, at: float, result: Any = _NOT_RUN) -> None:
-        self.at, self.result = at, result
+_UNSET = object()
 
 
 def _agreement_store() -> Any:
     """This thread's own client of the run's rendezvous store (TCPStore), or None where there is none to clone.
     Keys are a few tens of bytes per rank and held collective, kept until the run ends."""
-    store = getattr(_thread_state, "store", _NOT_RUN)
-    if store is _NOT_RUN:
+    store = getattr(_thread_state, "store", _UNSET)
+    if store is _UNSET:
         store = None
         try:
             base = dist.distributed_c10d._get_default_store()
@@ -376,9 +369,8 @@ class LinkEmulator:
         with self._lock:
             now = time.perf_counter() if later is None else later.posted_at
             ready = max(now, self.out_free, self.in_free)
-        last_ready = self._last_ready(ready, group, device, run)
-        result = run() if last_ready.result is _NOT_RUN else last_ready.result
-        deadline = last_ready.at + self.seconds(terms)
+        deadline = self._last_ready(ready, group, device) + self.seconds(terms)
+        result = run()
         with self._lock:  # both ports are busy until then: the next message or collective queues behind it
             self.out_free, self.in_free = max(self.out_free, deadline), max(self.in_free, deadline)
         late = time.perf_counter() - deadline
@@ -400,11 +392,10 @@ class LinkEmulator:
         finally:
             _thread_state.delivery = None
 
-    def _last_ready(self, ready: float, group, device: torch.device | None, run: Callable[[], T]) -> Agreement:
+    def _last_ready(self, ready: float, group, device: torch.device | None) -> float:
         """When the last rank of `group` was ready for this collective. Through the run's store where there is
         one: a set and a blocking read, with no gloo message (gloo's I/O thread polls hard while a message is in
-        flight, taking CPU from the ranks on a small machine). Else a one-number MAX all-reduce in flight beside
-        the collective itself (`run` is then called here, and its result kept)."""
+        flight, taking CPU from the ranks on a small machine). Else a one-number MAX all-reduce."""
         store = _agreement_store()
         if store is not None:
             ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else tuple(range(dist.get_world_size()))
@@ -413,12 +404,10 @@ class LinkEmulator:
                 self._agreed[ranks] = seq + 1
             prefix = f"dpkit/link/{'-'.join(map(str, ranks))}/{seq}/"
             store.set(prefix + str(dist.get_rank()), repr(ready))
-            return Agreement(max(float(v) for v in store.multi_get([prefix + str(r) for r in ranks])))
+            return max(float(v) for v in store.multi_get([prefix + str(r) for r in ranks]))
         stamp = torch.tensor([ready], dtype=torch.float64, device=device)
-        agreed = dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group, async_op=True)
-        result = run()
-        agreed.wait()
-        return Agreement(float(stamp.item()), result)
+        dist.all_reduce(stamp, op=dist.ReduceOp.MAX, group=group)
+        return float(stamp.item())
 
     # -- honesty ------------------------------------------------------------------------------------
     def _count(self, late: float, collective: bool) -> None:
