@@ -2,17 +2,20 @@
 
 A rank's bytes fall into five kinds (docs/formulas.md, "Memory per rank"):
 
-- parameters, gradients and optimizer state: the tensors the strategy holds (Strategy.memory_state:
-  by default what its attributes named model/module, opt and sync hold; a strategy whose layout differs,
-  such as sharded data parallelism, says so itself). Each storage is counted once, so views into one flat
-  buffer, a tied weight, or gradients that are views of a communication buffer are not counted twice;
+- parameters, gradients and optimizer state: the tensors the strategy holds, declared once
+  (Strategy.held_tensors, a `Held`: by default what its attributes named model/module, opt and sync hold;
+  a strategy whose layout differs, such as sharded data parallelism, declares its own) and read off here.
+  Each storage is counted once, so views into one flat buffer, a tied weight, or gradients that are views
+  of a communication buffer are not counted twice;
 - activations saved for backward: every forward the strategy runs is wrapped in
   torch.autograd.graph.saved_tensors_hooks, which sees each tensor autograd keeps for the backward. The
   bytes those tensors reference are tracked while they live (the byte ranges of each storage, so a slice
   of the batch counts as the slice), and the peak within a step is kept. It works on CPU, where no
   allocator statistics exist, and a pipeline stage shows the micro-batches it keeps in flight;
 - communication buffers: gradient-sync flat and bucket buffers, parameter-server inboxes and outboxes,
-  the hand-written collectives' scratch buffers (dpkit.comm.group.scratch_bytes), at their peak.
+  the hand-written collectives' scratch buffers (dpkit.comm.group.scratch_bytes), and the flat buffers
+  that live only for a moment (ZeRO's whole gradients and gathered parameters: dpkit.buffers.FlatBuffer
+  counts them as they are allocated and freed), at their peak.
 
 Strategy.memory_state() is asked after each optimizer step (its state exists, the step's transient tensors
 are gone) and at the end of the step; gradients that live only from a backward to the optimizer step are
@@ -28,8 +31,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -37,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ..buffers import FlatBuffer
 
 if TYPE_CHECKING:
     from ..strategies.base import Strategy
@@ -70,6 +76,8 @@ def tensor_bytes(tensors: Iterable[torch.Tensor | None], seen: set | None = None
     for t in tensors:
         if t is None:
             continue
+        if hasattr(t, "to_local"):  # a sharded tensor (FSDP2's DTensor): this rank's part of it
+            t = t.to_local()
         storage = t.untyped_storage()
         key = _storage_key(t)
         if key in seen or storage.nbytes() == 0:
@@ -86,6 +94,28 @@ def optimizer_tensors(opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
     return [t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
 
 
+@dataclass
+class Held:
+    """What a strategy holds, by kind (Strategy.held_tensors): memory accounting reads the bytes off these."""
+
+    params: Sequence[torch.Tensor]  # parameters (whole or shards) and module buffers
+    grads: Sequence[torch.Tensor | None] | None = None  # None: the params' own .grad
+    optimizers: Sequence[torch.optim.Optimizer | None] = ()
+    buffers: Sequence[torch.Tensor] = ()  # communication buffers kept from step to step
+    unseen_buffer_bytes: int = 0  # buffers inside a library, not visible as tensors (DDP's, FSDP2's): priced
+
+
+def held_memory(held: Held) -> dict[str, int]:
+    """memory_state(): the bytes of what `held` names, each storage once, in the first kind that holds it;
+    buffers also count the peak of the transient flat buffers (FlatBuffer.transient)."""
+    seen: set = set()
+    params = tensor_bytes(held.params, seen)
+    grads = tensor_bytes([getattr(t, "grad", None) for t in held.params] if held.grads is None else held.grads, seen)
+    state = tensor_bytes([t for opt in held.optimizers for t in optimizer_tensors(opt)], seen)
+    buffers = tensor_bytes(held.buffers, seen) + held.unseen_buffer_bytes + FlatBuffer.transient.peak
+    return {"params_bytes": params, "grads_bytes": grads, "optimizer_bytes": state, "buffers_bytes": buffers}
+
+
 def held_bytes(
     tensors: Iterable[torch.Tensor] = (),
     optimizers: Iterable[torch.optim.Optimizer | None] = (),
@@ -94,17 +124,7 @@ def held_bytes(
 ) -> dict[str, int]:
     """memory_state() for these parameters (and module buffers), their gradients, the optimizers' state and
     communication buffers: each storage counted once, in the first kind that holds it."""
-    tensors = list(tensors)
-    seen: set = set()
-    params = tensor_bytes(tensors, seen)
-    grads = tensor_bytes([getattr(t, "grad", None) for t in tensors], seen)
-    state = tensor_bytes([t for opt in optimizers for t in optimizer_tensors(opt)], seen)
-    return {
-        "params_bytes": params,
-        "grads_bytes": grads,
-        "optimizer_bytes": state,
-        "buffers_bytes": tensor_bytes(buffers, seen) + extra_buffer_bytes,
-    }
+    return held_memory(Held(list(tensors), None, list(optimizers), list(buffers), extra_buffer_bytes))
 
 
 def modules_of(strategy: Any) -> list[nn.Module]:
@@ -117,8 +137,8 @@ def modules_of(strategy: Any) -> list[nn.Module]:
     return found
 
 
-def held_by(strategy: Any) -> dict[str, int]:
-    """The default Strategy.memory_state: what the attributes named model/module (parameters, module buffers,
+def held_by(strategy: Any) -> Held:
+    """The default Strategy.held_tensors: what the attributes named model/module (parameters, module buffers,
     gradients), opt (its state) and sync (its buffers: GradSync.buffers) hold. DDP's buckets are internal to
     torch: they are priced as one copy of every trainable gradient (its default, gradient_as_bucket_view=False)."""
     modules = modules_of(strategy)
@@ -132,7 +152,7 @@ def held_by(strategy: Any) -> dict[str, int]:
         for p in m.parameters()
         if p.requires_grad
     )
-    return held_bytes(tensors, [getattr(strategy, "opt", None)], buffers, ddp)
+    return Held(tensors, None, [getattr(strategy, "opt", None)], buffers, ddp)
 
 
 # ---- activations saved for backward ------------------------------------------------------------------
@@ -263,8 +283,8 @@ class MemoryMeter:
     # live only from a backward to the optimizer step (or, on a parameter-server worker, to their packing)
     # are counted where every backward ends, on the parameters autograd fills.
     def snapshot(self) -> dict[str, int]:
-        """What the strategy holds now (memory_state, or the default count if it says nothing), folded into the maxima."""
-        held = self.strategy.memory_state() or held_by(self.strategy)
+        """What the strategy holds now (its memory_state), folded into the maxima."""
+        held = self.strategy.memory_state()
         for k in STATE_KEYS:
             self.state[k] = max(self.state[k], int(held.get(k, 0)))
         self.scratch = max(self.scratch, self._scratch_bytes())

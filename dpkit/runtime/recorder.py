@@ -1,9 +1,17 @@
 """Per-rank timeline: what each rank did, when, and how many bytes it sent.
 
 Spans have a kind (compute | comm | idle | bubble | injected: a straggler's deliberate delay).
-Strategies record compute; their messages are recorded by dpkit.comm.Comm (with the bytes, where the
-byte count comes from, and whether the rank waited: `blocking`); the gaps left inside a step are filled
-as idle (or bubble, for pipeline stages waiting on their neighbours).
+Messages are recorded by dpkit.comm.Comm (with the bytes, where the byte count comes from, and whether
+the rank waited: `blocking`); the gaps left inside a step are filled as idle (or bubble, for pipeline
+stages waiting on their neighbours).
+
+Compute is recorded as a layer around the strategies, not by them: `compute(name)` opens a region
+(the training loop opens one around a step, the helpers of dpkit.strategies.base one around each
+forward, backward and optimizer step), and whatever blocks inside it carves it: a blocking span
+recorded while a region is open (a collective, a barrier, a receive), a wait for a message already in
+flight (`blocked()`, which Comm calls), or a wait only seen afterwards (`waited_since`). So a region
+becomes compute spans that stop while the rank waits: a gather waited for inside a forward is exposed
+communication on the timeline, not compute, in every strategy, with no timing code in the strategy.
 
 Spans may overlap (an all-reduce issued inside a forward, a bucket in flight during the backward); what
 the rank was doing at each instant is decided afterwards by one priority, in dpkit.results.step_stats:
@@ -19,6 +27,7 @@ ping-pong (dpkit.runtime.training.common_time_base). On GPU, CUDA events are pla
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,6 +125,8 @@ class Recorder:
     gap_kind: str = "idle"
     _pending: list[tuple] = field(default_factory=list)
     _step_start: object = None
+    _regions: list[list] = field(default_factory=list)  # open compute regions, innermost last: [name, start mark]
+    _owner: int | None = None  # the thread whose compute the regions time (waits on other threads never carve it)
 
     def begin_step(self, step: int) -> None:
         self.step = step
@@ -129,6 +140,7 @@ class Recorder:
             Span(self.rank, st, kind, name, self.clock.seconds(a), self.clock.seconds(b), nbytes, source, blocking)
             for st, kind, name, a, b, nbytes, source, blocking in self._pending
         ]
+        new = [s for s in new if s.kind != "compute" or s.end_s > s.start_s]  # a region's piece a wait covered whole
         self._pending.clear()
         new += self._gaps(new, start_s, end_s)
         self.spans += sorted(new, key=lambda s: s.start_s)
@@ -151,14 +163,72 @@ class Recorder:
         """Record a span from two clock marks (or host perf_counter floats for async completions)."""
         source = bytes_source or ("counted" if nbytes else "none")
         self._pending.append((self.step, kind, name, start, end, int(nbytes), source, blocking))
+        if blocking and kind != "compute" and self._mine():  # the rank waited in it: the open compute stops there
+            self._carve(start, end)
 
     @contextmanager
     def span(self, kind: str, name: str, nbytes: int = 0, bytes_source: str | None = None) -> Iterator[None]:
+        if kind == "compute":
+            with self.compute(name):
+                yield
+            return
         start = self.clock.mark()
         try:
             yield
         finally:
             self.add(kind, name, start, self.clock.mark(), nbytes, bytes_source)
+
+    # ---- compute as a region that waits carve -----------------------------------------------------
+    def _mine(self) -> bool:
+        return bool(self._regions) and threading.get_ident() == self._owner
+
+    @contextmanager
+    def compute(self, name: str) -> Iterator[None]:
+        """Time the block as compute named `name` (an inner region names its own part), cut where the rank waits."""
+        if self._regions and threading.get_ident() != self._owner:  # another thread's work runs beside the rank's
+            yield
+            return
+        now = self.clock.mark()
+        if self._regions:
+            self._close_piece(now)
+        else:
+            self._owner = threading.get_ident()
+        self._regions.append([name, now])
+        try:
+            yield
+        finally:
+            end = self.clock.mark()
+            self._close_piece(end)
+            self._regions.pop()
+            if self._regions:
+                self._regions[-1][1] = end
+
+    def _close_piece(self, end) -> None:
+        name, start = self._regions[-1]
+        self._pending.append((self.step, "compute", name, start, end, 0, "none", True))
+
+    def _carve(self, start, end) -> None:
+        """The rank waited from `start` to `end`: the open region's compute stops there and resumes after."""
+        self._close_piece(start)
+        self._regions[-1][1] = end
+
+    @contextmanager
+    def blocked(self) -> Iterator[None]:
+        """The rank waits here for something already recorded elsewhere (a message in flight): not compute."""
+        if not self._mine():
+            yield
+            return
+        start = self.clock.mark()
+        try:
+            yield
+        finally:
+            self._carve(start, self.clock.mark())
+
+    def waited_since(self, start) -> None:
+        """The rank has been waiting since the clock mark `start` (a wait seen only afterwards: DDP's for its
+        buckets, inside backward()): not compute."""
+        if self._mine():
+            self._carve(start, self.clock.mark())
 
     def flush_outside_step(self) -> None:
         """Spans recorded outside any step (setup broadcasts) are dropped: they are not step time."""

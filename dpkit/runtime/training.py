@@ -167,7 +167,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
                 with recorder.span("injected", "straggler delay"):
                     time.sleep(delay)
             with meter.step(step):
-                losses.append(strategy.train_step(step, x, y))
+                losses.append(strategy.timed_step(step, x, y))
             group = strategy.end_of_step_group()
             if group is not None:
                 comm.barrier(group, kind="idle", name="end-of-step barrier")
@@ -176,8 +176,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             "losses": losses,
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
             "steps": recorder.steps,
+            "extra": {**strategy.extra(), **meter.extra()},  # before owned_state, which may gather (ZeRO-3)
             "state": strategy.owned_state(),
-            "extra": {**strategy.extra(), **meter.extra()},
             "link": comm.link_stats(),
             "memory": meter.report(),
         }

@@ -1,15 +1,17 @@
-"""What every strategy shares: the rank's context, the optimizer, and one micro-batch step."""
+"""What every strategy shares: the rank's context, the optimizer, one micro-batch step, and the layers
+around the algorithm: timing (forward, backward and optimizer as compute regions of dpkit.runtime.recorder,
+which the rank's waits carve) and memory (read off the tensors a strategy declares it holds)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..comm import Comm, Group
-from ..runtime.memory import held_by
+from ..runtime.memory import Held, held_by, held_memory
 from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
 
@@ -34,11 +36,23 @@ class Strategy:
 
     role = "worker"
     gap_kind = "idle"
+    #: the name of this rank's compute outside forward, backward and the optimizer step (copies into and out of
+    #: communication buffers, bookkeeping): timed_step times the whole step as compute under this name, cut
+    #: where the rank waits. None: only the strategy's own compute spans count, the rest of the step is a gap.
+    other_compute: str | None = None
 
     def __init__(self, ctx: RankContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.rec = ctx.recorder
+        self._last_grad: dict[int, _LastGradient] = {}
+
+    def timed_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        """train_step, as the training loop calls it: inside the compute region `other_compute` (if any)."""
+        if self.other_compute is None:
+            return self.train_step(step, x, y)
+        with self.rec.compute(self.other_compute):
+            return self.train_step(step, x, y)
 
     # -- the interface the training loop calls ----------------------------------------------
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -65,12 +79,17 @@ class Strategy:
         """Strategy-specific measurements that go into the result (JSON-able)."""
         return {}
 
+    def held_tensors(self) -> Held:
+        """The tensors this rank holds, by kind, declared once: memory accounting reads their bytes off them.
+        The default: what the attributes named model/module, opt and sync hold; a strategy whose layout differs
+        declares its own (sharded data parallelism holds shards, not whole tensors)."""
+        return held_by(self)
+
     def memory_state(self) -> dict[str, int]:
         """Bytes this rank holds, for memory accounting (dpkit.runtime.memory). Keys: params_bytes, grads_bytes,
-        optimizer_bytes (its optimizer state tensors), buffers_bytes (flat and gather buffers at their peak).
-        The default counts what the attributes named model/module, opt and sync hold, each storage once;
-        a strategy whose layout differs overrides it (sharded data parallelism holds shards, not whole tensors)."""
-        return held_by(self)
+        optimizer_bytes (its optimizer state tensors), buffers_bytes (flat and gather buffers at their peak),
+        each storage counted once, read off held_tensors()."""
+        return held_memory(self.held_tensors())
 
     def close(self) -> None:
         self.ctx.comm.close()
@@ -83,25 +102,63 @@ class Strategy:
 
     def forward_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
         """Forward and backward of one micro-batch; the loss is scaled so accumulated grads average."""
-        with self.rec.span("compute", "forward"):
+        with self.rec.compute("forward"):
             loss = loss_fn(model(x.to(self.ctx.device)), y.to(self.ctx.device))
-        with self.rec.span("compute", "backward"):
-            (loss * scale).backward()
+        self.backward(model, loss * scale)
         return float(loss.detach())
+
+    def backward(self, model: nn.Module, loss: torch.Tensor) -> None:
+        """loss.backward(), timed as compute until the last gradient of `model` is accumulated: whatever
+        backward() does after that is waiting (DDP waits there for its buckets' all-reduces), not compute."""
+        last = self._last_grad.get(id(model))
+        if last is None:  # registered on first use: after the strategy's own gradient hooks, so it fires after them
+            last = self._last_grad[id(model)] = _LastGradient(model, self.rec.clock)
+        last.at = None
+        with self.rec.compute("backward"):
+            loss.backward()
+            if last.at is not None:
+                self.rec.waited_since(last.at)
+
+    def optimizer_step(self, opt: torch.optim.Optimizer, zero_grad: bool = True) -> None:
+        """One optimizer step, timed as compute; then the gradients are dropped (unless not `zero_grad`)."""
+        with self.rec.compute("optimizer"):
+            opt.step()
+            if zero_grad:
+                opt.zero_grad(set_to_none=True)
 
     def accumulate_and_step(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
         """Forward/backward over cfg.grad_accum equal micro-batches of (x, y), one optimizer step; mean loss."""
         accum = self.cfg.grad_accum
         losses = [self.forward_backward(model, shard(x, i, accum), shard(y, i, accum), 1.0 / accum) for i in range(accum)]
-        with self.rec.span("compute", "optimizer"):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        self.optimizer_step(opt)
         return sum(losses) / accum
+
+
+class _LastGradient:
+    """When the last of a model's gradients was accumulated in the running backward (a clock mark)."""
+
+    def __init__(self, model: nn.Module, clock: Any) -> None:
+        self.clock = clock
+        self.at: Any = None
+        for p in model.parameters():  # plain tensors only: a sharded parameter (FSDP2's) gets its gradient otherwise
+            if p.requires_grad and type(p.data) is torch.Tensor:
+                p.register_post_accumulate_grad_hook(self._arrived)
+
+    def _arrived(self, _p: torch.Tensor) -> None:
+        self.at = self.clock.mark()
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     """Parameters that get gradients, each once (a tied weight is one parameter)."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def broadcast_model(ctx: RankContext, model: nn.Module, group: Group | None = None) -> None:
+    """Copy the parameters and buffers of the group's first rank to every rank of `group`."""
+    src = (group or ctx.comm.world).peer(0)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            ctx.comm.broadcast(t.data, src, group, name="broadcast-model")
 
 
 def state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:

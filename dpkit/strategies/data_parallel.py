@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,46 +18,37 @@ from torch.nn.parallel import DistributedDataParallel
 from ..comm import Group
 from ..cost.model import HostModel, Link, bucketed_overlap, buckets_of, comm_time
 from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
-from ..workloads import build_model, loss_fn, shard
-from .base import RankContext, Strategy, state_on_cpu, trainable
+from ..workloads import build_model, shard
+from .base import RankContext, Strategy, broadcast_model, state_on_cpu, trainable
 from .grad_sync import make_grad_sync
 from .spec import DataSplitSpec
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-
-def broadcast_model(ctx: RankContext, model: torch.nn.Module, group: Group | None = None) -> None:
-    """Copy the parameters and buffers of the group's first rank to every rank of `group`."""
-    src = (group or ctx.comm.world).peer(0)
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            ctx.comm.broadcast(t.data, src, group, name="broadcast-model")
+__all__ = ["DataParallel", "DataParallelSpec", "broadcast_model"]
 
 
 class DataParallel(Strategy):
+    """Every rank: the whole model, its slice of the batch; gradients averaged before each optimizer step."""
+
+    other_compute = "gradient copies"  # what the step computes besides forward, backward, optimizer
+
     def __init__(self, ctx: RankContext, group: Group | None = None) -> None:
         super().__init__(ctx)
         cfg = self.cfg
         self.group = group
         view = group or ctx.comm.world
         self.world, self.index = view.size, view.me
-        model = build_model(cfg, cfg.seed + ctx.rank).to(ctx.device)
-        broadcast_model(ctx, model, group)
-        self.module = model
-        self.model: torch.nn.Module
-        params = trainable(model)
-        if cfg.grad_sync == "ddp":
-            self.model = DistributedDataParallel(model, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
+        self.module = build_model(cfg, cfg.seed + ctx.rank).to(ctx.device)
+        broadcast_model(ctx, self.module, group)  # ranks start from different seeds: the broadcast aligns them
+        params = trainable(self.module)
+        self.model: torch.nn.Module = self.module
+        self.sync = None
+        if cfg.grad_sync == "ddp":  # torch's own, its buckets' all-reduces through Comm
+            self.model = DistributedDataParallel(self.module, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
             self.model.register_comm_hook(None, self._ddp_hook)
-            self.sync = None
-            # DDP waits for its all-reduces inside backward(); the last gradient's arrival marks where
-            # backward's compute ends, so that wait is not counted as compute (it is exposed comm).
-            self._last_grad_at: float | None = None
-            for p in params:
-                p.register_post_accumulate_grad_hook(self._note_grad)
         else:
-            self.model = model
             self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb)
         self.opt = self.make_optimizer(params)
 
@@ -69,18 +59,12 @@ class DataParallel(Strategy):
             bucket.buffer(), self.group, name=f"ddp-bucket{bucket.index()}", then=lambda value: value.div_(world)
         )
 
-    def _note_grad(self, _p) -> None:
-        self._last_grad_at = time.perf_counter()
-
-    def _ddp_forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
-        with self.rec.span("compute", "forward"):
-            loss = loss_fn(self.model(x.to(self.ctx.device)), y.to(self.ctx.device))
-        self._last_grad_at = None
-        start = time.perf_counter()
-        (loss * scale).backward()
-        end = time.perf_counter()
-        self.rec.add("compute", "backward", start, self._last_grad_at or end)
-        return float(loss.detach())
+    def _syncing(self, last: bool) -> contextlib.AbstractContextManager:
+        """Gradients are averaged on the last micro-step only; before it they accumulate locally (DDP's no_sync)."""
+        if self.sync is None:
+            return contextlib.nullcontext() if last else self.model.no_sync()  # type: ignore[operator]
+        self.sync.enabled = last
+        return contextlib.nullcontext()
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         accum = self.cfg.grad_accum
@@ -89,23 +73,11 @@ class DataParallel(Strategy):
             self.sync.begin()
         losses = []
         for i in range(accum):
-            last = i == accum - 1
-            if self.sync is not None:
-                self.sync.enabled = last
-                ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
-            else:
-                ctx = contextlib.nullcontext() if last else self.model.no_sync()  # type: ignore[operator]
-            with ctx:
-                mx, my = shard(xs, i, accum), shard(ys, i, accum)
-                if self.sync is None:
-                    losses.append(self._ddp_forward_backward(mx, my, 1.0 / accum))
-                else:
-                    losses.append(self.forward_backward(self.model, mx, my, 1.0 / accum))
+            with self._syncing(last=i == accum - 1):
+                losses.append(self.forward_backward(self.model, shard(xs, i, accum), shard(ys, i, accum), 1.0 / accum))
         if self.sync is not None:
-            self.sync.finish()
-        with self.rec.span("compute", "optimizer"):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            self.sync.finish()  # DDP's averaging finished inside the last backward
+        self.optimizer_step(self.opt)
         return sum(losses) / accum, xs.shape[0]
 
     def owned_state(self) -> dict[str, torch.Tensor]:

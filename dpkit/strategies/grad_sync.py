@@ -5,6 +5,7 @@ flat:       all gradients copied into one buffer, one all-reduce (one big messag
 bucketed:   gradients packed into ~bucket_mb buckets in reverse parameter order; a bucket's
             all-reduce starts from a gradient hook the moment its last gradient is ready, so
             communication overlaps the rest of the backward pass (what DDP does).
+The buffers and the bucket plan are dpkit.buffers' (shared with ZeRO and the cost model).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..buffers import FlatBuffer, plan_buckets
 from ..comm import AsyncWork, Comm, Group
 
 
@@ -35,6 +37,15 @@ class GradSync:
         return []
 
 
+def set_grads(params: list[nn.Parameter], flat: FlatBuffer) -> None:
+    """Each parameter's gradient := its place in `flat` (a parameter that got none gets a copy)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = flat.view(p).clone()
+        else:
+            p.grad.copy_(flat.view(p))
+
+
 class PerTensorSync(GradSync):
     def finish(self) -> None:
         for p in reversed(self.params):
@@ -49,72 +60,40 @@ class FlatSync(GradSync):
 
     def __init__(self, params: list[nn.Parameter], comm: Comm, group: Group | None = None) -> None:
         super().__init__(params, comm, group)
-        p0 = self.params[0]
-        self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=p0.dtype, device=p0.device)
-        self.views, offset = [], 0
-        for p in self.params:
-            self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        self.flat = FlatBuffer(params)
 
     def buffers(self) -> list[torch.Tensor]:
-        return [self.flat]
+        return [self.flat.data]
 
     def finish(self) -> None:
-        with self.comm.recorder.span("compute", "flatten"):
-            for p, view in zip(self.params, self.views, strict=True):
-                if p.grad is None:
-                    view.zero_()
-                else:
-                    view.copy_(p.grad)
-        self.comm.all_reduce(self.flat, self.group, name="allreduce-flat")
-        with self.comm.recorder.span("compute", "unflatten"):
-            self.flat.div_(self.world)
-            for p, view in zip(self.params, self.views, strict=True):
-                if p.grad is None:
-                    p.grad = view.clone()
-                else:
-                    p.grad.copy_(view)
+        self.flat.pack([p.grad for p in self.params])
+        self.comm.all_reduce(self.flat.data, self.group, name="allreduce-flat")
+        self.flat.data.div_(self.world)
+        set_grads(self.params, self.flat)
 
 
 class Bucket:
+    """Some parameters' gradients in one flat buffer, and the all-reduce that carries them."""
+
     def __init__(self, index: int, params: list[nn.Parameter]) -> None:
-        self.index = index
-        self.params = params
-        self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-        self.offsets = {}
-        offset = 0
-        for p in params:
-            self.offsets[p] = offset
-            offset += p.numel()
+        self.index, self.params = index, params
+        self.flat = FlatBuffer(params)
         self.ready: set[nn.Parameter] = set()
         self.work: AsyncWork | None = None
-
-    def slice(self, p: nn.Parameter) -> torch.Tensor:
-        return self.buffer[self.offsets[p] : self.offsets[p] + p.numel()].view_as(p)
 
 
 class BucketedOverlapSync(GradSync):
     def __init__(self, params: list[nn.Parameter], comm: Comm, group: Group | None = None, bucket_mb: float = 1.0) -> None:
         super().__init__(params, comm, group)
-        self.buckets = self._make_buckets(bucket_mb)
+        arrival = list(reversed(params))  # gradients of the last layers are ready first
+        plan = plan_buckets([p.numel() * p.element_size() for p in arrival], bucket_mb)
+        self.buckets = [Bucket(i, [arrival[j] for j in group]) for i, group in enumerate(plan)]
         self.bucket_of = {p: b for b in self.buckets for p in b.params}
         self.launch_order: list[Bucket] = []
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in params]
 
-    def _make_buckets(self, bucket_mb: float) -> list[Bucket]:
-        limit = bucket_mb * 2**20
-        groups: list[list[nn.Parameter]] = [[]]
-        size = 0
-        for p in reversed(self.params):  # gradients of the last layers are ready first
-            if groups[-1] and size + p.numel() * p.element_size() > limit:
-                groups.append([])
-                size = 0
-            groups[-1].append(p)
-            size += p.numel() * p.element_size()
-        return [Bucket(i, g) for i, g in enumerate(groups) if g]
-
     def buffers(self) -> list[torch.Tensor]:
-        return [b.buffer for b in self.buckets]
+        return [b.flat.data for b in self.buckets]
 
     def begin(self) -> None:
         self.launch_order = []
@@ -127,13 +106,13 @@ class BucketedOverlapSync(GradSync):
             return
         bucket = self.bucket_of[p]
         assert p.grad is not None  # the hook runs after the gradient was accumulated
-        bucket.slice(p).copy_(p.grad)
+        bucket.flat.view(p).copy_(p.grad)
         bucket.ready.add(p)
         if len(bucket.ready) == len(bucket.params):
             self._launch(bucket)
 
     def _launch(self, bucket: Bucket) -> None:
-        bucket.work = self.comm.all_reduce_async(bucket.buffer, self.group, name=f"allreduce-bucket{bucket.index}")
+        bucket.work = self.comm.all_reduce_async(bucket.flat.data, self.group, name=f"allreduce-bucket{bucket.index}")
         self.launch_order.append(bucket)
 
     def finish(self) -> None:
@@ -141,19 +120,14 @@ class BucketedOverlapSync(GradSync):
             if bucket.work is None:
                 for p in bucket.params:
                     if p not in bucket.ready:
-                        bucket.slice(p).zero_()
+                        bucket.flat.view(p).zero_()
                 self._launch(bucket)
         for bucket in self.launch_order:
             assert bucket.work is not None
             bucket.work.wait()
-        with self.comm.recorder.span("compute", "unbucket"):
-            for bucket in self.buckets:
-                bucket.buffer.div_(self.world)
-                for p in bucket.params:
-                    if p.grad is None:
-                        p.grad = bucket.slice(p).clone()
-                    else:
-                        p.grad.copy_(bucket.slice(p))
+        for bucket in self.buckets:
+            bucket.flat.data.div_(self.world)
+            set_grads(bucket.params, bucket.flat)
 
     def remove_hooks(self) -> None:
         for h in self._hooks:
