@@ -70,11 +70,12 @@ class AsyncWork:
             self.comm.recorder.add("comm", self.name, self.start, max(end, self.start), self.nbytes, self.source, blocking=False)
 
     def wait(self) -> None:
-        if self._work is not None:
-            self._work.wait()
-        if self._future is not None:
-            self.nbytes = self._future.result()
-        sleep_until(self.deliver_at)
+        with self.comm.recorder.blocked():  # the rank waits: whatever compute it was timing stops here
+            if self._work is not None:
+                self._work.wait()
+            if self._future is not None:
+                self.nbytes = self._future.result()
+            sleep_until(self.deliver_at)
         self._record()
 
 
