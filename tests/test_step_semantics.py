@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from dpkit import RunConfig, RunResult, run
 from dpkit.results import STATES, TIMELINE_COLUMNS, partition, role_kind, step_stats
+from dpkit.runtime.recorder import Recorder
 from dpkit.viz import plots
 from dpkit.workloads import build_model
 
@@ -107,6 +108,89 @@ def test_the_sweep_agrees_with_the_rule_at_every_instant_on_random_timelines() -
         assert {k: got[k] for k in STATES} == pytest.approx(want), spans
         comm_units = sum(any(k == "comm" and a <= t + 0.5 < e for k, a, e, _ in spans) for t in range(20))
         assert got["comm_s"] == pytest.approx(comm_units)
+
+
+# ---- the recorder: compute is a region that the rank's waits carve -------------------------------
+class TickClock:
+    """A clock that reads whatever the test sets (seconds since 0)."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.t0, self.now = 0.0, 0.0
+
+    def mark(self) -> float:
+        return self.now
+
+    def seconds(self, mark: float) -> float:
+        return mark
+
+    def sync(self) -> None:
+        pass
+
+
+def recorded(run) -> pd.DataFrame:
+    clock = TickClock()
+    rec = Recorder(0, clock)  # type: ignore[arg-type]
+    rec.begin_step(0)
+    run(rec, clock)
+    clock.now = 10.0
+    rec.end_step()
+    return pd.DataFrame([(s.kind, s.name, s.start_s, s.end_s) for s in rec.spans], columns=["kind", "name", "start", "end"])
+
+
+def test_waits_carve_the_open_compute_region() -> None:
+    def step(rec: Recorder, clock: TickClock) -> None:
+        with rec.compute("other"):
+            clock.now = 1.0
+            with rec.compute("forward"):
+                clock.now = 2.0
+                rec.add("comm", "all-gather", 2.0, 3.0)  # a blocking collective inside the forward
+                clock.now = 4.0
+                with rec.blocked():  # waiting for a message in flight
+                    clock.now = 5.0
+                clock.now = 6.0
+            rec.add("comm", "prefetch", 6.0, 9.0, blocking=False)  # in flight: the rank goes on computing
+            clock.now = 7.0
+            with rec.compute("backward"):
+                clock.now = 8.0
+                rec.waited_since(7.5)  # a wait seen only afterwards (DDP's, inside backward())
+            clock.now = 9.0
+
+    tl = recorded(step)
+    compute = tl[tl.kind == "compute"].sort_values("start")
+    assert list(zip(compute.name, compute.start, compute.end, strict=True)) == [
+        ("other", 0.0, 1.0),
+        ("forward", 1.0, 2.0),
+        ("forward", 3.0, 4.0),
+        ("forward", 5.0, 6.0),
+        ("other", 6.0, 7.0),
+        ("backward", 7.0, 7.5),
+        ("other", 8.0, 9.0),
+    ]
+    in_flight = (tl.kind == "comm") & (tl.name == "prefetch")
+    frame = tl.assign(rank=0, step=0, bytes=0, bytes_source="none", blocking=~in_flight, start_s=tl.start, end_s=tl.end)
+    s = stats_of(frame[TIMELINE_COLUMNS], 0.0, 10.0)
+    assert s["compute_s"] == pytest.approx(6.5)
+    # exposed: the all-gather (2-3) and the prefetch where the backward waited for it (7.5-8); hidden: the
+    # prefetch where the rank computed (6-7.5, 8-9); the wait in flight at 4-5 had nothing in flight: idle
+    assert s["exposed_comm_s"] == pytest.approx(1.5) and s["hidden_comm_s"] == pytest.approx(2.5)
+    assert s["idle_s"] == pytest.approx(2.0)  # 4-5 and 9-10
+
+
+def test_another_threads_waits_never_carve_the_ranks_compute() -> None:
+    import threading
+
+    def step(rec: Recorder, clock: TickClock) -> None:
+        with rec.compute("forward"):
+            clock.now = 2.0
+            t = threading.Thread(target=lambda: rec.add("comm", "comm thread", 0.5, 1.5))
+            t.start()
+            t.join()
+
+    tl = recorded(step)
+    compute = tl[tl.kind == "compute"]
+    assert list(zip(compute.start, compute.end, strict=True)) == [(0.0, 2.0)]
 
 
 # ---- real runs -----------------------------------------------------------------------------
