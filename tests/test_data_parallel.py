@@ -83,3 +83,20 @@ def test_bytes_per_rank_follow_the_algorithm() -> None:
     ring = run(base.replace(allreduce_algo="ring")).summary["bytes_sent_per_step"]
     whole = run(base.replace(allreduce_algo="ring-whole")).summary["bytes_sent_per_step"]
     assert whole / ring == pytest.approx((4 - 1) / (2 * (4 - 1) / 4), rel=0.01)
+
+
+@pytest.mark.slow
+def test_ddp_waiting_inside_backward_is_exposed_comm_not_compute() -> None:
+    """DDP waits for its buckets' all-reduces inside backward(); the timing layer ends the backward's compute at
+    its last gradient, so that wait is exposed comm. On a link with 20 ms latency the last bucket is delivered at
+    least 20 ms after it was launched (sleeps only get longer under load: no load guard needed)."""
+    cfg = TRICKY.replace(world_size=2, grad_sync="ddp", link="custom", link_latency_s=0.02, link_bandwidth_Bps=5e6)
+    result = run(cfg)
+    assert_same_training(result, reference(cfg))
+    tl = result.timeline[result.timeline.step >= cfg.warmup]
+    stats = result.step_stats().set_index(["rank", "step"])
+    for (rank, step), g in tl.groupby(["rank", "step"]):
+        backward_end = g[(g.kind == "compute") & (g.name == "backward")].end_s.max()
+        last_bucket = g[g.name.str.startswith("ddp-bucket")].end_s.max()
+        assert last_bucket - backward_end > 0.015, (rank, step)  # the wait is not inside the backward's compute
+        assert stats.loc[(rank, step), "exposed_comm_s"] >= last_bucket - backward_end - 1e-6
