@@ -93,10 +93,9 @@ def test_ddp_waiting_inside_backward_is_exposed_comm_not_compute() -> None:
     cfg = TRICKY.replace(world_size=2, grad_sync="ddp", link="custom", link_latency_s=0.02, link_bandwidth_Bps=5e6)
     result = run(cfg)
     assert_same_training(result, reference(cfg))
-    tl = result.timeline[result.timeline.step >= cfg.warmup]
-    stats = result.step_stats().set_index(["rank", "step"])
-    for (rank, step), g in tl.groupby(["rank", "step"]):
-        backward_end = g[(g.kind == "compute") & (g.name == "backward")].end_s.max()
-        last_bucket = g[g.name.str.startswith("ddp-bucket")].end_s.max()
-        assert last_bucket - backward_end > 0.015, (rank, step)  # the wait is not inside the backward's compute
-        assert stats.loc[(rank, step), "exposed_comm_s"] >= last_bucket - backward_end - 1e-6
+    stats = result.step_stats()
+    timed = stats[stats.step >= cfg.warmup]
+    assert len(timed) == 2 * (cfg.steps - cfg.warmup)
+    for s in timed.itertuples():  # counted as compute, the wait would hide the buckets: exposed would be ~0
+        assert s.exposed_comm_s > 0.015, s
+        assert s.hidden_comm_s < s.comm_s - 0.015, s

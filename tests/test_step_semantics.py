@@ -154,7 +154,7 @@ def test_waits_carve_the_open_compute_region() -> None:
             clock.now = 7.0
             with rec.compute("backward"):
                 clock.now = 8.0
-                rec.waited_since(7.5)  # a wait seen only afterwards (DDP's, inside backward())
+                rec.computed_until(7.5)  # a wait seen only afterwards (DDP's, inside backward())
             clock.now = 9.0
 
     tl = recorded(step)

@@ -9,7 +9,7 @@ Compute is recorded as a layer around the strategies, not by them: `compute(name
 (the training loop opens one around a step, the helpers of dpkit.strategies.base one around each
 forward, backward and optimizer step), and whatever blocks inside it carves it: a blocking span
 recorded while a region is open (a collective, a barrier, a receive), a wait for a message already in
-flight (`blocked()`, which Comm calls), or a wait only seen afterwards (`waited_since`). So a region
+flight (`blocked()`, which Comm calls), or a wait only seen afterwards (`computed_until`). So a region
 becomes compute spans that stop while the rank waits: a gather waited for inside a forward is exposed
 communication on the timeline, not compute, in every strategy, with no timing code in the strategy.
 
@@ -205,7 +205,8 @@ class Recorder:
 
     def _close_piece(self, end) -> None:
         name, start = self._regions[-1]
-        self._pending.append((self.step, "compute", name, start, end, 0, "none", True))
+        if start is not None:  # None: the region's compute already ended (computed_until)
+            self._pending.append((self.step, "compute", name, start, end, 0, "none", True))
 
     def _carve(self, start, end) -> None:
         """The rank waited from `start` to `end`: the open region's compute stops there and resumes after."""
@@ -224,11 +225,12 @@ class Recorder:
         finally:
             self._carve(start, self.clock.mark())
 
-    def waited_since(self, start) -> None:
-        """The rank has been waiting since the clock mark `start` (a wait seen only afterwards: DDP's for its
-        buckets, inside backward()): not compute."""
+    def computed_until(self, mark) -> None:
+        """The open region's compute ended at the clock mark `mark`: from there until the region closes the rank
+        waited (a wait seen only afterwards: DDP's for its buckets, inside backward())."""
         if self._mine():
-            self._carve(start, self.clock.mark())
+            self._close_piece(mark)
+            self._regions[-1][1] = None
 
     def flush_outside_step(self) -> None:
         """Spans recorded outside any step (setup broadcasts) are dropped: they are not step time."""

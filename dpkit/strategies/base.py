@@ -117,7 +117,7 @@ class Strategy:
         with self.rec.compute("backward"):
             loss.backward()
             if last.at is not None:
-                self.rec.waited_since(last.at)
+                self.rec.computed_until(last.at)
 
     def optimizer_step(self, opt: torch.optim.Optimizer, zero_grad: bool = True) -> None:
         """One optimizer step, timed as compute; then the gradients are dropped (unless not `zero_grad`)."""
