@@ -10,7 +10,7 @@ import torch
 from conftest import assert_same_training, rank_processes, reference
 
 from dpkit import RankFailedError, RunConfig, run
-from dpkit.strategies import ps_layout
+from dpkit.strategies.parameter_server import layout as ps_layout
 from dpkit.viz import ps_tables as ps
 from dpkit.workloads import build_model
 
@@ -69,7 +69,8 @@ def test_sync_ps_matches_single_process(workers: int, servers: int, kw: dict) ->
         assert result.extra["bytes_out"][str(rank)] == result.extra["bytes_in"][str(rank)] == size * cfg.steps
     expected = (workers * 4 * stats.shard_numel).astype(float).tolist()
     assert stats.bytes_in_per_step.tolist() == stats.bytes_out_per_step.tolist() == expected
-    assert (ps.updates(result).staleness == 0).all()
+    assert (result.staleness[["staleness_steps", "staleness_updates"]] == 0).all().all()
+    assert len(result.staleness) == workers * servers * cfg.steps and result.summary["staleness_max"] == 0
 
 
 # ---- async: trains, and stays within its bound -----------------------------------------------
@@ -84,11 +85,11 @@ def test_async_ps_trains_within_the_staleness_bound() -> None:
     result = run(ASYNC.replace(max_staleness=bound))
     first, last = result.losses[0], sum(result.losses[-3:]) / 3
     assert last < first - 0.1, result.losses
-    ups = ps.updates(result)
+    ups = result.staleness
     assert len(ups) == ASYNC.world_size * ASYNC.steps * ASYNC.num_servers
-    assert ups.clock_staleness.max() <= bound
+    assert ups.staleness_steps.max() <= bound
     n = ASYNC.world_size
-    assert ups.staleness.max() <= (n - 1) * (2 * bound + 1)
+    assert ups.staleness_updates.max() <= (n - 1) * (2 * bound + 1)
     curve = ps.loss_curve(result)
     assert curve.samples_seen.iloc[-1] == ASYNC.global_batch * ASYNC.steps
     assert curve.wall_s.is_monotonic_increasing
@@ -107,7 +108,7 @@ def test_straggler_slows_sync_but_not_async() -> None:
     assert fast_worker_step_s(asyn) < 0.5 * fast_worker_step_s(sync)
     assert ps.worker_wait(sync).query("rank == 1 and step >= 1").wait_s.median() >= 0.8 * delay
     # unbounded async lets the fast worker run ahead: its gradients were computed many straggler steps ago
-    assert ps.updates(asyn).clock_staleness.max() >= 2
+    assert asyn.staleness.staleness_steps.max() >= 2
     hist = ps.staleness_histogram(asyn)
     assert hist.updates.sum() == 2 * cfg.steps
 
