@@ -57,7 +57,9 @@ class ParameterServer(Strategy):
     def _sync_round(self) -> None:
         comm = self.ctx.comm
         rows = list(self.inbox)
-        comm.wait([comm.irecv(row, w, self.group) for w, row in zip(self.workers, rows, strict=True)], "wait-for-gradients", "idle")
+        comm.wait(
+            [comm.irecv(row, w, self.group) for w, row in zip(self.workers, rows, strict=True)], "wait-for-gradients", "idle"
+        )
         with self.rec.span("compute", "average+update"):
             self.grad.copy_(rows[0])
             for row in rows[1:]:  # fixed order: same sum, bit for bit, every run

@@ -1,6 +1,5 @@
 """The parameter server's spec: what the rest of dpkit may know about it (the algorithm is in server.py, worker.py)."""
 
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
