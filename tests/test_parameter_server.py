@@ -3,6 +3,7 @@ hurt sync but not async, and a dead server (the single point of failure) is name
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import pytest
@@ -11,6 +12,8 @@ from conftest import assert_same_training, rank_processes, reference
 
 from dpkit import RankFailedError, RunConfig, run
 from dpkit.strategies.parameter_server import layout as ps_layout
+from dpkit.strategies.parameter_server.server import ParameterServer
+from dpkit.strategies.parameter_server.worker import PushPullWorker
 from dpkit.viz import ps_tables as ps
 from dpkit.workloads import build_model
 
@@ -42,6 +45,14 @@ def test_server_states_merge_into_the_single_process_state_dict(model: str, kw: 
         for key, value in s.items():
             assert torch.equal(value, full[key])
     assert sum(layout.numel_of(j) for j in range(3)) == sum(p.numel() for p in layout.params)
+
+
+def test_the_algorithm_reads_on_one_screen_and_measures_nothing_itself() -> None:
+    """Server and worker are the algorithm only: no clock reads, no byte counters (the timeline and Comm have them)."""
+    for cls in (ParameterServer, PushPullWorker):
+        source = inspect.getsource(cls)
+        assert len(source.splitlines()) <= 150, cls.__name__
+        assert "perf_counter" not in source and "bytes_in +=" not in source and "bytes_out +=" not in source
 
 
 # ---- sync: the same training as one process ------------------------------------------------

@@ -14,6 +14,9 @@ schedule whose order respects the data dependencies runs without deadlock. The t
 blocked in a receive is recorded as `bubble`: on one host the transfer is a small part of it, the
 rest is the stage waiting for its neighbour. The end-of-step flush (waiting for the other stages to
 drain) is bubble too, so the measured fraction is comparable to (p-1)/(m+p-1).
+
+Which blocks each stage runs is pipeline_cut.stage_cut, the one cut that validation and the cost and
+memory models also use.
 """
 
 from __future__ import annotations
