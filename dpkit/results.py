@@ -29,6 +29,7 @@ import torch
 
 from .config import RunConfig
 from .runtime.memory import memory_frame, memory_summary
+from .strategies.parameter_server.staleness import staleness_frame, staleness_summary
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
@@ -243,9 +244,16 @@ class RunResult:
     def __post_init__(self) -> None:
         if not self.summary:
             self.summary = summarize(self.config, self.timeline, self.steps, self.losses, self.meta)
+            self.summary.update(staleness_summary(self.staleness))  # parameter server only: staleness_mean, _max
 
     def step_stats(self) -> pd.DataFrame:
         return step_stats(self.timeline, self.steps)
+
+    @property
+    def staleness(self) -> pd.DataFrame:
+        """Every update a parameter server applied: step, worker, server, staleness_steps (the SSP bound's unit),
+        staleness_updates (dpkit.strategies.parameter_server.staleness); saved with `extra`. Empty without a server."""
+        return staleness_frame(self.extra)
 
     def bytes_by_rank(self) -> pd.DataFrame:
         """Every process's traffic (a parameter server's or a reduce-broadcast root's load, which the mean

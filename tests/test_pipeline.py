@@ -12,7 +12,8 @@ import pytest
 from conftest import assert_same_training, reference
 
 from dpkit import RunConfig, RunResult, run
-from dpkit.strategies.pipeline import balanced_split, peak_in_flight, schedule, stage_blocks
+from dpkit.strategies.pipeline import peak_in_flight, schedule
+from dpkit.strategies.pipeline_cut import balanced_split, stage_cut
 from dpkit.workloads import build_model, count_parameters
 
 SMALL = RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=60)
@@ -40,9 +41,21 @@ def test_balanced_split_minimises_the_largest_stage() -> None:
         assert max(sum(sizes[b - c : b]) for b, c in zip(bounds, counts, strict=True)) == best
 
 
-def test_stage_blocks_follow_stage_layers_when_given() -> None:
+def test_stage_cut_follows_stage_layers_when_given() -> None:
     cfg = SMALL.replace(parallelism="pipeline", world_size=2, stage_layers=(1, 4))
-    assert stage_blocks(cfg, build_model(cfg, 0), 2) == [["embed"], ["block0", "block1", "block2", "head"]]
+    assert stage_cut(cfg, 2) == [["embed"], ["block0", "block1", "block2", "head"]]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
+def test_stage_cut_balances_the_built_models_blocks(model: str) -> None:
+    """The cut comes from the model's layout (no model built): it must be the cut of the model the stages build."""
+    cfg = SMALL.replace(model=model, hidden=16, layers=2)
+    built = build_model(cfg, 0)
+    names, sizes = [n for n, _ in built.named_children()], [count_parameters(b) for b in built.children()]
+    for p in range(1, len(names) + 1):
+        cut = stage_cut(cfg, p)
+        assert [len(blocks) for blocks in cut] == balanced_split(sizes, p)
+        assert [b for blocks in cut for b in blocks] == names
 
 
 # ---- the schedules, simulated -----------------------------------------------------------------

@@ -4,7 +4,7 @@ Ranks 0 .. n-2 are workers, the last rank is the server (as in dpkit, servers co
 Every step each worker pushes its gradient and pulls the parameters back; the server receives all
 pushes, applies params -= lr * (average gradient), and answers each pull. After every step all ranks
 must hold the parameters a single process gets from the same update: what a synchronous parameter
-server promises (dpkit/strategies/ps_server.py is the full version, with shards and an async mode).
+server promises (dpkit/strategies/parameter_server/server.py is the full version, with shards and an async mode).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ schedule whose order respects the data dependencies runs without deadlock. The t
 blocked in a receive is recorded as `bubble`: on one host the transfer is a small part of it, the
 rest is the stage waiting for its neighbour. The end-of-step flush (waiting for the other stages to
 drain) is bubble too, so the measured fraction is comparable to (p-1)/(m+p-1).
+
+Which blocks each stage runs is pipeline_cut.stage_cut, the one cut that validation and the cost and
+memory models also use.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from ..comm import Group, Pending
 from ..cost import memory
 from ..cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
 from ..cost.step_model import ComputeProfile, oversubscription, parts, step_facts
-from ..workloads import build_dataset, build_model, count_parameters, loss_fn, model_layout, shard, trainable_names
+from ..workloads import build_model, count_parameters, loss_fn, shard, trainable_names
 from .base import RankContext, Strategy, state_on_cpu, trainable
+from .pipeline_cut import boundary_shapes, stage_cut
 from .spec import StrategySpec, config_error
 
 if TYPE_CHECKING:
@@ -39,54 +43,6 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 Action = tuple[str, int]  # ("F" | "B", micro-batch index)
-
-
-# ---- how the model is cut -------------------------------------------------------------------
-def balanced_split(sizes: list[int], parts: int) -> list[int]:
-    """Counts of consecutive items per part (each >= 1) that minimise the largest part's total size."""
-    n = len(sizes)
-    if not 1 <= parts <= n:
-        raise ValueError(f"cannot split {n} blocks into {parts} non-empty stages")
-    prefix = [0]
-    for s in sizes:
-        prefix.append(prefix[-1] + s)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]  # best[k][i]: first i items in k parts
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0
-    for k in range(1, parts + 1):
-        for i in range(k, n + 1):
-            for j in range(k - 1, i):
-                cost = max(best[k - 1][j], prefix[i] - prefix[j])
-                if cost < best[k][i]:
-                    best[k][i], cut[k][i] = cost, j
-    counts, i = [], n
-    for k in range(parts, 0, -1):
-        counts.append(i - cut[k][i])
-        i = cut[k][i]
-    return counts[::-1]
-
-
-def stage_blocks(cfg: RunConfig, model: nn.Module, stages: int) -> list[list[str]]:
-    """Block names of each stage: cfg.stage_layers if given, else balanced by parameter count."""
-    names = [name for name, _ in model.named_children()]
-    counts = list(cfg.stage_layers) or balanced_split([count_parameters(b) for b in model.children()], stages)
-    out, start = [], 0
-    for c in counts:
-        out.append(names[start : start + c])
-        start += c
-    return out
-
-
-def boundary_shapes(cfg: RunConfig, model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Per-sample shape of each block's output, from a one-sample dry run, so receivers can allocate buffers."""
-    x, _ = build_dataset(cfg).global_batch(0, 1)
-    shapes = {}
-    with torch.no_grad():
-        for name, block in model.named_children():
-            x = block(x)
-            shapes[name] = tuple(x.shape[1:])
-    return shapes
 
 
 # ---- schedules: the order of actions on one stage ---------------------------------------------
@@ -131,7 +87,7 @@ class PipelineStage(Strategy):
         self.prev_rank = first_rank + self.stage - 1
         self.next_rank = first_rank + self.stage + 1
         full = build_model(cfg, cfg.seed)  # the single-process init; this stage keeps its blocks only
-        self.block_names = stage_blocks(cfg, full, self.stages)[self.stage]
+        self.block_names = stage_cut(cfg, self.stages)[self.stage]
         shapes = boundary_shapes(cfg, full)
         names = [n for n, _ in full.named_children()]
         self.in_shape: tuple[int, ...] = shapes[names[names.index(self.block_names[0]) - 1]] if not self.first else ()
@@ -235,11 +191,8 @@ def validate_stages(cfg: RunConfig, stages: int) -> None:
     if cfg.tie_weights:
         raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
     if cfg.freeze:  # a stage with nothing to train has an empty optimizer and fails only after the launch
-        layout, trained = model_layout(cfg), {name.split(".")[0] for name in trainable_names(cfg)}
-        counts = list(cfg.stage_layers) or balanced_split(layout.block_sizes(), stages)  # as stage_blocks cuts it
-        start = 0
-        for s, count in enumerate(counts):
-            names, start = list(layout.blocks[start : start + count]), start + count
+        trained = {name.split(".")[0] for name in trainable_names(cfg)}
+        for s, names in enumerate(stage_cut(cfg, stages)):
             if not trained & set(names):
                 raise config_error(
                     "freeze",
@@ -250,7 +203,7 @@ def validate_stages(cfg: RunConfig, stages: int) -> None:
 
 def stage_shares(cfg: RunConfig, model: nn.Module, stages: int) -> tuple[list[float], list[list[str]]]:
     """Each stage's share of the model's parameters (the cost model's stand-in for its share of the compute)."""
-    blocks = stage_blocks(cfg, model, stages)
+    blocks = stage_cut(cfg, stages)
     sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
     total = sum(sizes.values())
     return [sum(sizes[n] for n in names) / total for names in blocks], blocks
@@ -321,11 +274,8 @@ class PipelineSpec(StrategySpec):
         micro-batch times the micro-batches its schedule keeps in flight (GPipe m, 1F1B at most p-s); with
         replicas, its gradient sync's buffers (dpkit.cost.memory)."""
         p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
-        layout = model_layout(cfg)
-        counts = list(cfg.stage_layers) or balanced_split(layout.block_sizes(), p)  # as stage_blocks cuts it
-        stages, start = [], 0
-        for s, count in enumerate(counts):
-            names, start = list(layout.blocks[start : start + count]), start + count
+        stages = []
+        for s, names in enumerate(stage_cut(cfg, p)):
             params, grads, state = memory.whole_model(cfg, names)
             in_flight = peak_in_flight(schedule(cfg.schedule, m, p, s))
             act = memory.activation_bytes(cfg, names, cfg.global_batch // (d * m), in_flight=in_flight)

@@ -1,4 +1,7 @@
-"""Tables a notebook plots from a parameter-server RunResult: server load, worker waits, staleness."""
+"""Tables a notebook plots from a parameter-server RunResult: server load, worker waits, staleness.
+
+Busy time and waits are read off the timeline, bytes off what Comm recorded: the strategy counts nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,13 @@ from typing import Any
 import pandas as pd
 
 from ..results import RunResult
+from ..strategies.parameter_server.worker import PULL_WAIT
+
+#: the two units of staleness, named as a figure should say them
+STALENESS_UNITS = {
+    "staleness_steps": "in steps (clocks, the unit of the bound max_staleness)",
+    "staleness_updates": "in updates applied since the worker's pull",
+}
 
 
 def _per_rank(result: RunResult, key: str) -> dict[int, Any]:
@@ -15,11 +25,14 @@ def _per_rank(result: RunResult, key: str) -> dict[int, Any]:
 
 
 def server_stats(result: RunResult) -> pd.DataFrame:
-    """Per server: its shard, bytes in/out and busy time (updating + answering pulls) per step."""
+    """Per server: its shard, bytes in/out per step, and busy time per timed step (compute + exposed comm on its
+    timeline: updating, packing and answering pulls; waiting for gradients is idle)."""
     steps = result.config.steps
+    stats = result.step_stats()
+    timed = stats[stats.step >= result.config.warmup].groupby("rank")[["compute_s", "exposed_comm_s"]].mean()
     rows = []
     for rank, shard in sorted(_per_rank(result, "ps_shard").items()):
-        busy = _per_rank(result, "busy_s")[rank]
+        busy = timed.loc[rank].sum() if rank in timed.index else 0.0
         rows.append(
             {
                 "rank": rank,
@@ -27,36 +40,40 @@ def server_stats(result: RunResult) -> pd.DataFrame:
                 "shard_numel": _per_rank(result, "shard_numel")[rank],
                 "bytes_in_per_step": _per_rank(result, "bytes_in")[rank] / steps,
                 "bytes_out_per_step": _per_rank(result, "bytes_out")[rank] / steps,
-                "busy_s_per_step": sum(busy) / len(busy) if busy else 0.0,
+                "busy_s_per_step": float(busy),
             }
         )
     return pd.DataFrame(rows)
 
 
 def worker_wait(result: RunResult) -> pd.DataFrame:
-    """Per worker and step: seconds from its push until the pulled parameters arrived (waiting for the server)."""
-    rows = [
-        {"rank": rank, "step": step, "wait_s": wait}
-        for rank, waits in sorted(_per_rank(result, "wait_for_server_s").items())
-        for step, wait in enumerate(waits)
+    """Per worker and step: seconds from its push until the pulled parameters arrived (waiting for the server),
+    the duration of its timeline's pull span."""
+    spans = result.timeline[result.timeline.name == PULL_WAIT]
+    waits = (spans.end_s - spans.start_s).groupby([spans["rank"], spans.step]).sum()
+    frame = waits.rename("wait_s").reset_index()
+    return frame.astype({"rank": int, "step": int, "wait_s": float})[["rank", "step", "wait_s"]]
+
+
+def staleness_histogram(result: RunResult, column: str = "staleness_steps") -> pd.DataFrame:
+    """How many updates had each staleness, over all servers: `column` is 'staleness_steps' (the bound's unit)
+    or 'staleness_updates' (STALENESS_UNITS says each in words)."""
+    if column not in STALENESS_UNITS:
+        raise ValueError(f"column={column!r} is not allowed: choose one of {sorted(STALENESS_UNITS)}")
+    counts = result.staleness[column].value_counts().sort_index()
+    return pd.DataFrame({column: counts.index.astype(int), "updates": counts.to_numpy()})
+
+
+def staleness_both_units(result: RunResult) -> pd.DataFrame:
+    """Both histograms side by side, for one figure: unit (STALENESS_UNITS' words), staleness, updates; with the
+    run's bound (max_staleness, None if unbounded) in `attrs['bound']`, to draw on the steps panel."""
+    parts = [
+        staleness_histogram(result, column).rename(columns={column: "staleness"}).assign(unit=words)
+        for column, words in STALENESS_UNITS.items()
     ]
-    return pd.DataFrame(rows, columns=["rank", "step", "wait_s"])
-
-
-def updates(result: RunResult) -> pd.DataFrame:
-    """Every update a server applied: which worker, its step, and both stalenesses."""
-    rows = [
-        {"server_rank": rank, "worker": w, "worker_step": s, "staleness": st, "clock_staleness": cs}
-        for rank, ups in sorted(_per_rank(result, "updates").items())
-        for w, s, st, cs in ups
-    ]
-    return pd.DataFrame(rows, columns=["server_rank", "worker", "worker_step", "staleness", "clock_staleness"])
-
-
-def staleness_histogram(result: RunResult, column: str = "staleness") -> pd.DataFrame:
-    """How many updates had each staleness (column 'staleness' or 'clock_staleness'), over all servers."""
-    counts = updates(result)[column].value_counts().sort_index()
-    return pd.DataFrame({column: counts.index.astype(int), "updates": counts.values})
+    frame = pd.concat(parts, ignore_index=True)[["unit", "staleness", "updates"]]
+    frame.attrs["bound"] = result.config.max_staleness
+    return frame
 
 
 def loss_curve(result: RunResult) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Where a parameter server's parameters live: k shards of whole tensors, and the flat buffers they travel in.
 
-Every worker and server computes the same layout from the single-process model (dpkit/strategies/
-parameter_server.py describes the strategy).
+Every worker and server computes the same layout from the single-process model (the package's
+docstring describes the strategy).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .base import trainable
+from ..base import trainable
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ...config import RunConfig
 
 
 def assign_shards(sizes: list[int], k: int) -> list[list[int]]:
@@ -41,6 +41,15 @@ class ShardLayout:
 
     def params_of(self, shard: int) -> list[nn.Parameter]:
         return [self.params[i] for i in self.shards[shard]]
+
+    def keep_only(self, shard: int) -> list[nn.Parameter]:
+        """A server's view: empty every other shard's tensors (never read there) and return this shard's."""
+        mine = self.params_of(shard)
+        kept = {id(p) for p in mine}
+        for p in self.params:
+            if id(p) not in kept:
+                p.data = torch.empty(0)
+        return mine
 
     def numel_of(self, shard: int) -> int:
         return sum(self.params[i].numel() for i in self.shards[shard])
@@ -72,6 +81,7 @@ def flatten(tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) ->
 
 
 def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy consecutive slices of `flat` into `tensors` (the inverse of flatten)."""
     offset = 0
     with torch.no_grad():
         for t in tensors:
@@ -80,5 +90,16 @@ def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
             offset += n
 
 
+def grad_views(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """One flat gradient for `params`, their .grad being views of it: an optimizer step reads what is copied in."""
+    flat = torch.zeros(sum(p.numel() for p in params))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
 def server_rank(cfg: RunConfig, shard: int) -> int:
+    """Global rank of the server that owns `shard`: servers come after the n workers."""
     return cfg.world_size + shard

@@ -1,22 +1,23 @@
 """A parameter server: owns one shard of the parameters and its optimizer; applies pushes, answers pulls.
 
-Sync, one training-loop step: receive all n gradients, average, update, answer all n pulls.
+Sync, one training-loop step: receive all n gradients, average them, update once, answer all n pulls.
 Async, one training-loop step: apply the next n pushes, whichever workers they come from (so after
 cfg.steps steps every worker's cfg.steps pushes are in), answering each pull when the SSP bound allows.
-Waiting for pushes is recorded as idle; busy time is updating plus sending parameters.
+
+Clocks, the SSP bound's unit: a worker's clock is the number of gradients it has pushed here; the
+parameters a server sends carry the slowest worker's clock (every update of an earlier step is in them).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..comm import Group
-from ..runtime.memory import held_bytes
-from ..workloads import build_model
-from .base import RankContext, Strategy
-from .ps_layout import ShardLayout, flatten
+from ...comm import Group
+from ...runtime.memory import held_bytes
+from ...workloads import build_model
+from ..base import RankContext, Strategy
+from .layout import ShardLayout, flatten, grad_views
+from .traffic import bytes_sent
 
 
 class ParameterServer(Strategy):
@@ -24,90 +25,75 @@ class ParameterServer(Strategy):
 
     def __init__(self, ctx: RankContext) -> None:
         super().__init__(ctx)
-        cfg = self.cfg
+        cfg, n = self.cfg, self.cfg.world_size
         self.group = ctx.comm.host_group()
-        self.index = ctx.rank - cfg.world_size
-        self.workers = list(range(cfg.world_size))
+        self.index = ctx.rank - n
+        self.workers = list(range(n))
         self.layout = ShardLayout(build_model(cfg, cfg.seed), cfg.num_servers)  # on the host: servers hold no GPU
-        self.params = self.layout.params_of(self.index)
-        self.numel = self.layout.numel_of(self.index)
-        mine = {id(p) for p in self.params}
-        for p in self.layout.params:  # a server keeps its shard only: the others' values are never read here
-            if id(p) not in mine:
-                p.data = torch.empty(0)
+        self.params = self.layout.keep_only(self.index)
         self.opt = self.make_optimizer(self.params) if self.params else None
         # buffers kept from step to step (fresh ones would page-fault through every byte, every step):
         # one inbox row per worker, the averaged gradient (the parameters' .grad are views of it), the outbox
-        n = cfg.world_size
-        self.inbox = torch.empty(n, self.numel)
-        self.grad = torch.zeros(self.numel)
-        offset = 0
-        for p in self.params:
-            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        self.outbox = torch.empty(self.numel)
-        self.bytes_in = self.bytes_out = 0
-        self.busy: list[float] = []
+        self.inbox = torch.empty(n, self.layout.numel_of(self.index))
+        self.grad = grad_views(self.params)
+        self.outbox = torch.empty_like(self.grad)
         self.version = 0  # updates applied to this shard
-        n = cfg.world_size
-        self.pushes = [0] * n  # gradients received per worker = that worker's finished steps
-        self.pulled_version = [0] * n  # version each worker last pulled (all start from the initial parameters)
-        self.pulled_slowest = [0] * n  # the slowest worker's step count at that pull
-        self.waiting: list[int] = []  # workers whose pull is held back by max_staleness
-        self.updates: list[list[int]] = []  # [worker, worker step, staleness, clock staleness]
+        self.pushes = [0] * n  # gradients received per worker: that worker's clock
+        self.pulled_clock = [0] * n  # clock of the parameters each worker last pulled (all start from step 0's)
+        self.pulled_version = [0] * n  # version each worker last pulled
+        self.held: list[int] = []  # workers whose pull the SSP bound holds back
+        self.staleness: list[tuple[int, int, int, int]] = []  # per update: step, worker, in steps, in updates
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        self._busy_s = 0.0
         if self.params:
             if self.cfg.sync == "ps":
                 self._sync_round()
             else:
                 for _ in self.workers:
                     self._apply_next_push()
-        self.busy.append(self._busy_s)
         return 0.0, 0
 
     # -- sync ---------------------------------------------------------------------------------
     def _sync_round(self) -> None:
-        bufs = list(self.inbox)
         comm = self.ctx.comm
-        comm.wait([comm.irecv(b, w, self.group) for w, b in zip(self.workers, bufs, strict=True)], "wait-for-gradients", "idle")
-        self.bytes_in += sum(b.numel() * b.element_size() for b in bufs)
-        t0 = time.perf_counter()
+        rows = list(self.inbox)
+        comm.wait(
+            [comm.irecv(row, w, self.group) for w, row in zip(self.workers, rows, strict=True)], "wait-for-gradients", "idle"
+        )
         with self.rec.span("compute", "average+update"):
-            self.grad.copy_(bufs[0])
-            for b in bufs[1:]:  # fixed order: same sum, bit for bit, every run
-                self.grad += b
-            self._update(self.grad.div_(len(bufs)))
-        for w in self.workers:
-            self.updates.append([w, self.pushes[w], 0, 0])
-            self.pushes[w] += 1
-        self._busy_s += time.perf_counter() - t0
+            self.grad.copy_(rows[0])
+            for row in rows[1:]:  # fixed order: same sum, bit for bit, every run
+                self.grad += row
+            for w in self.workers:
+                self._received_from(w)
+            self._update(self.grad.div_(len(rows)))
         self._answer(self.workers)
 
     # -- async --------------------------------------------------------------------------------
     def _apply_next_push(self) -> None:
         buf = self.inbox[0]
         w = self.ctx.comm.recv(buf, None, self.group, name="wait-for-gradient", kind="idle")  # from any worker
-        self.bytes_in += buf.numel() * buf.element_size()
-        t0 = time.perf_counter()
-        c = self.pushes[w]
-        self.updates.append([w, c, self.version - self.pulled_version[w], c - self.pulled_slowest[w]])
+        self._received_from(w)
         with self.rec.span("compute", "update"):
             self._update(buf.div_(len(self.workers)))  # n pushes move the model as far as one sync step
-        self.pushes[w] += 1
-        self.waiting.append(w)
-        self._busy_s += time.perf_counter() - t0
+        self.held.append(w)
         self._answer(self._releasable())
 
     def _releasable(self) -> list[int]:
-        """Held pulls the SSP bound now allows (a worker's last pull is never held: nothing computes on it)."""
+        """Held pulls the SSP bound now allows: a worker at clock c waits until the slowest is at c - s (its last
+        pull is never held: nothing computes on it)."""
         slowest, bound, last = min(self.pushes), self.cfg.max_staleness, self.cfg.steps
-        ready = [w for w in self.waiting if bound is None or self.pushes[w] == last or self.pushes[w] - slowest <= bound]
-        self.waiting = [w for w in self.waiting if w not in ready]
+        ready = [w for w in self.held if bound is None or self.pushes[w] == last or self.pushes[w] - slowest <= bound]
+        self.held = [w for w in self.held if w not in ready]
         return ready
 
     # -- shared -------------------------------------------------------------------------------
+    def _received_from(self, w: int) -> None:
+        """Worker w's gradient for its step c is in, about to be applied: note its staleness, advance its clock."""
+        c = self.pushes[w]
+        self.staleness.append((c, w, c - self.pulled_clock[w], self.version - self.pulled_version[w]))
+        self.pushes[w] = c + 1
+
     def _update(self, grad: torch.Tensor) -> None:
         """One optimizer step with `grad` (flat) as the shard's gradient; the .grad views read self.grad."""
         if grad is not self.grad:
@@ -122,18 +108,16 @@ class ParameterServer(Strategy):
         fill while the others wait (workers stagger their pushes the same way)."""
         if not workers:
             return
-        t0 = time.perf_counter()
-        flat = flatten(self.params, out=self.outbox)
+        with self.rec.span("compute", "pack-parameters"):
+            flat = flatten(self.params, out=self.outbox)
         comm = self.ctx.comm
         first = self.index % len(workers)
         order = workers[first:] + workers[:first]
         comm.wait([comm.isend(flat, w, self.group, name="answer-pull") for w in order], name="answer-pull")
-        slowest = min(self.pushes)
         for w in workers:
-            self.pulled_version[w], self.pulled_slowest[w] = self.version, slowest
-        self.bytes_out += len(workers) * flat.numel() * flat.element_size()
-        self._busy_s += time.perf_counter() - t0
+            self.pulled_clock[w], self.pulled_version[w] = min(self.pushes), self.version
 
+    # -- what the training loop asks ------------------------------------------------------------
     def end_of_step_group(self) -> Group | None:
         return None if self.cfg.sync == "ps-async" else self.ctx.comm.world
 
@@ -148,10 +132,9 @@ class ParameterServer(Strategy):
     def extra(self) -> dict:
         return {
             "ps_shard": self.index,
-            "shard_numel": self.numel,
+            "shard_numel": self.grad.numel(),
             "shard_params": [self.layout.names[i] for i in self.layout.shards[self.index]],
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "busy_s": self.busy,
-            "updates": self.updates,
+            "bytes_in": sum(self.pushes) * self.outbox.nbytes,  # every push brought one gradient of the shard
+            "bytes_out": bytes_sent(self.rec),
+            "staleness": [list(row) for row in self.staleness],
         }

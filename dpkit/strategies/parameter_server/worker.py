@@ -2,20 +2,22 @@
 
 The pull's receive is posted together with the push, so a server never waits on a worker to answer it;
 the time from the push leaving to the parameters arriving is the worker's wait for the server (in
-sync mode that includes waiting for the slowest worker, whose gradient the server needs first).
+sync mode that includes waiting for the slowest worker, whose gradient the server needs first): the
+timeline's PULL_WAIT span (dpkit.viz.ps_tables.worker_wait reads it).
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..comm import Group
-from ..runtime.memory import tensor_bytes
-from ..workloads import build_model, shard
-from .base import RankContext, Strategy
-from .ps_layout import ShardLayout, flatten, server_rank, unflatten_into
+from ...comm import Group
+from ...runtime.memory import tensor_bytes
+from ...workloads import build_model, shard
+from ..base import RankContext, Strategy
+from .layout import ShardLayout, flatten, server_rank, unflatten_into
+from .traffic import bytes_sent
+
+PULL_WAIT = "pull-parameters (wait for server)"  # the timeline span of a worker waiting for its parameters
 
 
 class PushPullWorker(Strategy):
@@ -30,8 +32,6 @@ class PushPullWorker(Strategy):
         self.shards = [(server_rank(cfg, j), layout.params_of(j)) for j in range(cfg.num_servers) if layout.shards[j]]
         self.pulled = [torch.empty(sum(p.numel() for p in params)) for _, params in self.shards]
         self.packed = [torch.empty_like(buf) for buf in self.pulled]  # gradients out, reused every step
-        self.bytes_in = self.bytes_out = 0
-        self.waits: list[float] = []
         self.losses: list[float] = []
 
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -63,11 +63,7 @@ class PushPullWorker(Strategy):
         order = [(self.ctx.rank + j) % k for j in range(k)]
         pushes = [comm.isend(grads[i], self.shards[i][0], self.group, name="push-gradients") for i in order]
         comm.wait(pushes, name="push-gradients")
-        pushed = time.perf_counter()
-        comm.wait(pulls, name="pull-parameters (wait for server)")
-        self.waits.append(time.perf_counter() - pushed)
-        self.bytes_out += sum(g.numel() * g.element_size() for g in grads)
-        self.bytes_in += sum(b.numel() * b.element_size() for b in self.pulled)
+        comm.wait(pulls, name=PULL_WAIT)
 
     def end_of_step_group(self) -> Group | None:
         return None if self.cfg.sync == "ps-async" else self.ctx.comm.world
@@ -79,8 +75,7 @@ class PushPullWorker(Strategy):
 
     def extra(self) -> dict:
         return {
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "wait_for_server_s": self.waits,
+            "bytes_in": len(self.losses) * sum(buf.nbytes for buf in self.pulled),  # one pull per step
+            "bytes_out": bytes_sent(self.rec),
             "worker_losses": self.losses,
         }
