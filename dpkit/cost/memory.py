@@ -14,7 +14,7 @@ forward sees (the rules below: which tensors each block saves), times the micro-
 keeps in flight. Buffers are the communication buffers a strategy keeps (gradient-sync flat or bucket
 buffers, parameter-server inboxes and outboxes) and the hand-written collectives' scratch space.
 
-The cluster-scale what-if (dpkit.cost.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
+The cluster-scale what-if (dpkit.analysis.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
 and an fp32 master copy with Adam's two moments (4 + 4 + 4 = 12), 16 bytes per parameter.
 """
 
