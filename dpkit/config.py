@@ -2,10 +2,16 @@
 
 A bad value raises ValueError naming the field, the value and what is allowed, so a learner
 who mistypes a widget value gets a sentence, not a hung rank.
+
+The fields every run has are written below; each strategy's own fields (sync, zero_stage, schedule, ...) are the
+knobs its spec declares (dpkit/strategies/specs/, `Knob`): RunConfig is completed from the registry's specs,
+and so are FIELD_HELP, the checks and the command line. A strategy outside the package joins with
+`register_strategy` (or `strategy_registered` for a while), which adds its knobs to RunConfig.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -15,24 +21,27 @@ import math
 import numbers
 import os
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .comm.link import LINK_CHOICES, validate_link
 from .runtime.cores import cores_available
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
+from .strategies import registry
 from .strategies.registry import PARALLELISMS, SPECS, spec_for
-from .strategies.spec import config_error
+from .strategies.spec import Knob, StrategySpec, config_error
+
+# the choices of some strategies' knobs, importable from here as before (their specs declare them)
+from .strategies.specs.data_parallel import ALLREDUCE_ALGOS, GRAD_SYNCS, SYNCS
+from .strategies.specs.pipeline import SCHEDULES
 from .workloads import model_layout, trainable_names
 
-SYNCS = ("allreduce", "ps", "ps-async")
+__all__ = ["ALLREDUCE_ALGOS", "GRAD_SYNCS", "SCHEDULES", "SYNCS", "RunConfig", "register_strategy", "strategy_registered"]
+
 MODELS = ("mlp", "cnn", "transformer")
-GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp", "fsdp")
-ALLREDUCE_ALGOS = ("native", "ring", "ring-whole", "reduce-broadcast", "tree")
-SCHEDULES = ("naive", "gpipe", "1f1b")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -83,10 +92,20 @@ def _refuse_unknown_fields(cls: _Cls) -> _Cls:
     return cls
 
 
-@_refuse_unknown_fields
 @dataclass(frozen=True)
 class RunConfig:
-    """One experiment. `world_size` counts the training ranks (workers; PS servers come on top)."""
+    """One experiment. `world_size` counts the training ranks (workers; PS servers come on top).
+
+    The fields here are the ones every run has; after `grad_accum` come the knobs of every registered strategy
+    (`registry.knobs()`: sync, grad_sync, allreduce_algo, bucket_mb, zero_stage, num_servers, max_staleness,
+    schedule, microbatches, stage_layers, data_parallel_size, ...), added by `_with_knobs` below.
+    """
+
+    if TYPE_CHECKING:  # the knobs are added at import, so a type checker sees them as keywords and attributes
+
+        def __init__(self, **fields: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
 
     parallelism: str = "none"
     world_size: int = 1
@@ -104,19 +123,7 @@ class RunConfig:
     lr: float = 0.05
     momentum: float = 0.9
     grad_accum: int = 1
-    # data parallelism
-    sync: str = "allreduce"
-    grad_sync: str = "bucketed"
-    allreduce_algo: str = "native"
-    bucket_mb: float = 1.0
-    zero_stage: int = 0  # sharded data parallelism (ZeRO): 1 optimizer state, 2 + gradients, 3 + parameters
-    num_servers: int = 1
-    max_staleness: int | None = None
-    # model parallelism
-    schedule: str = "1f1b"
-    microbatches: int = 4
-    stage_layers: tuple[int, ...] = ()
-    data_parallel_size: int = 2
+    # (here: each registered strategy's knobs, from its spec)
     # stragglers (any strategy)
     straggler_ranks: tuple[int, ...] = ()
     straggler_delay_s: float = 0.0
@@ -198,17 +205,6 @@ FIELD_HELP: dict[str, str] = {
     "lr": "learning rate, a finite number > 0",
     "momentum": "SGD momentum, in [0, 1)",
     "grad_accum": "micro-steps whose gradients are accumulated per optimizer step",
-    "sync": "how data-parallel workers combine gradients: " + " | ".join(SYNCS),
-    "grad_sync": "how gradients are all-reduced: " + " | ".join(GRAD_SYNCS),
-    "allreduce_algo": "all-reduce algorithm: " + " | ".join(ALLREDUCE_ALGOS),
-    "bucket_mb": "gradient bucket size in MiB (grad_sync bucketed and ddp)",
-    "zero_stage": "sharded data parallelism (ZeRO, sync allreduce): 0 none, 1 optimizer state, 2 + gradients, 3 + parameters",
-    "num_servers": "parameter-server ranks (sync ps or ps-async), on top of world_size",
-    "max_staleness": "ps-async: the stale-synchronous bound in steps (none: unbounded)",
-    "schedule": "pipeline schedule: " + " | ".join(SCHEDULES),
-    "microbatches": "micro-batches per pipeline step",
-    "stage_layers": "blocks per pipeline stage, comma-separated (empty: balanced by parameter count)",
-    "data_parallel_size": "pipeline replicas (parallelism hybrid)",
     "straggler_ranks": "ranks slowed down at every step, comma-separated",
     "straggler_delay_s": "seconds each straggler waits per step, a finite number >= 0",
     "fail_rank": "fault injection: this rank kills itself (SIGKILL) when step fail_at_step begins (none: no fault)",
@@ -228,15 +224,13 @@ FIELD_HELP: dict[str, str] = {
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)
 INT_MINIMUMS: dict[str, int] = {
     "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
-    "grad_accum": 1, "num_servers": 1, "max_staleness": 0, "microbatches": 1, "data_parallel_size": 1, "fail_rank": 0,
-    "fail_at_step": 0, "threads_per_rank": 1, "zero_stage": 0,
+    "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1,
 }  # fmt: skip
 
 #: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)
 FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "lr": ("a finite number > 0", lambda v: v > 0),
     "momentum": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-    "bucket_mb": ("a finite number of MiB > 0", lambda v: v > 0),
     "straggler_delay_s": ("a finite number of seconds >= 0", lambda v: v >= 0),
     "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
     "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
@@ -247,8 +241,98 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
 TUPLE_ALLOWED: dict[str, str] = {
     "freeze": "a tuple of parameter-name prefixes such as ('embed',)",
     "straggler_ranks": "a tuple of rank numbers (integers >= 0) such as (1,)",
-    "stage_layers": "a tuple of block counts per pipeline stage (integers >= 1) such as (3, 3)",
 }
+
+
+# ---- the strategies' knobs: RunConfig and the tables above learn them from the registered specs ----------
+_KNOBS_AFTER = "grad_accum"  # the knobs' place among the fields (where the strategy fields always were)
+#: the fields of RunConfig's own class body, as written there (captured once, before any knob is added)
+_COMMON_FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(RunConfig)
+#: what @dataclass writes into a class, removed before the class is made again with other knobs
+_DATACLASS_MADE = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__match_args__")
+_COMMON_TABLES: dict[str, dict[str, Any]] = {
+    "help": dict(FIELD_HELP),
+    "int": dict(INT_MINIMUMS),
+    "float": dict(FLOAT_RANGES),
+    "tuple": dict(TUPLE_ALLOWED),
+}
+_knob_names: list[str] = []  # the knobs RunConfig has now
+
+
+def _with_knobs(cls: type[RunConfig], knobs: dict[str, Knob]) -> None:
+    """Make `cls` (in place, so every `from dpkit.config import RunConfig` sees it) the frozen dataclass of the
+    common fields plus `knobs`, and the tables (FIELD_HELP, INT_MINIMUMS, FLOAT_RANGES, TUPLE_ALLOWED) theirs."""
+    clash = sorted(set(knobs) & {f.name for f in _COMMON_FIELDS})
+    if clash:
+        raise ValueError(f"a strategy knob may not reuse a RunConfig field every run has: {', '.join(clash)}")
+    for name in [*_DATACLASS_MADE, *_knob_names]:
+        if name in vars(cls):
+            delattr(cls, name)
+    annotations: dict[str, Any] = {}
+    for f in _COMMON_FIELDS:
+        annotations[f.name] = f.type
+        setattr(cls, f.name, dataclasses.field(default=f.default, default_factory=f.default_factory))
+        if f.name == _KNOBS_AFTER:
+            for knob in knobs.values():
+                annotations[knob.name] = knob.type
+                setattr(cls, knob.name, knob.default)
+    cls.__annotations__ = annotations
+    dataclass(frozen=True)(cls)
+    _refuse_unknown_fields(cls)
+    _knob_names[:] = list(knobs)
+    _field_types.cache_clear()
+    tables: tuple[tuple[dict[str, Any], str, Callable[[Knob], Any], Callable[[Knob], bool]], ...] = (
+        (FIELD_HELP, "help", lambda k: k.help, lambda k: True),
+        (INT_MINIMUMS, "int", lambda k: k.minimum, lambda k: _base_type(k.type) is int),
+        (
+            FLOAT_RANGES,
+            "float",
+            lambda k: (k.allowed or "a finite number", k.check or (lambda v: True)),
+            lambda k: _base_type(k.type) is float,
+        ),
+        (TUPLE_ALLOWED, "tuple", lambda k: k.allowed or "a tuple", lambda k: typing.get_origin(k.type) is tuple),
+    )
+    for table, common, entry, applies in tables:
+        table.clear()
+        table.update(_COMMON_TABLES[common])
+        table.update({k.name: entry(k) for k in knobs.values() if applies(k)})
+    _field_types()  # fails now, not at the first RunConfig, for a knob of a type nothing checks
+
+
+def _base_type(hint: Any) -> Any:
+    """int for `int | None`, the hint itself otherwise."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is not tuple and len(args) == 1 else hint
+
+
+def register_strategy(spec: StrategySpec) -> None:
+    """Add a strategy kept outside the package (a notebook's, a test's): RunConfig gains its knobs (checked, in
+    `dpkit run`'s options), `parallelism` its name, and run() builds it. The strategies in the package are listed
+    in dpkit/strategies/registry.py instead. Ranks started by forkserver or spawn know only that list; with
+    DPKIT_START_METHOD=fork they inherit this registration too."""
+    registry.add(spec)
+    try:
+        _with_knobs(RunConfig, registry.knobs())
+    except Exception:
+        registry.remove(spec)
+        _with_knobs(RunConfig, registry.knobs())
+        raise
+
+
+def unregister_strategy(spec: StrategySpec) -> None:
+    """Remove a strategy added by register_strategy, and its knobs from RunConfig."""
+    registry.remove(spec)
+    _with_knobs(RunConfig, registry.knobs())
+
+
+@contextlib.contextmanager
+def strategy_registered(spec: StrategySpec) -> Iterator[StrategySpec]:
+    """`with strategy_registered(MySpec()):` the strategy and its knobs exist inside the block only."""
+    register_strategy(spec)
+    try:
+        yield spec
+    finally:
+        unregister_strategy(spec)
 
 
 @functools.cache
@@ -320,7 +404,7 @@ def _fail(field_name: str, value: Any, allowed: str) -> None:
     raise config_error(field_name, value, allowed)
 
 
-def _choice(cfg: RunConfig, name: str, choices: tuple[str, ...]) -> None:
+def _choice(cfg: RunConfig, name: str, choices: Sequence[Any]) -> None:
     value = getattr(cfg, name)
     if value not in choices:
         _fail(name, value, "choose one of " + ", ".join(repr(c) for c in choices))
@@ -332,15 +416,12 @@ def validate(cfg: RunConfig) -> None:
     Types are already checked and normalised (RunConfig.__post_init__: `_normalised`), so only values are here.
 
     Fields every run has are checked here; the strategy the config selects checks its own knobs
-    (dpkit/strategies/: each module's spec), so no check here depends on a strategy's name.
+    (its spec's knobs' allowed values above, then spec.validate), so no check here depends on a strategy's name.
     """
     for name, choices in (
         ("parallelism", PARALLELISMS),
-        ("sync", SYNCS),
+        *((k.name, k.choices) for k in registry.knobs().values() if k.choices),
         ("model", MODELS),
-        ("grad_sync", GRAD_SYNCS),
-        ("allreduce_algo", ALLREDUCE_ALGOS),
-        ("schedule", SCHEDULES),
         ("optimizer", OPTIMIZERS),
         ("device", DEVICES),
         ("backend", BACKENDS),
@@ -385,6 +466,9 @@ def validate(cfg: RunConfig) -> None:
     validate_link(cfg)
     _validate_model(cfg)
     spec.validate(cfg)
+
+
+_with_knobs(RunConfig, registry.knobs())
 
 
 def _validate_model(cfg: RunConfig) -> None:

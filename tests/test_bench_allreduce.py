@@ -54,6 +54,7 @@ def test_bench_rejects_a_world_of_one(tmp_path: Path, capsys) -> None:
     assert "max-world-size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_whatif_writes_the_crossover_table(bench_root: Path) -> None:
     out = bench_root / "bench-whatif"
     assert cli_main(["bench", "whatif", "--out", str(out)]) == 0
@@ -62,6 +63,7 @@ def test_whatif_writes_the_crossover_table(bench_root: Path) -> None:
     assert (out / "crossover_10GbE.png").exists() and (out / "scan_NVLink.png").exists()
 
 
+@pytest.mark.slow
 def test_predict_quick_puts_model_and_runs_side_by_side(bench_root: Path, capsys) -> None:
     out = bench_root / "bench-predict"
     assert cli_main(["bench", "predict", "--quick", "--out", str(out)]) == 0

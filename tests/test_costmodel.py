@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpkit.analysis.predict import ComputeProfile, oversubscription, predict_step
+from dpkit.analysis.whatif import comm_scan, crossover_table, data_parallel_scaling, ps_ring_crossover
 from dpkit.comm import Comm, GroupView
 from dpkit.config import RunConfig
 from dpkit.cost.model import (
@@ -31,8 +33,6 @@ from dpkit.cost.model import (
     sample_terms,
     tensor_parallel_comm_time,
 )
-from dpkit.cost.predict import ComputeProfile, oversubscription, predict_step
-from dpkit.cost.whatif import comm_scan, crossover_table, data_parallel_scaling, ps_ring_crossover
 from dpkit.runtime.recorder import HostClock, Recorder
 from dpkit.strategies.grad_sync import BucketedOverlapSync
 from dpkit.workloads import build_model
@@ -304,7 +304,7 @@ def test_plots_render(tmp_path: Path) -> None:
 
 def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
     from dpkit import run
-    from dpkit.cost.predict import compare, measure_compute
+    from dpkit.analysis.predict import compare, measure_compute
 
     cfg = small.replace(parallelism="data", world_size=2, grad_sync="flat")
     result = run(cfg)
@@ -317,7 +317,7 @@ def test_compare_reads_the_measured_side_from_the_run(small: RunConfig) -> None:
 
 
 def test_profiles_combine_by_median_component_by_component() -> None:
-    from dpkit.cost.predict import median_profile
+    from dpkit.analysis.predict import median_profile
 
     runs = [ComputeProfile(16, f, b, o, 1) for f, b, o in ((0.1, 0.9, 0.5), (0.3, 0.2, 0.4), (0.2, 0.4, 0.6))]
     assert median_profile(runs) == ComputeProfile(16, 0.2, 0.4, 0.5, 1)
@@ -326,7 +326,7 @@ def test_profiles_combine_by_median_component_by_component() -> None:
 def test_measured_side_is_the_median_over_runs() -> None:
     from types import SimpleNamespace
 
-    from dpkit.cost.predict import QUANTITIES, compare_many, measured_quantities
+    from dpkit.analysis.predict import QUANTITIES, compare_many, measured_quantities
 
     runs = [SimpleNamespace(summary={q: v for q in QUANTITIES}) for v in (0.3, 0.1, 0.2)]
     assert measured_quantities(runs) == {q: pytest.approx(0.2) for q in QUANTITIES}
@@ -397,7 +397,7 @@ def test_measured_copies_fix_mu_and_the_rest_is_fitted_around_it() -> None:
 
 
 def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:
-    from dpkit.cost.predict import slowest_rank_slowdown
+    from dpkit.analysis.predict import slowest_rank_slowdown
 
     assert slowest_rank_slowdown(2, 1, cores=2) == 1.0 and slowest_rank_slowdown(3, 1, cores=2) == 2.0  # mean: 1.5
     assert slowest_rank_slowdown(4, 1, cores=2) == 2.0 and slowest_rank_slowdown(5, 2, cores=4) == 3.0

@@ -42,6 +42,7 @@ def test_every_variant_and_algorithm_matches_single_process(world_size: int, gra
     assert (result.final_state_dict[frozen] == ref.final_state_dict[frozen]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_sync", DP_SYNCS)
 def test_gradient_accumulation_matches_single_process(grad_sync: str) -> None:
     cfg = TRICKY.replace(world_size=3, grad_sync=grad_sync, grad_accum=2, allreduce_algo="ring")

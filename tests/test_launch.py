@@ -46,6 +46,7 @@ def test_killed_rank_is_reported_and_the_others_are_reaped(tmp_path: Path) -> No
     assert not rank_processes()
 
 
+@pytest.mark.slow
 def test_hang_times_out_and_kills_every_rank(tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(RunTimeoutError) as info:
@@ -58,6 +59,7 @@ def test_hang_times_out_and_kills_every_rank(tmp_path: Path) -> None:
     assert not rank_processes()
 
 
+@pytest.mark.slow
 def test_caller_keeps_working_after_a_failure(tmp_path: Path, small: RunConfig) -> None:
     with pytest.raises(RankFailedError):
         launch("rank_targets:raise_on_rank", {"rank": 0}, 2, tmp_path, timeout_s=60)

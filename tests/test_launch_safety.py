@@ -141,6 +141,7 @@ for t in threads:
 """
 
 
+@pytest.mark.slow
 def test_ranks_die_with_a_killed_caller(tmp_path: Path) -> None:
     """kill -9 a caller running two launches: within 3 s their ranks are gone, having written nothing
     more, and the out_dir marked temporary (as run()'s would be) is deleted; the forkserver follows."""
@@ -225,6 +226,7 @@ print(json.dumps({"inside": inside, "left": sorted(rank_processes())}))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_start_up_orphans_no_rank(tmp_path: Path) -> None:
     """SIGINT 0-60 ms into run(), 10 times: every rank is gone within 5 s and nothing is printed."""
     caller = _caller(INTERRUPTED_CALLER, home=tmp_path)

@@ -123,6 +123,7 @@ def test_a_send_books_the_outgoing_port_and_sleeping_is_never_early() -> None:
 
 
 # ---- every algorithm, paced ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_algorithm_sums_exactly_when_paced(tmp_path) -> None:
     """The hand-written all-reduces send through the paced helpers (and native is held): same sums as
     dist.all_reduce, over the world and a subgroup, many-piece rings included; the link is fast so this is quick."""
@@ -157,6 +158,7 @@ EQUIVALENT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EQUIVALENT))
 def test_training_on_an_emulated_link_equals_single_process(name: str) -> None:
     cfg = SMALL.replace(link="1GbE", **EQUIVALENT[name])

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from dpkit import RunConfig, RunResult, run
-from dpkit.cost import memory, memory_compare
+from dpkit.analysis import memory_compare
+from dpkit.cost import memory
 from dpkit.runtime.memory import MEM_FIELDS, SavedTensors, held_bytes, tensor_bytes
 from dpkit.strategies.registry import spec_for
 from dpkit.viz import memory_plots

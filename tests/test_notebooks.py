@@ -92,6 +92,7 @@ def test_notebook_teaches_and_is_saved_executed(name: str) -> None:
     assert any("panel" in _tags(c) for c in code) and any("setup" in _tags(c) for c in code)
 
 
+@pytest.mark.slow
 def test_dpkit_imports_without_ipywidgets() -> None:
     code = "import sys, dpkit, dpkit.viz.plots; assert 'ipywidgets' not in sys.modules, 'dpkit core imported ipywidgets'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
@@ -53,6 +54,7 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dpkit.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_run_prints_summary_and_writes_folder(tmp_path: Path) -> None:
     done = _cli("run", "--parallelism", "data", "--world-size", "2", "--hidden", "32", "--steps", "3",
                 "--global-batch", "16", "--threads-per-rank", "1", "--out", str(tmp_path / "r"))  # fmt: skip
@@ -61,12 +63,14 @@ def test_cli_run_prints_summary_and_writes_folder(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_value_is_a_clear_error() -> None:
     done = _cli("run", "--parallelism", "data", "--world-size", "3", "--global-batch", "64")
     assert done.returncode == 2
     assert "RunConfig.global_batch=64" in done.stderr and "multiple of" in done.stderr
 
 
+@pytest.mark.slow
 def test_demo_writes_table_csv_and_plot(tmp_path: Path) -> None:
     done = _cli("demo", "--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -77,6 +81,7 @@ def test_demo_writes_table_csv_and_plot(tmp_path: Path) -> None:
     assert "speedup" in done.stdout
 
 
+@pytest.mark.slow
 def test_bench_launch_writes_medians(tmp_path: Path) -> None:
     done = _cli("bench", "launch", "--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -85,6 +90,7 @@ def test_bench_launch_writes_medians(tmp_path: Path) -> None:
     assert (frame.median_s > 0).all()
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
     import torch
 

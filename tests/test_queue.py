@@ -135,6 +135,7 @@ def test_queue_off_lets_runs_overlap(tmp_path: Path, qdir: Path) -> None:
     assert not qdir.exists() or _tickets(qdir) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("queue", ["on", "off"])
 def test_launches_from_threads_take_turns_unless_off(
     tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch, queue: str

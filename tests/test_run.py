@@ -13,6 +13,7 @@ from dpkit import RunConfig, RunResult, run, sweep
 from dpkit.workloads import build_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn", "transformer"])
 def test_single_process_loss_decreases_on_each_workload(model: str) -> None:
     cfg = RunConfig(model=model, steps=25, global_batch=64, lr=0.05, threads_per_rank=2)

@@ -24,7 +24,7 @@ from dpkit.cost.model import Link, allreduce_time, ring_terms, zero_bytes_per_ra
 from dpkit.cost.step_model import ComputeProfile
 from dpkit.runtime.launch import launch
 from dpkit.strategies.registry import spec_for
-from dpkit.strategies.sharded_data_parallel import SPEC as ZERO
+from dpkit.strategies.specs.zero import SPEC as ZERO
 from dpkit.workloads import build_model
 
 TRICKY = RunConfig(
@@ -226,6 +226,7 @@ def test_predict_prices_the_stages() -> None:
     assert hidden["exposed_comm_s"] < hidden["comm_s"]
 
 
+@pytest.mark.slow
 def test_bench_zero_quick(tmp_path: Path, capsys) -> None:
     """`dpkit bench zero --quick` runs every variant and writes what it promises (speed is not asserted)."""
     assert cli_main(["bench", "zero", "--quick", "--out", str(tmp_path)]) == 0

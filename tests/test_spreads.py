@@ -248,6 +248,7 @@ def test_demo_report_conclusion_follows_the_numbers_when_they_are_clean() -> Non
     assert "WARNING" not in beyond and "more than extra cores explain" in beyond and "limited by the cores" not in beyond
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_spread_columns(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dpkit.cli", "demo", "--quick", "--out", str(tmp_path)],

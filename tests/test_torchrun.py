@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dpkit import RunConfig, RunResult, run
 
 
+@pytest.mark.slow
 def test_torchrun_matches_run(tmp_path: Path, small: RunConfig) -> None:
     cfg = small.replace(parallelism="data", world_size=2, grad_sync="bucketed", allreduce_algo="ring")
     cmd = [

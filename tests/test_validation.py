@@ -247,6 +247,7 @@ TINY = ("--hidden", "8", "--steps", "2", "--global-batch", "8", "--threads-per-r
         "float-option", "tuple-option", "unknown-option", "unknown-grid-field", "sweep-out-file",
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_nothing_runs(tmp_path: Path, args: list[str], env: dict, says: str) -> None:
     (tmp_path / "afile").write_text("keep me")
     done = _cli(*args, cwd=tmp_path, env=env)
@@ -258,6 +259,7 @@ def test_cli_bad_input_is_one_line_and_nothing_runs(tmp_path: Path, args: list[s
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_cli_help_describes_every_option_even_with_a_bad_environment(tmp_path: Path) -> None:
     done = _cli("run", "--help", cwd=tmp_path, env={"DPKIT_GLOO_LOOP": "bogus"})
     assert done.returncode == 0, done.stderr

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import memory_compare
 from ..api import run
 from ..config import RunConfig
-from ..cost import memory_compare
 from ..strategies.registry import spec_for
 from ..viz.memory_plots import memory_breakdown_plot, memory_timeline_plot
 

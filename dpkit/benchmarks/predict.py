@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis.predict import compare_many
 from ..config import RunConfig
 from ..cost.model import HostModel, Link, fit_host
-from ..cost.predict import compare_many
 
 
 def calibration_for(out: Path) -> tuple[HostModel | Link, str]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis.whatif import MODEL_SIZES, comm_scan, crossover_table, ps_ring_crossover
 from ..cost.model import PRESETS, Link
-from ..cost.whatif import MODEL_SIZES, comm_scan, crossover_table, ps_ring_crossover
 
 KS = (1, 2, 4, 8, 16, 64, 256)
 

@@ -14,7 +14,7 @@ forward sees (the rules below: which tensors each block saves), times the micro-
 keeps in flight. Buffers are the communication buffers a strategy keeps (gradient-sync flat or bucket
 buffers, parameter-server inboxes and outboxes) and the hand-written collectives' scratch space.
 
-The cluster-scale what-if (dpkit.cost.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
+The cluster-scale what-if (dpkit.analysis.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
 and an fp32 master copy with Adam's two moments (4 + 4 + 4 = 12), 16 bytes per parameter.
 """
 
@@ -27,12 +27,21 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..runtime.memory import MEM_FIELDS  # the fields a run reports: predicted under the same names
 from ..workloads import VOCAB, model_layout, trainable_names
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
+#: the summary fields a run reports (RunResult.summary: each the largest value over the training ranks), and the
+#: model predicts under the same names; dpkit.runtime.memory measures them
+MEM_FIELDS = (
+    "mem_params_bytes",
+    "mem_grads_bytes",
+    "mem_optimizer_bytes",
+    "mem_activations_peak_bytes",
+    "mem_buffers_bytes",
+    "mem_peak_bytes",
+)
 VALUE_BYTES = 4  # fp32 parameters, gradients, activations
 INDEX_BYTES = 8  # int64 token ids and class labels
 ADAM_STEP_BYTES = 4  # Adam's step count: one float32 tensor per parameter tensor

@@ -1,7 +1,7 @@
 """Pieces every strategy's step model is built from (each strategy's spec prices its own step with them).
 
 Compute is measured, not modelled: a ComputeProfile is a single-process run's forward, backward and
-optimizer seconds at the batch one rank sees (dpkit.cost.predict measures it). That process had the
+optimizer seconds at the batch one rank sees (dpkit.analysis.predict measures it). That process had the
 machine to itself; N ranks of t threads on c cores share them when N t > c, so a rank computes
 `slowest_rank_slowdown` (synchronous strategies: the slowest rank sets the pace) or `oversubscription`
 (pipelines: the average share) times slower. Communication is priced by dpkit.cost.model.

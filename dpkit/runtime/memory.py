@@ -43,20 +43,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..buffers import FlatBuffer
+from ..cost.memory import MEM_FIELDS  # the summary fields, named by the memory model (cost/ is a layer below)
 
 if TYPE_CHECKING:
     from ..strategies.base import Strategy
     from .recorder import CudaClock, HostClock
 
-#: the summary fields (RunResult.summary): each the largest value over the training ranks
-MEM_FIELDS = (
-    "mem_params_bytes",
-    "mem_grads_bytes",
-    "mem_optimizer_bytes",
-    "mem_activations_peak_bytes",
-    "mem_buffers_bytes",
-    "mem_peak_bytes",
-)
 #: Strategy.memory_state()'s keys, in the order storages are claimed (a storage counts in the first kind that holds it)
 STATE_KEYS = ("params_bytes", "grads_bytes", "optimizer_bytes", "buffers_bytes")
 CUDA_FIELD = "mem_cuda_max_allocated_bytes"

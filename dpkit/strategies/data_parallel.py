@@ -9,24 +9,16 @@ until the last micro-step, as DDP's no_sync() does.
 from __future__ import annotations
 
 import contextlib
-import os
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..comm import Group
-from ..cost.model import HostModel, Link, bucketed_overlap, buckets_of, comm_time
-from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy, broadcast_model, state_on_cpu, trainable
 from .grad_sync import make_grad_sync
-from .spec import DataSplitSpec
 
-if TYPE_CHECKING:
-    from ..config import RunConfig
-
-__all__ = ["DataParallel", "DataParallelSpec", "broadcast_model"]
+__all__ = ["DataParallel", "broadcast_model"]
 
 
 class DataParallel(Strategy):
@@ -87,47 +79,3 @@ class DataParallel(Strategy):
         if self.sync is not None and hasattr(self.sync, "buckets"):
             return {"buckets": [sum(p.numel() for p in b.params) for b in self.sync.buckets]}
         return {}
-
-
-class DataParallelSpec(DataSplitSpec):
-    name = "data-allreduce"
-    parallelism = "data"
-    description = "data parallelism with all-reduce (parallelism='data', sync='allreduce')"
-
-    def selects(self, cfg: RunConfig) -> bool:
-        return cfg.parallelism == "data" and cfg.sync == "allreduce" and cfg.zero_stage == 0
-
-    def label(self, cfg: RunConfig) -> str:
-        return f"data/allreduce/{cfg.grad_sync}/{cfg.allreduce_algo}"
-
-    def predict(
-        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
-    ) -> dict[str, float]:
-        """fwd + bwd + opt + gradient buffer copies (2S mu, not for per-tensor) + exposed all-reduce: all of
-        it for per-tensor and flat; for bucketed/ddp what the backward does not hide (cost.model.bucketed_overlap),
-        except on one host whose cores are all computing: there the copies take turns with the backward."""
-        f = step_facts(cfg, model, profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
-        algo, n, size = cfg.allreduce_algo, cfg.world_size, f.grad_bytes
-        # flat, bucketed and ddp copy every gradient into a buffer and back out (2S bytes of local copies,
-        # priced at the host's mu, which calibration measures with every rank copying at once, so no
-        # oversubscription factor): compute-side work the single-process profile never did
-        copies = 0.0 if cfg.grad_sync == "per-tensor" or n == 1 else 2 * size * f.one.mu
-        if cfg.grad_sync == "per-tensor":
-            comm = exposed = sum(comm_time(algo, g, n, model) for g in f.grads)
-        elif cfg.grad_sync == "flat":
-            comm = exposed = comm_time(algo, size, n, model)
-        else:  # bucketed and ddp: both bucket by bucket_mb in reverse order and overlap with the backward
-            ov = bucketed_overlap(buckets_of(f.grads, cfg.bucket_mb), f.t_backward, n, model, algo)
-            comm, exposed = ov.comm_s, ov.exposed_s
-            if isinstance(model, HostModel) and n * profile.threads >= (cores or os.cpu_count() or 1):
-                # one host with every core computing: its "links" are kernel copies, CPU work that takes
-                # turns with the backward instead of running beside it (measured here: bucketed steps as
-                # long as flat ones at n = 2, 3, 4 on 2 cores)
-                exposed = comm
-        return parts(f.t_forward + f.t_backward + f.t_optimizer + copies, comm, exposed)
-
-    def build(self, ctx: RankContext) -> Strategy:
-        return DataParallel(ctx)
-
-
-SPEC = DataParallelSpec()

@@ -10,18 +10,12 @@ all-reduce starts during the last micro-batch's backward, as in data parallelism
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..workloads import shard
-from .base import RankContext, Strategy, trainable
+from .base import RankContext, trainable
 from .grad_sync import make_grad_sync
-from .pipeline import PipelineSpec, PipelineStage, validate_stages
-from .spec import config_error
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
+from .pipeline import PipelineStage
 
 
 def grid_position(rank: int, world_size: int, data_parallel_size: int) -> tuple[int, int]:
@@ -69,36 +63,3 @@ class HybridStage(PipelineStage):
         if self.sync is not None and hasattr(self.sync, "remove_hooks"):
             self.sync.remove_hooks()
         super().close()
-
-
-class HybridSpec(PipelineSpec):
-    name = "hybrid"
-    parallelism = "hybrid"
-    description = "data x pipeline (parallelism='hybrid')"
-
-    def stages(self, cfg: RunConfig) -> int:
-        return cfg.world_size // cfg.data_parallel_size
-
-    def replicas(self, cfg: RunConfig) -> int:
-        return cfg.data_parallel_size
-
-    def roles(self, cfg: RunConfig) -> list[str]:
-        stages = self.stages(cfg)
-        return [f"replica {r // stages} stage {r % stages}" for r in range(cfg.world_size)]
-
-    def validate(self, cfg: RunConfig) -> None:
-        if cfg.world_size % cfg.data_parallel_size:
-            raise config_error("data_parallel_size", cfg.data_parallel_size, f"a divisor of world_size={cfg.world_size}")
-        validate_stages(cfg, self.stages(cfg))
-        if cfg.grad_sync == "ddp":
-            raise config_error("grad_sync", cfg.grad_sync, "'per-tensor', 'flat' or 'bucketed' with parallelism='hybrid'")
-
-    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
-        m, d = self.microbatches(cfg), cfg.data_parallel_size
-        return d * m, f"data_parallel_size*microbatches={d}*{m}"
-
-    def build(self, ctx: RankContext) -> Strategy:
-        return HybridStage(ctx)
-
-
-SPEC = HybridSpec()

@@ -29,17 +29,12 @@ import torch
 from torch import nn
 
 from ..comm import Group, Pending
-from ..cost import memory
-from ..cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
-from ..cost.step_model import ComputeProfile, oversubscription, parts, step_facts
 from ..workloads import build_model, count_parameters, loss_fn, shard, trainable_names
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .pipeline_cut import boundary_shapes, stage_cut
-from .spec import StrategySpec, config_error
+from .spec import config_error
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from ..config import RunConfig
 
 Action = tuple[str, int]  # ("F" | "B", micro-batch index)
@@ -214,77 +209,3 @@ def activation_bytes(cfg: RunConfig, model: nn.Module, blocks: list[list[str]], 
     shapes = boundary_shapes(cfg, model)
     per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
     return 4.0 * batch * max(per_sample)
-
-
-class PipelineSpec(StrategySpec):
-    name = "pipeline"
-    parallelism = "pipeline"
-    description = "a pipeline (parallelism='pipeline')"
-
-    def stages(self, cfg: RunConfig) -> int:
-        return cfg.world_size
-
-    def replicas(self, cfg: RunConfig) -> int:
-        """Copies of the pipeline that train on slices of the batch (1 here; the hybrid has more)."""
-        return 1
-
-    def microbatches(self, cfg: RunConfig) -> int:
-        return 1 if cfg.schedule == "naive" else cfg.microbatches
-
-    def roles(self, cfg: RunConfig) -> list[str]:
-        return [f"stage {r}" for r in range(cfg.world_size)]
-
-    def validate(self, cfg: RunConfig) -> None:
-        validate_stages(cfg, self.stages(cfg))
-
-    def batch_split(self, cfg: RunConfig) -> tuple[int, str]:
-        m = self.microbatches(cfg)
-        return m, f"microbatches={m}"
-
-    def profile_batch(self, cfg: RunConfig) -> int:
-        return cfg.global_batch // (self.replicas(cfg) * self.microbatches(cfg))
-
-    def label(self, cfg: RunConfig) -> str:
-        return f"{cfg.parallelism}/{cfg.schedule}/m={cfg.microbatches}"
-
-    def predict(
-        self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
-    ) -> dict[str, float]:
-        """(m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its optimizer; with replicas,
-        each stage's gradients all-reduced over them. A pipeline's stages hand work along, so the average
-        share of the cores sets the pace: the stages busy outside the bubble, N (1 - bubble)."""
-        p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
-        busy = float(cfg.num_processes)
-        if cfg.schedule != "naive":
-            busy *= 1 - bubble_fraction(p, cfg.microbatches)  # stages idle in the bubble leave their core to others
-        f = step_facts(cfg, model, profile, oversubscription(busy, profile.threads, cores))
-        shares, blocks = stage_shares(cfg, f.model, p)
-        share = max(shares)
-        act = activation_bytes(cfg, f.model, blocks, self.profile_batch(cfg))
-        step = pipeline_step_time(share * f.t_forward, share * f.t_backward, p, m, act, f.one)
-        comm = 2 * m * pipeline_p2p_time(act, f.one) if p > 1 else 0.0
-        sync = comm_time(cfg.allreduce_algo, share * f.grad_bytes, d, model) if d > 1 else 0.0
-        out = parts(m * share * (f.t_forward + f.t_backward) + share * f.t_optimizer, comm + sync, sync)
-        out["step_time_s"] = step + share * f.t_optimizer + sync
-        out["bubble_s"] = bubble_fraction(p, m) * step
-        return out
-
-    def predict_memory(self, cfg: RunConfig) -> pd.DataFrame:
-        """Each stage its blocks' parameters, gradients and optimizer state, and its blocks' activations for one
-        micro-batch times the micro-batches its schedule keeps in flight (GPipe m, 1F1B at most p-s); with
-        replicas, its gradient sync's buffers (dpkit.cost.memory)."""
-        p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
-        stages = []
-        for s, names in enumerate(stage_cut(cfg, p)):
-            params, grads, state = memory.whole_model(cfg, names)
-            in_flight = peak_in_flight(schedule(cfg.schedule, m, p, s))
-            act = memory.activation_bytes(cfg, names, cfg.global_batch // (d * m), in_flight=in_flight)
-            buffers = memory.sync_buffers(cfg, [grads], d, memory.params_of(cfg, names)[1])
-            stages.append(memory.RankMemory(params, grads, state, act, buffers))
-        return memory.table([stages[r % p] for r in range(cfg.world_size)], self.roles(cfg))
-
-    def build(self, ctx: RankContext) -> Strategy:
-        return PipelineStage(ctx)
-
-
-SPEC = PipelineSpec()

@@ -2,12 +2,16 @@
 
 Config validation, the launcher's process count and role names, result summaries, the cost model's
 predictions and the notebook panels all ask the spec of the strategy a RunConfig selects
-(`dpkit.strategies.registry.spec_for`). Each strategy module defines its spec next to its code;
-adding a strategy means one module and one line in the registry.
+(`dpkit.strategies.registry.spec_for`). Each strategy's spec lives in dpkit/strategies/specs/, apart from
+its algorithm, which build() imports only when a rank builds it; a spec declares its own knobs (`Knob`), the
+RunConfig fields only it brings, and config.py, its checks and the CLI learn them from there. Adding a
+strategy means one spec module and one line in the registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cost import memory
@@ -22,6 +26,31 @@ if TYPE_CHECKING:
 def config_error(field_name: str, value: Any, allowed: str) -> ValueError:
     """The one shape of a bad-value error: the field, the value, and what is allowed."""
     return ValueError(f"RunConfig.{field_name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A RunConfig field that a strategy brings: its name, type, default, help line and allowed values.
+
+    RunConfig gets one field per knob of every registered spec (dpkit/config.py), `dpkit run` one option,
+    and RunConfig's checks the allowed values below, so a bad value fails before any process starts with
+    "RunConfig.<name>=<value> is not allowed: ...". Checks that need other fields go in the spec's validate().
+    """
+
+    name: str
+    #: what RunConfig annotates the field with: int, float, str, bool, `int | None`, `tuple[int, ...]`
+    type: Any
+    default: Any
+    #: one line for `dpkit run --help` and the notebook panels
+    help: str
+    #: a str knob's allowed values ("choose one of ...")
+    choices: tuple[Any, ...] = ()
+    #: an int knob's lowest value
+    minimum: int = 0
+    #: a float knob's range in words ("a finite number of MiB > 0"), or what a tuple knob holds
+    allowed: str = ""
+    #: a float knob's range as a test (every float is also finite)
+    check: Callable[[Any], bool] | None = None
 
 
 #: what defines the training and how it is measured; every other field is left at its default in the baseline
@@ -49,6 +78,8 @@ class StrategySpec:
     exclusive_knobs: dict[str, Any] = {}
     #: values of shared fields only this strategy accepts, an error elsewhere (field -> values), e.g. grad_sync 'fsdp'
     exclusive_values: dict[str, tuple[Any, ...]] = {}
+    #: the RunConfig fields this strategy brings (other strategies may read them, e.g. hybrid reads grad_sync)
+    knobs: tuple[Knob, ...] = ()
 
     # ---- which configs, which processes ----------------------------------------------------
     def selects(self, cfg: RunConfig) -> bool:
@@ -121,6 +152,7 @@ class StrategySpec:
 
     # ---- the rank side -----------------------------------------------------------------------------
     def build(self, ctx: RankContext) -> Strategy:
+        """The rank-side strategy: a spec imports its algorithm module here, never at module level."""
         raise NotImplementedError(f"strategy {self.name!r} has no implementation")
 
 

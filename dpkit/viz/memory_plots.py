@@ -36,7 +36,7 @@ def _unit(values: np.ndarray) -> tuple[float, str]:
 def memory_breakdown_plot(frame: pd.DataFrame, budget_bytes: float | None = None, title: str = "") -> Figure:
     """A stacked bar per strategy (`label`) and `source`: measured solid, predicted hatched and labelled so;
     a dashed line at `budget_bytes` (a device's memory), with the bars over it marked "does not fit".
-    `frame`: label, source ('measured' | 'predicted') and the mem_* columns (dpkit.cost.memory_compare.breakdown)."""
+    `frame`: label, source ('measured' | 'predicted') and the mem_* columns (dpkit.analysis.memory_compare.breakdown)."""
     labels = list(dict.fromkeys(frame["label"]))
     fig = Figure(figsize=(max(7.0, 1.1 * len(labels) + 4.0), 4.4), layout="constrained")
     _breakdown(fig.subplots(), frame, budget_bytes, title)
@@ -113,7 +113,7 @@ def _breakdown(ax: Axes, frame: pd.DataFrame, budget_bytes: float | None, title:
 def memory_fit_plot(breakdown: pd.DataFrame, costs: pd.DataFrame, budget_bytes: float, link_name: str = "") -> Figure:
     """Will it fit? Left: each strategy's busiest rank by kind (predicted; measured where run) against the
     device's memory. Right: what each costs, predicted by the cost model: step time (bars) and bytes on the
-    wire per step (numbers); strategies that do not fit are greyed. `costs`: dpkit.cost.memory_compare.costs."""
+    wire per step (numbers); strategies that do not fit are greyed. `costs`: dpkit.analysis.memory_compare.costs."""
     fig = Figure(figsize=(14, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.5, 1])
     _breakdown(left, breakdown, budget_bytes, "Memory of one rank")

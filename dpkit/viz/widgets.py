@@ -18,12 +18,12 @@ from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 from traitlets import observe
 
+from ..analysis import memory_compare
+from ..analysis.predict import measure_compute
 from ..api import run
 from ..comm.link import LINK_CHOICES, describe
 from ..config import ALLREDUCE_ALGOS, RunConfig
-from ..cost import memory_compare
 from ..cost.model import PRESETS, HostModel, Link
-from ..cost.predict import measure_compute
 from ..measure import measured_run, repeat_name, run_row, summarize_repeats
 from ..results import RunResult, bytes_source, role_kind
 from ..runtime.launch import RankFailedError, RunTimeoutError

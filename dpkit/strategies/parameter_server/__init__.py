@@ -32,7 +32,3 @@ Failure: the servers are a single point of failure. If one dies the workers' pul
 raises an error naming the parameter server's rank. If an async worker dies the run fails too (the
 servers would wait for its pushes forever), naming that worker: dpkit does not continue without it.
 """
-
-from .spec import SPEC, ParameterServerSpec
-
-__all__ = ["SPEC", "ParameterServerSpec"]

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .model import PRESETS, Link, allreduce_time, ps_time
+from ..cost.model import PRESETS, Link, allreduce_time, ps_time
 
 MODEL_SIZES = {"10M params": 40e6, "100M params": 400e6, "1B params": 4e9}  # fp32 gradients, bytes
 

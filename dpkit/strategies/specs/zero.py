@@ -1,29 +1,36 @@
-"""Sharded data parallelism (ZeRO): the spec. The algorithm is dpkit/strategies/zero/ (stage 1, 2 and 3 as
-layers, FSDP2 beside), imported only when a strategy is built."""
+"""The spec of sharded data parallelism (ZeRO stages 1-3 and torch FSDP2)."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from ..comm.algorithms import shard_algo
-from ..cost.model import HostModel, Link, shard_collective_time
-from ..cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
-from .base import RankContext, Strategy
-from .spec import DataSplitSpec, config_error
-from .zero.layout import plan_units
+from ...comm.algorithms import shard_algo
+from ...cost.model import HostModel, Link, shard_collective_time
+from ...cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
+from ..spec import DataSplitSpec, Knob, config_error
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ...config import RunConfig
+    from ..base import RankContext, Strategy
+
+KNOBS: tuple[Knob, ...] = (
+    Knob(
+        "zero_stage",
+        int,
+        0,
+        "sharded data parallelism (ZeRO, sync allreduce): 0 none, 1 optimizer state, 2 + gradients, 3 + parameters",
+    ),
+)
 
 
-# ---- the spec ---------------------------------------------------------------------------------------
 class ShardedDataParallelSpec(DataSplitSpec):
     name = "data-zero"
     parallelism = "data"
     description = "sharded data parallelism, ZeRO (parallelism='data', sync='allreduce', zero_stage=1, 2 or 3)"
     exclusive_knobs = {"zero_stage": 0}
     exclusive_values = {"grad_sync": ("fsdp",)}
+    knobs = KNOBS
 
     def selects(self, cfg: RunConfig) -> bool:
         return cfg.parallelism == "data" and cfg.sync == "allreduce" and cfg.zero_stage != 0
@@ -58,6 +65,8 @@ class ShardedDataParallelSpec(DataSplitSpec):
         reduce-scatters (and stage 3's prefetched gathers) hide behind the compute they overlap, except
         the first gather of each pass; on one host whose cores are all computing nothing hides (as for
         data parallelism: there a collective is CPU work that takes turns with the compute)."""
+        from ..zero.layout import plan_units  # the units the algorithm gathers
+
         n, stage, algo = cfg.world_size, cfg.zero_stage, shard_algo(cfg.allreduce_algo)
         f = step_facts(cfg, model, profile, slowest_rank_slowdown(n, profile.threads, cores))
         units = [4 * (-(-sum(p.numel() for p in ps) // n) * n) for _, ps in plan_units(f.model, stage, "bucketed", cfg.bucket_mb)]
@@ -82,12 +91,12 @@ class ShardedDataParallelSpec(DataSplitSpec):
 
     def build(self, ctx: RankContext) -> Strategy:
         if ctx.cfg.grad_sync == "fsdp":
-            from .zero.fsdp2 import FSDP2
+            from ..zero.fsdp2 import FSDP2
 
             return FSDP2(ctx)
-        from .zero.stage1 import ZeRO1
-        from .zero.stage2 import ZeRO2
-        from .zero.stage3 import ZeRO3
+        from ..zero.stage1 import ZeRO1
+        from ..zero.stage2 import ZeRO2
+        from ..zero.stage3 import ZeRO3
 
         return {1: ZeRO1, 2: ZeRO2, 3: ZeRO3}[ctx.cfg.zero_stage](ctx)
 

@@ -1,4 +1,4 @@
-"""The parameter server's spec: what the rest of dpkit may know about it (the algorithm is in server.py, worker.py)."""
+"""The spec of the parameter server (sync 'ps' and async 'ps-async'): k servers on top of the n workers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from ...cost import memory
 from ...cost.model import HostModel, Link, ps_time
 from ...cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
 from ...workloads import model_layout, trainable_names
-from ..spec import DataSplitSpec, config_error
-from .layout import assign_shards
+from ..spec import DataSplitSpec, Knob, config_error
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,12 +16,18 @@ if TYPE_CHECKING:
     from ...config import RunConfig
     from ..base import RankContext, Strategy
 
+KNOBS: tuple[Knob, ...] = (
+    Knob("num_servers", int, 1, "parameter-server ranks (sync ps or ps-async), on top of world_size", minimum=1),
+    Knob("max_staleness", int | None, None, "ps-async: the stale-synchronous bound in steps (none: unbounded)"),
+)
+
 
 class ParameterServerSpec(DataSplitSpec):
     name = "parameter-server"
     parallelism = "data"
     description = "an asynchronous parameter server (parallelism='data', sync='ps-async')"
     exclusive_knobs = {"max_staleness": None}
+    knobs = KNOBS
 
     def selects(self, cfg: RunConfig) -> bool:
         return cfg.parallelism == "data" and cfg.sync in ("ps", "ps-async")
@@ -76,6 +81,8 @@ class ParameterServerSpec(DataSplitSpec):
         """Workers: the whole model and its gradients, no optimizer, the packed gradients and pulled parameters
         (a copy each of the trained ones); server j: its shard, the averaged gradient, its optimizer's state,
         an inbox row per worker and an outbox (dpkit.cost.memory)."""
+        from ..parameter_server.layout import assign_shards  # the servers' shards, as the algorithm cuts them
+
         trained = memory.params_of(cfg)[1]
         params, grads, _ = memory.whole_model(cfg)
         act = memory.activation_bytes(cfg, model_layout(cfg).blocks, cfg.global_batch // cfg.world_size // cfg.grad_accum)
@@ -87,8 +94,8 @@ class ParameterServerSpec(DataSplitSpec):
         return memory.table(ranks, self.roles(cfg))
 
     def build(self, ctx: RankContext) -> Strategy:
-        from .server import ParameterServer  # the algorithm is imported only when a rank builds it
-        from .worker import PushPullWorker
+        from ..parameter_server.server import ParameterServer  # the algorithm is imported only when a rank builds it
+        from ..parameter_server.worker import PushPullWorker
 
         return ParameterServer(ctx) if ctx.rank >= ctx.cfg.world_size else PushPullWorker(ctx)
 

@@ -15,11 +15,11 @@ from collections.abc import Mapping
 import pandas as pd
 
 from ..config import RunConfig
+from ..cost import memory
+from ..cost.model import HostModel, Link
+from ..cost.step_model import ComputeProfile
 from ..results import RunResult
 from ..strategies.registry import spec_for
-from . import memory
-from .model import HostModel, Link
-from .step_model import ComputeProfile
 
 KINDS = ("mem_params_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_activations_peak_bytes", "mem_buffers_bytes")
 BYTES_LINK = Link(alpha=0.0, bandwidth=1.0, name="1 byte/s, no latency")  # time on it = bytes on the critical path

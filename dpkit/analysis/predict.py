@@ -16,11 +16,11 @@ import pandas as pd
 
 from ..api import run
 from ..config import RunConfig
+from ..cost.model import HostModel, Link
+from ..cost.step_model import QUANTITIES, ComputeProfile, oversubscription, slowest_rank_slowdown
 from ..runtime.launch import default_threads
 from ..strategies.registry import spec_for
 from ..strategies.spec import baseline_config
-from .model import HostModel, Link
-from .step_model import QUANTITIES, ComputeProfile, oversubscription, slowest_rank_slowdown
 
 __all__ = [
     "QUANTITIES",
