@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reading.md"
 CONCEPTS = (
-    "ring", "tree", "bucketing", "ZeRO-1", "ZeRO-1, 2, 3", "push and pull", "GPipe", "1F1B", "Megatron f and g",
+    "ring", "tree", "bucketing", "ZeRO-1", "ZeRO-2", "ZeRO-3", "push and pull", "GPipe", "1F1B", "Megatron f and g",
     "reduce-broadcast", "emulated link", "the training loop",
 )  # fmt: skip
 

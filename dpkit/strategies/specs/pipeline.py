@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from ...cost import memory
 from ...cost.model import HostModel, Link, bubble_fraction, comm_time, pipeline_p2p_time, pipeline_step_time
 from ...cost.step_model import ComputeProfile, oversubscription, parts, step_facts
-from ...workloads import model_layout
 from ..spec import Knob, StrategySpec
 
 if TYPE_CHECKING:
