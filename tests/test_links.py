@@ -1,4 +1,4 @@
-"""Emulated network links (RunConfig.link, dpkit/comm/link.py): the lessons about communication on a 2-core laptop.
+"""Emulated network links (RunConfig.link, dpkit/comm/emulation/): the lessons about communication on a 2-core laptop.
 
 Timing tests (marked slow) use links slower than this machine (1 GbE; 500 Mb/s for single messages down to
 64 KiB), messages of 64 KiB and more, and the lower quartile of repeated measurements, because the machine is
@@ -19,7 +19,8 @@ from conftest import SMALL, assert_same_training, reference
 
 from dpkit import RunConfig, run
 from dpkit.benchmarks.allreduce import KIB, MIB
-from dpkit.comm.link import LATE_SLACK_S, LinkEmulator, PacedRecv, describe, link_meta, sleep_until
+from dpkit.comm.emulation.ports import LATE_SLACK_S, LinkEmulator, PacedRecv, sleep_until
+from dpkit.comm.link import describe, link_meta
 from dpkit.cost.model import PRESETS, Link, allreduce_time, bucketed_overlap, buckets_of
 from dpkit.runtime.launch import launch
 from dpkit.workloads import build_model
@@ -104,7 +105,7 @@ def test_receives_queue_on_the_incoming_port_in_the_order_they_left() -> None:
     assert arrivals == pytest.approx([2e-3 + 4e-3, 2e-3 + 8e-3, 2e-3 + 12e-3], abs=1e-9)
     assert works[1].arrival < works[2].arrival < works[0].arrival  # first come (by leaving time), first served
     assert end >= late_done
-    assert works[0].late_s == pytest.approx(30e-3, abs=15e-3)  # a busy machine may wake the rank a little late
+    assert works[0].late_s >= 30e-3 - 1e-6  # a busy machine may wake the rank later still (never earlier)
     stats = em.stats()
     assert stats["messages"] == 3 and 1 <= stats["late"] <= 3 and stats["worst_late_s"] >= works[0].late_s
     assert em.in_free == pytest.approx(now + 14e-3)
@@ -131,7 +132,7 @@ def test_every_algorithm_sums_exactly_when_paced(tmp_path) -> None:
     from dpkit.runtime.launch import launch
 
     payload = {"lengths": [0, 1, 5, 1001], "segment_bytes": 400, "link": {"alpha": 1e-6, "bandwidth": 1e10}}
-    launch("dpkit.benchmarks.allreduce:check_ranks", payload, 3, tmp_path, threads_per_rank=1, timeout_s=120)
+    launch("comm_targets:check_ranks", payload, 3, tmp_path, threads_per_rank=1, timeout_s=120)
     rows = json.loads((tmp_path / "check.json").read_text())
     assert {r["algo"] for r in rows} == {"native", "ring", "ring-whole", "reduce-broadcast", "tree"}
     assert {r["group"] for r in rows} == {"world", "ranks 1.."}
@@ -174,23 +175,38 @@ def test_training_on_an_emulated_link_equals_single_process(name: str) -> None:
 # A shared machine's noise only ever adds time (a rank woken late, a real transfer starved of CPU), and the
 # emulator never lets a message through early. So the timing tests take the lower quartile of repeated
 # measurements (the emulator's own accuracy), print the median beside it, and check that nothing was early.
+def held_in_background(tmp_path) -> list[dict]:
+    """Two native all-reduces of 40 kB started back to back on the comm thread of 4 ranks on a slow link:
+    per rank, when each was started, when its real run ended and when the link delivers it."""
+    payload = {"alpha": HELD_LINK.alpha, "bandwidth": HELD_LINK.bandwidth, "numel": 10_000}
+    launch("rank_targets:background_held", payload, 4, tmp_path, threads_per_rank=1, timeout_s=120)
+    return [json.loads((tmp_path / f"held{rank}.json").read_text()) for rank in range(4)]
+
+
+HELD_LINK = Link(alpha=2e-3, bandwidth=4e6, name="slow")  # 40 kB: 2 ms + 10 ms (1.5x for the ring's 2(n-1)/n at n = 4)
+
+
 def test_a_background_collective_is_held_from_when_it_was_started(tmp_path) -> None:
-    """Two native all-reduces started back to back on the comm thread: the second's real run does not wait
-    behind the first's emulated link time (the thread does not sleep it out), each is delivered no earlier
-    than its link time after it was started, and the second queues behind the first on the ports."""
-    alpha, bandwidth, numel = 2e-3, 4e6, 10_000  # 40 kB: 2 ms + 10 ms (1.5x for the ring's 2(n-1)/n at n = 4)
-    launch("rank_targets:background_held", {"alpha": alpha, "bandwidth": bandwidth, "numel": numel}, 4, tmp_path,
-           threads_per_rank=1, timeout_s=120)  # fmt: skip
-    link = Link(alpha=alpha, bandwidth=bandwidth, name="slow")
-    one = allreduce_time("native", numel * 4, 4, link)
-    for rank in range(4):
-        out = json.loads((tmp_path / f"held{rank}.json").read_text())
+    """Each is delivered no earlier than its link time after it was started, and the second queues behind the
+    first on the ports (lower bounds: they hold however busy the machine is)."""
+    one = allreduce_time("native", 10_000 * 4, 4, HELD_LINK)
+    for out in held_in_background(tmp_path):
         first, second = out["works"]
         assert out["sums"] == [10.0, 10.0]  # 1 + 2 + 3 + 4: the real transfer happened
         assert first["deliver_at"] >= first["start"] + one - 1e-6
         assert second["deliver_at"] >= first["deliver_at"] + one - 1e-6  # behind the first on the ports
-        assert second["real_done"] < first["deliver_at"], "the comm thread slept out the first's link time"
         assert out["stats"]["collectives"] == 2
+
+
+@pytest.mark.slow
+def test_the_comm_thread_does_not_sleep_out_a_held_collective(tmp_path) -> None:
+    """The second's real run ends before the first is delivered: the comm thread went on to it instead of
+    sleeping out the first's 17 ms of link time. A wall-clock race (a real 40 kB all-reduce of 4 ranks against
+    17 ms), so in the slow tier and only on a machine that is not too busy (it missed by 7-11 ms at load 7)."""
+    require_a_machine_that_can_honour_the_link(per_core=1.5)
+    for out in held_in_background(tmp_path):
+        first, second = out["works"]
+        assert second["real_done"] < first["deliver_at"], f"the comm thread slept out the first's link time; {load()}"
 
 
 SLOW_LINK = Link(alpha=100e-6, bandwidth=50e6, name="500 Mb/s")  # slower than this machine's loopback even under load
@@ -230,6 +246,7 @@ def test_one_message_takes_alpha_plus_size_over_bandwidth() -> None:
         assert quartile <= 1.10 * row.predicted_s, f"{row.size_bytes} B: {quartile:.6f} s against {row.predicted_s:.6f} s"
 
 
+@pytest.mark.slow
 def test_two_servers_fill_their_links_together() -> None:
     """A parameter server with k = 2 servers and n = 4 workers takes 2 alpha + 2 nS/(kB), within 10%: worker w
     pushes to server w mod k first and server j answers worker j mod n first (the benchmark's pattern sends in

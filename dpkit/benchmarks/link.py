@@ -124,8 +124,7 @@ def link_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     for spec in payload["links"]:
         link = Link(alpha=spec["alpha"], bandwidth=spec["bandwidth"], name=spec["name"])
         comm = Comm(Recorder(rank, HostClock()), "ring", link)
-        emulator = comm.link
-        assert emulator is not None
+        emulator = comm.transport  # the link's ports: their paced and late counts
         for size in payload["sizes"]:
             for _ in range(payload.get("warmup", 1)):
                 dist.barrier()
@@ -138,6 +137,7 @@ def link_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
                 _once(pattern, comm, size, rank, world, servers, m, bufs)
                 times.append((start, time.perf_counter()))
             stats = emulator.stats()
+            assert stats is not None  # a link was given: its ports count
             local.append(
                 {
                     "key": spec["key"],
