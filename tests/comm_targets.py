@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from dpkit.comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
-from dpkit.comm.emulation import transport_for
+from dpkit.comm.emulation import Nodes, transport_for
 from dpkit.comm.group import GroupView
 from dpkit.comm.ring import pipelined_ring_allreduce, ring_allreduce
 from dpkit.cost.model import Link
@@ -39,13 +39,19 @@ def _groups(rank: int, world: int) -> dict:
 def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json.
     payload["segment_bytes"] shrinks the ring's pieces so that small tensors take the many-piece path too;
-    payload["link"] ({"alpha": s, "bandwidth": B/s}) paces every message by an emulated link."""
+    payload["link"] ({"alpha": s, "bandwidth": B/s}) paces every message by an emulated link; with
+    payload["ranks_per_node"] too, the ranks are emulated nodes (payload["intra"]: the link within a node)."""
     from dpkit.comm import ring
 
     if "segment_bytes" in payload:
         ring.SEGMENT_BYTES = int(payload["segment_bytes"])  # this rank process only
     link = payload.get("link")
-    transport = transport_for(Link(alpha=link["alpha"], bandwidth=link["bandwidth"]) if link else None)
+    inter = Link(alpha=link["alpha"], bandwidth=link["bandwidth"]) if link else None
+    if "ranks_per_node" in payload:
+        intra = Link(alpha=payload["intra"]["alpha"], bandwidth=payload["intra"]["bandwidth"]) if "intra" in payload else None
+        transport = transport_for(Nodes(payload["ranks_per_node"], intra, inter))
+    else:
+        transport = transport_for(inter)
     rows = []
     for gname, group in _groups(rank, world).items():
         view = GroupView.of(group, transport)

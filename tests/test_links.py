@@ -124,6 +124,7 @@ def test_a_send_books_the_outgoing_port_and_sleeping_is_never_early() -> None:
 
 
 # ---- every algorithm, paced ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_algorithm_sums_exactly_when_paced(tmp_path) -> None:
     """The hand-written all-reduces send through the paced helpers (and native is held): same sums as
     dist.all_reduce, over the world and a subgroup, many-piece rings included; the link is fast so this is quick."""
@@ -134,7 +135,7 @@ def test_every_algorithm_sums_exactly_when_paced(tmp_path) -> None:
     payload = {"lengths": [0, 1, 5, 1001], "segment_bytes": 400, "link": {"alpha": 1e-6, "bandwidth": 1e10}}
     launch("comm_targets:check_ranks", payload, 3, tmp_path, threads_per_rank=1, timeout_s=120)
     rows = json.loads((tmp_path / "check.json").read_text())
-    assert {r["algo"] for r in rows} == {"native", "ring", "ring-whole", "reduce-broadcast", "tree"}
+    assert {r["algo"] for r in rows} == {"native", "ring", "ring-whole", "reduce-broadcast", "tree", "hierarchical"}
     assert {r["group"] for r in rows} == {"world", "ranks 1.."}
     wrong = [r for r in rows if not r["equal"] or r["sent"] != r["predicted"]]
     assert not wrong, wrong[:5]
@@ -158,6 +159,7 @@ EQUIVALENT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EQUIVALENT))
 def test_training_on_an_emulated_link_equals_single_process(name: str) -> None:
     cfg = SMALL.replace(link="1GbE", **EQUIVALENT[name])

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from ..cost.model import all_gather_terms, native_terms, reduce_scatter_terms
 from .group import GroupView, nbytes
+from .hierarchical import hierarchical_allreduce
 from .reduce_broadcast import reduce_broadcast_allreduce
 from .ring import pipelined_ring_allreduce, ring_all_gather, ring_reduce_scatter, ring_whole_allreduce
 from .tree import tree_allreduce
@@ -27,6 +28,7 @@ ALGORITHMS: dict[str, Callable[[torch.Tensor, GroupView], int]] = {
     "ring-whole": ring_whole_allreduce,
     "reduce-broadcast": reduce_broadcast_allreduce,
     "tree": tree_allreduce,
+    "hierarchical": hierarchical_allreduce,  # rings inside and across emulated nodes; the ring without nodes
 }
 
 
@@ -52,7 +54,7 @@ def predicted_bytes_sent(algo: str, size: int, n: int, me: int = 1, itemsize: in
     """
     if n == 1:
         return 0
-    if algo in ("native", "ring"):
+    if algo in ("native", "ring", "hierarchical"):  # hierarchical: without nodes (on nodes it counts its own)
         if itemsize is None:
             return round(2 * (n - 1) / n * size)
         numel = size // itemsize

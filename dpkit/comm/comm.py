@@ -37,6 +37,7 @@ from .group import GroupView, nbytes
 
 if TYPE_CHECKING:
     from ..runtime.recorder import Recorder
+    from .emulation.config import Nodes
 
 Group = GroupView  # what strategies hold: the ranks of a process group and this rank's place in it
 R = TypeVar("R")
@@ -95,9 +96,10 @@ class Pending:
 
 class Comm:
     """One rank's messages: `algo` is the run's all-reduce algorithm (RunConfig.allreduce_algo); `link`, if
-    given, the emulated network every message is paced by (RunConfig.link)."""
+    given, the emulated network every message is paced by (RunConfig.link; a Nodes for emulated nodes,
+    dpkit.comm.emulation.network_for)."""
 
-    def __init__(self, recorder: Recorder, algo: str = "native", link: Link | None = None) -> None:
+    def __init__(self, recorder: Recorder, algo: str = "native", link: Link | Nodes | None = None) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALGORITHMS)}")
         self.recorder = recorder

@@ -13,6 +13,7 @@ from .emulation.config import (
     link_label,
     link_meta,
     link_of,
+    network_for,
     validate_link,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "link_label",
     "link_meta",
     "link_of",
+    "network_for",
     "validate_link",
 ]

@@ -33,6 +33,13 @@ class Transport:
 
     backend_async = True  # a native collective may run as the backend's own async op (emulation holds it instead)
 
+    def __init__(self, ranks_per_node: int = 1) -> None:
+        self.ranks_per_node = ranks_per_node  # global ranks r*k .. r*k+k-1 share node r (RunConfig.ranks_per_node)
+
+    def node_of(self, rank: int) -> int:
+        """The node global rank `rank` is on (hierarchical all-reduce groups the ranks so)."""
+        return rank // self.ranks_per_node
+
     def isend(self, t: torch.Tensor, dst: int, group: Any = None) -> Any:
         return dist.isend(t, dst, group=group)
 

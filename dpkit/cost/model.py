@@ -143,6 +143,7 @@ ALLREDUCE_TERMS = {
     "ring-whole": ring_whole_terms,
     "reduce-broadcast": reduce_broadcast_terms,
     "tree": tree_terms,
+    "hierarchical": ring_terms,  # on one link (no nodes) it is the ring; on nodes: hierarchical_time
 }
 
 
@@ -315,7 +316,7 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
         raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALLREDUCE_TERMS)}")
     if n <= 1:
         return (0.0, 0.0, 0.0, 0.0)
-    if algo in ("ring", "native"):
+    if algo in ("ring", "native", "hierarchical"):
         return (4.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
     if algo == "ring-whole":
         return (2.0 * (n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, float(size))
@@ -421,6 +422,24 @@ def all_gather_terms(size: float, n: int) -> Terms:
 
 
 SHARD_TERMS = {"reduce-scatter": reduce_scatter_terms, "all-gather": all_gather_terms}
+
+
+# ---- two levels: nodes of r ranks, a fast link inside each node and a slower one between them ----------
+def hierarchical_time(size: float, nodes: int, ranks_per_node: int, intra: Link, inter: Link) -> float:
+    """Hierarchical all-reduce (dpkit/comm/hierarchical.py) of S bytes over N nodes of r ranks: a ring
+    reduce-scatter and all-gather inside each node, a ring all-reduce of S/r across the nodes:
+    t = 2(r-1)(alpha_intra + S/(r B_intra)) + 2(N-1)(alpha_inter + (S/r)/(N B_inter)) (+ gamma terms)."""
+    r, n = ranks_per_node, nodes
+    inside = intra.time(reduce_scatter_terms(size, r)) + intra.time(all_gather_terms(size, r))
+    return inside + inter.time(ring_terms(size / r, n))
+
+
+def flat_ring_time_on_nodes(size: float, nodes: int, ranks_per_node: int, intra: Link, inter: Link) -> float:
+    """The flat ring of n = N r ranks over the same nodes: each of its 2(n-1) steps waits for its slowest
+    link, which crosses between nodes (when N > 1): t = 2(n-1)(alpha_inter + S/(n B_inter))."""
+    n = nodes * ranks_per_node
+    return (inter if nodes > 1 else intra).time(ring_terms(size, n))
+
 
 #: what each ZeRO stage sends per step, per rank, for S bytes of trainable parameters (stage 0 is plain DP)
 ZERO_COLLECTIVES: dict[int, tuple[str, ...]] = {

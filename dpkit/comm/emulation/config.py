@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ...cost.model import PRESETS, Link
 
 LINK_CHOICES: tuple[str, ...] = ("none", *PRESETS, "custom")
+INTRA_NODE_CHOICES: tuple[str, ...] = ("none", *PRESETS)  # RunConfig.intra_node_link: a preset, or none (unpaced)
+UNPACED = Link(alpha=0.0, bandwidth=float("inf"), name="unpaced (the machine as it is)")
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """Emulated nodes (RunConfig.ranks_per_node > 1): global ranks r*k .. r*k+k-1 share node r; messages inside
+    a node take `intra`, between nodes `inter` (None: the machine as it is)."""
+
+    ranks_per_node: int
+    intra: Link | None
+    inter: Link | None
 
 
 # ---- which link a run asked for ---------------------------------------------------------------
@@ -32,6 +45,11 @@ def validate_link(cfg: Any) -> None:
             raise _bad(field_name, value, "None unless link='custom' (a preset brings its own latency and bandwidth)")
         if name == "custom" and (value is None or not math.isfinite(value) or not value > 0):
             raise _bad(field_name, value, "a finite number > 0 with link='custom'")
+    k, intra = getattr(cfg, "ranks_per_node", 1), getattr(cfg, "intra_node_link", "NVLink")
+    if k < 1 or cfg.num_processes % k:
+        raise _bad("ranks_per_node", k, f"an integer >= 1 that divides the {cfg.num_processes} processes of this run")
+    if intra not in INTRA_NODE_CHOICES:
+        raise _bad("intra_node_link", intra, f"choose one of {', '.join(map(repr, INTRA_NODE_CHOICES))}")
 
 
 def link_of(name: str, latency_s: float | None = None, bandwidth_Bps: float | None = None) -> Link | None:
@@ -48,8 +66,16 @@ def link_of(name: str, latency_s: float | None = None, bandwidth_Bps: float | No
 
 
 def link_for(cfg: Any) -> Link | None:
-    """The run's emulated link (None: the machine as it is)."""
+    """The run's emulated link (between nodes, with ranks_per_node > 1; None: the machine as it is)."""
     return link_of(cfg.link, cfg.link_latency_s, cfg.link_bandwidth_Bps)
+
+
+def network_for(cfg: Any) -> Link | Nodes | None:
+    """What the run's messages are paced by: one link for all, emulated nodes, or nothing (None)."""
+    k = getattr(cfg, "ranks_per_node", 1)
+    if k == 1:
+        return link_for(cfg)
+    return Nodes(k, link_of(getattr(cfg, "intra_node_link", "NVLink")), link_for(cfg))
 
 
 def human_bandwidth(bps: float) -> str:
@@ -98,9 +124,10 @@ def describe(cfg_or_meta: Any) -> str:
 def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
     """What a run records about its link: meta["link"] (the link and the paced counts) and, when some
     message could not be honoured, meta["link_not_honoured"] (count, of how many, worst lateness)."""
-    link = link_for(cfg)
-    if link is None:
+    network = network_for(cfg)
+    if network is None:
         return {}
+    link = (network.inter or UNPACED) if isinstance(network, Nodes) else network
     stats = [s for s in per_rank if s]
     total = {k: sum(s[k] for s in stats) for k in ("messages", "collectives", "late")}
     worst = max((s["worst_late_s"] for s in stats), default=0.0)
@@ -115,6 +142,12 @@ def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
             "worst_late_s": worst,
         }
     }
+    if isinstance(network, Nodes):
+        intra = network.intra or UNPACED
+        out["link"]["nodes"] = {"ranks_per_node": network.ranks_per_node, "intra_node_link": cfg.intra_node_link}
+        out["link"]["description"] += (
+            f"; nodes of {network.ranks_per_node} ranks, within a node {link_label(intra).removeprefix('emulated link: ')}"
+        )
     if total["late"]:
         out["link_not_honoured"] = {
             "messages": total["late"],

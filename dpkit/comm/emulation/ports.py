@@ -170,7 +170,8 @@ class LinkEmulator(Transport):
 
     backend_async = False  # a native collective is held on the comm thread, not run as the backend's async op
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, ranks_per_node: int = 1) -> None:
+        super().__init__(ranks_per_node)
         self.link = link
         self.out_free = self.in_free = 0.0
         self._lock = threading.Lock()
@@ -206,47 +207,17 @@ class LinkEmulator(Transport):
 
     def recv(self, t: torch.Tensor, src: int | None, group=None) -> int:
         """Blocking receive into `t` from `src` (None: any rank); returns the sender's global rank."""
-        if src is None:  # any source: the first header to come names the sender, whose payload follows it
-            header = torch.empty(1, dtype=torch.float64, device=t.device)
-            src = dist.recv(header, None, group=group, tag=HEADER_TAG)
-            work = PacedRecv(self, header, None, dist.irecv(t, src, group=group), t.numel() * t.element_size())
-            work.left_at = float(header.item())
-        else:
-            work = self.irecv(t, src, group)
-        work.wait()
-        return src
+        return paced_recv(t, src, group, lambda peer: self)
 
     def complete(self, works: list) -> None:
-        """Finish paced messages: the receives take the incoming port in the order their senders let them go
-        (so a server's n pushes queue as on a real port), then every send is waited for."""
-        receives = [w for w in works if isinstance(w, PacedRecv) and not w._done]
-        left = [(w.read_header(), w) for w in receives]
-        due: list[tuple[float, PacedRecv]] = []
+        complete_paced(works)
+
+    def _arrival(self, w: PacedRecv, left_at: float) -> float:
+        """When this incoming port has taken in `w`, which left its sender at `left_at` (booked once)."""
         with self._lock:
-            for left_at, w in sorted(left, key=lambda p: p[0]):
-                arrival = w.arrival
-                if arrival is None:
-                    arrival = max(left_at + self.link.alpha, self.in_free) + w.size / self.link.bandwidth
-                    w.arrival = self.in_free = arrival
-                due.append((arrival, w))
-        for arrival, w in sorted(due, key=lambda p: p[0]):
-            late = 0.0
-            if time.perf_counter() > arrival:  # the header itself came after the message was due
-                w.payload_work.wait()
-                late = time.perf_counter() - arrival
-                late = late if late > LATE_SLACK_S else 0.0
-            else:
-                sleep_until(arrival)
-                before = time.perf_counter()
-                w.payload_work.wait()
-                after = time.perf_counter()
-                if after - before > LATE_SLACK_S:  # the payload was not there when the link had delivered it
-                    late = after - arrival
-            w._done, w.late_s = True, late
-            self._count(late, collective=False)
-        for w in works:
-            if not isinstance(w, PacedRecv):
-                w.wait()
+            if w.arrival is None:
+                w.arrival = self.in_free = max(left_at + self.link.alpha, self.in_free) + w.size / self.link.bandwidth
+            return w.arrival
 
     # -- backend collectives ----------------------------------------------------------------------
     def hold(self, terms: Terms, group, run: Callable[[], T], device: torch.device | None = None) -> T:
@@ -271,16 +242,8 @@ class LinkEmulator(Transport):
             later.at = max(later.at, deadline)
         return result
 
-    @contextmanager
-    def deliver_later(self, posted_at: float) -> Iterator[Delivery]:
-        """For a collective started on the comm thread at `posted_at`: its held collectives are ready from then
-        (not from when the thread got to them) and do not sleep; the Delivery says when the link delivers."""
-        delivery = Delivery(posted_at)
-        _thread_state.delivery = delivery
-        try:
-            yield delivery
-        finally:
-            _thread_state.delivery = None
+    def deliver_later(self, posted_at: float):  # type: ignore[override]  # the same context manager
+        return deliver_later(posted_at)
 
     def _last_ready(self, ready: float, group, device: torch.device | None) -> float:
         """When the last rank of `group` was ready for this collective. Through the run's store where there is
@@ -325,3 +288,57 @@ class LinkEmulator(Transport):
                 "late": self.late,
                 "worst_late_s": self.worst_late_s,
             }
+
+
+# ---- receiving, on one or several links' ports --------------------------------------------------------
+def paced_recv(t: torch.Tensor, src: int | None, group: Any, port_for: Callable[[int], LinkEmulator]) -> int:
+    """Blocking receive into `t` from `src` (None: any rank) on the ports `port_for(sender)`; returns the sender.
+    Any source: the first header to come names the sender, whose payload follows it."""
+    if src is None:
+        header = torch.empty(1, dtype=torch.float64, device=t.device)
+        src = dist.recv(header, None, group=group, tag=HEADER_TAG)
+        work = PacedRecv(port_for(src), header, None, dist.irecv(t, src, group=group), t.numel() * t.element_size())
+        work.left_at = float(header.item())
+    else:
+        work = port_for(src).irecv(t, src, group)
+    work.wait()
+    return src
+
+
+def complete_paced(works: list) -> None:
+    """Finish paced messages: the receives take their incoming port in the order their senders let them go
+    (so a server's n pushes queue as on a real port) and are waited for in the order they arrive (on
+    whichever link's port each came in), then every send (and any unpaced work) is waited for."""
+    receives = [w for w in works if isinstance(w, PacedRecv) and not w._done]
+    left = sorted(((w.read_header(), w) for w in receives), key=lambda p: p[0])
+    due = [(w.emulator._arrival(w, left_at), w) for left_at, w in left]
+    for arrival, w in sorted(due, key=lambda p: p[0]):
+        late = 0.0
+        if time.perf_counter() > arrival:  # the header itself came after the message was due
+            w.payload_work.wait()
+            late = time.perf_counter() - arrival
+            late = late if late > LATE_SLACK_S else 0.0
+        else:
+            sleep_until(arrival)
+            before = time.perf_counter()
+            w.payload_work.wait()
+            after = time.perf_counter()
+            if after - before > LATE_SLACK_S:  # the payload was not there when the link had delivered it
+                late = after - arrival
+        w._done, w.late_s = True, late
+        w.emulator._count(late, collective=False)
+    for w in works:
+        if not isinstance(w, PacedRecv):
+            w.wait()
+
+
+@contextmanager
+def deliver_later(posted_at: float) -> Iterator[Delivery]:
+    """For a collective started on the comm thread at `posted_at`: its held collectives are ready from then
+    (not from when the thread got to them) and do not sleep; the Delivery says when the link delivers."""
+    delivery = Delivery(posted_at)
+    _thread_state.delivery = delivery
+    try:
+        yield delivery
+    finally:
+        _thread_state.delivery = None
