@@ -55,7 +55,10 @@ def test_a_bad_link_is_a_value_error_at_construction(knobs: dict, field: str) ->
 
 def test_presets_are_the_cost_models_and_describe_says_which() -> None:
     assert PRESETS["1GbE"].alpha == 50e-6 and PRESETS["1GbE"].bandwidth == 125e6
-    assert describe(RunConfig(link="1GbE")) == "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s"
+    assert (
+        describe(RunConfig(link="1GbE"))
+        == "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s, o = 5 us per message received"
+    )
     assert describe(RunConfig()) == "no emulated link (the machine as it is)"
     custom = RunConfig(link="custom", link_latency_s=2e-3, link_bandwidth_Bps=10e6)
     assert describe(custom) == "emulated link: custom, alpha = 2 ms, B = 10 MB/s"
@@ -68,7 +71,7 @@ def test_link_meta_labels_what_the_machine_could_not_honour() -> None:
     meta = link_meta(cfg, [fine, fine])
     assert meta["link"]["key"] == "10GbE" and meta["link"]["messages"] == 20 and meta["link"]["collectives"] == 4
     assert "link_not_honoured" not in meta
-    assert describe(meta) == "emulated link: 10GbE (TCP), alpha = 30 us, B = 1.25 GB/s"
+    assert describe(meta) == "emulated link: 10GbE (TCP), alpha = 30 us, B = 1.25 GB/s, o = 5 us per message received"
     meta = link_meta(cfg, [fine, {"messages": 10, "collectives": 2, "late": 3, "worst_late_s": 0.004}])
     assert meta["link_not_honoured"] == {"messages": 3, "of": 24, "worst_late_s": 0.004}
     assert describe(meta).endswith("; not honoured for 3 of 24 messages (the machine was slower, by up to 4 ms)")
@@ -109,6 +112,19 @@ def test_receives_queue_on_the_incoming_port_in_the_order_they_left() -> None:
     stats = em.stats()
     assert stats["messages"] == 3 and 1 <= stats["late"] <= 3 and stats["worst_late_s"] >= works[0].late_s
     assert em.in_free == pytest.approx(now + 14e-3)
+
+
+def test_the_per_message_overhead_queues_at_the_receiving_port() -> None:
+    """With o per message at the receiving port, n messages leaving at once arrive alpha + k(o + S/B): their
+    latencies overlap, their overheads do not (a server taking n pushes spends n*o)."""
+    link = Link(alpha=2e-3, bandwidth=1e6, overhead=1e-3)  # 4 kB take 4 ms, plus 1 ms of overhead each
+    em = LinkEmulator(link)
+    now = time.perf_counter()
+    works = [_receive(em, now, 4000) for _ in range(3)]
+    em.complete(works)
+    assert sorted(w.arrival - now for w in works) == pytest.approx([2e-3 + k * 5e-3 for k in (1, 2, 3)], abs=1e-9)
+    assert em.seconds((2.0, 3000.0, 0.0)) == pytest.approx(2 * (2e-3 + 1e-3) + 3e-3)  # held: each message alpha + o
+    assert PRESETS["1GbE"].overhead == 5e-6 and PRESETS["100GbE"].overhead == 1e-6 and PRESETS["NVLink"].overhead == 0
 
 
 def test_a_send_books_the_outgoing_port_and_sleeping_is_never_early() -> None:

@@ -7,6 +7,11 @@ with gamma = 0 every formula is exactly the one in docs/formulas.md. Each patter
 *terms*: (messages on the critical path, bytes over the busiest link, bytes reduced), so that
 time = messages*alpha + bytes/B + reduced*gamma and calibration is a linear least-squares fit.
 
+A link may also have a per-message overhead o (Link.overhead): the time the *receiving* port spends
+on each message it takes in (interrupt, system call, protocol processing), so one message costs
+alpha + o + S/B. Latencies of messages in flight at once overlap; overheads at one port do not: a
+parameter server taking n pushes at once spends n*o (ps_time), where its alpha counts once.
+
 Two views, both in this file:
 - "cluster" (the docs/formulas.md formulas, `allreduce_time`): every rank has its own independent link, so
   a pattern costs what crosses its busiest link. The what-if at 1,024 workers uses this view.
@@ -44,16 +49,20 @@ class Link:
     name: str = "custom"
     mu: float = 0.0  # single-host view only: seconds per byte copied locally outside the transfers
     meta: dict = field(default_factory=dict, compare=False)
+    overhead: float = 0.0  # o: seconds the receiving port spends per message it takes in (module docstring)
 
     def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0 and self.mu >= 0):
+        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0 and self.mu >= 0 and self.overhead >= 0):
             raise ValueError(
-                f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0, mu >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}, {self.mu}"
+                "Link needs alpha >= 0, bandwidth > 0, gamma >= 0, mu >= 0, overhead >= 0; "
+                f"got {self.alpha}, {self.bandwidth}, {self.gamma}, {self.mu}, {self.overhead}"
             )
 
     def time(self, terms: Terms | HostTerms) -> float:
+        """Each message on the critical path is taken in by one port: alpha + o each."""
         messages, moved, reduced, *local = terms
-        return messages * self.alpha + moved / self.bandwidth + reduced * self.gamma + (local[0] * self.mu if local else 0.0)
+        per_message = self.alpha + self.overhead
+        return messages * per_message + moved / self.bandwidth + reduced * self.gamma + (local[0] * self.mu if local else 0.0)
 
     def describe(self) -> str:
         return f"{self.name}: alpha = {self.alpha * 1e6:.1f} us, B = {self.bandwidth / 1e9:.3g} GB/s, gamma = {self.gamma * 1e9:.3g} ns/byte"
@@ -71,12 +80,15 @@ class Link:
 
 # Link presets for the what-if and for emulated links (RunConfig.link takes the key; per-direction
 # bandwidth; alpha: typical small-message latency). Round, order-of-magnitude assumptions to reason
-# with, not measurements.
+# with, not measurements. overhead (o, per message at the receiving port): about 5 us for kernel TCP
+# (an interrupt, a system call and the protocol stack per message), about 1 us with RDMA (the NIC
+# places the data; the host polls a completion), 0 for NVLink-class links (copy engines, no host stack).
+TCP_OVERHEAD_S, RDMA_OVERHEAD_S = 5e-6, 1e-6
 PRESETS: dict[str, Link] = {
-    "1GbE": Link(alpha=50e-6, bandwidth=1e9 / 8, name="1GbE (TCP)"),
-    "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)"),
-    "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)"),
-    "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)"),
+    "1GbE": Link(alpha=50e-6, bandwidth=1e9 / 8, name="1GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)", overhead=RDMA_OVERHEAD_S),
     "NVLink": Link(alpha=3e-6, bandwidth=150e9, name="NVLink-class"),
 }
 
@@ -169,7 +181,9 @@ def ps_terms(size: float, n: int, k: int = 1) -> Terms:
 
 
 def ps_time(size: float, n: int, k: int, link: Link) -> float:
-    return link.time(ps_terms(size, n, k))
+    """ps_terms on `link`, with the per-message overheads where they queue: each server takes in n pushes
+    (n*o at its port) and each worker k pulls (k*o), where Link.time charged o for the 2 latencies."""
+    return link.time(ps_terms(size, n, k)) + (n + k - 2) * link.overhead
 
 
 def pipeline_p2p_time(act_bytes: float, link: Link) -> float:

@@ -96,7 +96,8 @@ def human_seconds(s: float) -> str:
 
 def link_label(link: Link) -> str:
     """The human string for a run's link, e.g. "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s"."""
-    return f"emulated link: {link.name}, alpha = {human_seconds(link.alpha)}, B = {human_bandwidth(link.bandwidth)}"
+    text = f"emulated link: {link.name}, alpha = {human_seconds(link.alpha)}, B = {human_bandwidth(link.bandwidth)}"
+    return text + (f", o = {human_seconds(link.overhead)} per message received" if link.overhead else "")
 
 
 def describe(cfg_or_meta: Any) -> str:
@@ -108,7 +109,7 @@ def describe(cfg_or_meta: Any) -> str:
         if not info:
             return "no emulated link (the machine as it is)"
         text = info.get("description") or link_label(
-            Link(alpha=info["alpha_s"], bandwidth=info["bandwidth_Bps"], name=info["name"])
+            Link(alpha=info["alpha_s"], bandwidth=info["bandwidth_Bps"], name=info["name"], overhead=info.get("overhead_s", 0.0))
         )
         late = meta.get("link_not_honoured")
         if late:
@@ -137,6 +138,7 @@ def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
             "name": link.name,
             "alpha_s": link.alpha,
             "bandwidth_Bps": link.bandwidth,
+            "overhead_s": link.overhead,
             "description": link_label(link),
             **total,
             "worst_late_s": worst,

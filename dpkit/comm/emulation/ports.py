@@ -13,9 +13,10 @@ The model (alpha: latency per message, B: bandwidth per direction), on each rank
   S/B, and messages queue on a busy port (first come, first served in the order the rank handles them);
 - a send posted at `now` leaves at out_start = max(now, out_free) and is complete at out_free = out_start
   + S/B (the sender's buffer is free then: a send's wait sleeps until that time);
-- the receiver takes the message in at arrival = max(out_start + alpha, in_free) + S/B, in_free =
-  arrival: a receive's wait sleeps until then. So one message costs alpha + S/B; n workers pushing S to
-  one server take n*S/B at the server's incoming port; the links of a ring carry their traffic in
+- the receiver takes the message in at arrival = max(out_start + alpha, in_free) + o + S/B, in_free =
+  arrival (o: the link's per-message overhead at the receiving port, Link.overhead): a receive's wait
+  sleeps until then. So one message costs alpha + o + S/B; n workers pushing S to one server take
+  n*(o + S/B) at the server's incoming port; the links of a ring carry their traffic in
   parallel (every rank sends on its own outgoing port).
 - the receiver learns out_start from a header: a one-number tensor (float64 seconds, the sender's
   time.perf_counter) sent with tag HEADER_TAG just before each paced payload. All ranks of a run live on
@@ -182,7 +183,7 @@ class LinkEmulator(Transport):
     def seconds(self, terms: Terms) -> float:
         """A pattern's time on this link from its cost-model terms (messages, bytes on the busiest link, ...)."""
         messages, moved, *_ = terms
-        return messages * self.link.alpha + moved / self.link.bandwidth
+        return messages * (self.link.alpha + self.link.overhead) + moved / self.link.bandwidth
 
     # -- point to point -----------------------------------------------------------------------
     def isend(self, t: torch.Tensor, dst: int, group=None) -> PacedSend:
@@ -216,7 +217,8 @@ class LinkEmulator(Transport):
         """When this incoming port has taken in `w`, which left its sender at `left_at` (booked once)."""
         with self._lock:
             if w.arrival is None:
-                w.arrival = self.in_free = max(left_at + self.link.alpha, self.in_free) + w.size / self.link.bandwidth
+                taken = max(left_at + self.link.alpha, self.in_free) + self.link.overhead  # o: this port's per-message work
+                w.arrival = self.in_free = taken + w.size / self.link.bandwidth
             return w.arrival
 
     # -- backend collectives ----------------------------------------------------------------------
