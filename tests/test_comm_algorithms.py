@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpkit.comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent, reduce_broadcast, ring, tree
+from dpkit.comm import ALGORITHMS, allreduce_sum, hierarchical, predicted_bytes_sent, reduce_broadcast, ring, tree
 from dpkit.runtime.launch import launch
 
 LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
@@ -119,7 +119,7 @@ def test_unknown_algorithm_is_a_value_error() -> None:
 
 
 COLLECTIVES = [ring.ring_allreduce, ring.pipelined_ring_allreduce, ring._ring_steps, ring.ring_whole_allreduce,
-               tree.tree_allreduce, reduce_broadcast.reduce_broadcast_allreduce]  # fmt: skip
+               tree.tree_allreduce, reduce_broadcast.reduce_broadcast_allreduce, hierarchical.hierarchical_allreduce]  # fmt: skip
 NOT_IN_AN_ALGORITHM = {"recorder", "Recorder", "link", "LinkEmulator", "transport", "emulation", "span", "clock"}
 
 

@@ -5,7 +5,7 @@ of one r-th of the tensor), all-reduce that r-th across the nodes among the rank
 their node, all-gather within each node. The slow link between nodes carries 2(N-1)/N * S/r per rank
 instead of the flat ring's 2(n-1)/n * S: t ~ 2(r-1)/r S/B_intra + 2(N-1)/N (S/r)/B_inter + latencies
 (dpkit.cost.model.hierarchical_time). Nodes are the transport's (RunConfig.ranks_per_node): global ranks
-r*k .. r*k+k-1 share node k. A group whose members do not fill equal nodes runs the flat ring.
+i*r .. i*r+r-1 share node i. A group whose members do not fill equal nodes runs the flat ring.
 """
 
 from __future__ import annotations
