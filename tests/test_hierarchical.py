@@ -66,7 +66,7 @@ def test_node_views_split_a_group_into_its_nodes_and_the_ranks_across() -> None:
 
 def test_the_cost_model_prices_both_levels() -> None:
     """t = 2(r-1)(a_intra + S/(r B_intra)) + 2(N-1)(a_inter + S/(r N B_inter)); the flat ring runs at the slow
-    link's pace. On 2 x 2 with NVLink inside and 1 GbE between, 4 MiB: half the flat ring's bytes cross nodes."""
+    link's pace. On 2 x 2 with NVLink inside and 1 GbE between, 4 MiB: a third of the flat ring's bytes cross nodes."""
     nv, gbe, size = PRESETS["NVLink"], PRESETS["1GbE"], 4 * 2**20
     per_msg = gbe.alpha + gbe.overhead  # NVLink-class: no per-message overhead
     expected = 2 * (nv.alpha + size / 2 / nv.bandwidth) + 2 * (per_msg + size / 4 / gbe.bandwidth)
@@ -91,9 +91,10 @@ def test_hierarchical_sums_exactly_on_emulated_nodes(tmp_path, world: int, per_n
     assert not wrong, wrong[:5]
     flat = [r for r in rows if r["algo"] == "hierarchical" and r["group"] != "world"]  # unequal nodes: the ring's bytes
     assert flat and all(r["sent"] == r["predicted"] for r in flat)
-    if (world, per_node) == (4, 2):  # on 2 x 2 a rank sends S/2 + S/4 + S/2, not the flat ring's 3S/2
+    if (world, per_node) == (4, 2):  # on 2 x 2 a rank sends S/2 + S/2 + S/2 (only the middle S/2 between nodes)
         on_nodes = [r for r in rows if r["algo"] == "hierarchical" and r["group"] == "world" and r["length"] == 1001]
-        assert on_nodes and all(r["sent"] < r["predicted"] for r in on_nodes)
+        item = {"torch.float32": 4, "torch.float64": 8}
+        assert on_nodes and all(abs(r["sent"] - 1.5 * 1001 * item[r["dtype"]]) <= 2 * item[r["dtype"]] for r in on_nodes)
 
 
 @pytest.mark.slow
