@@ -141,6 +141,8 @@ class RunConfig:
     link: str = "none"
     link_latency_s: float | None = None
     link_bandwidth_Bps: float | None = None
+    ranks_per_node: int = 1  # emulated nodes (dpkit/comm/emulation/nodes.py): `link` between them,
+    intra_node_link: str = "NVLink"  # ... and this preset (or "none") within one
 
     def __post_init__(self) -> None:
         # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
@@ -219,12 +221,14 @@ FIELD_HELP: dict[str, str] = {
     "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
     "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",
     "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
+    "ranks_per_node": "emulated nodes: ranks r*k..r*k+k-1 share node r (link between nodes); must divide the processes",
+    "intra_node_link": "emulated nodes: the link within a node, a preset or none (ranks_per_node > 1)",
 }
 
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)
 INT_MINIMUMS: dict[str, int] = {
     "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
-    "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1,
+    "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1, "ranks_per_node": 1,
 }  # fmt: skip
 
 #: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)

@@ -89,7 +89,7 @@ def background_held(payload: dict, rank: int, world: int, out_dir: str) -> None:
     for w in works:
         w.wait()
     sums = [float(t[0]) for t in tensors]
-    keys = comm.link.stats() if comm.link is not None else {}
+    keys = comm.link_stats() or {}
     comm.close()
     rows = [{"start": w.start, "real_done": w.done_at, "deliver_at": w.deliver_at} for w in works]
     Path(out_dir, f"held{rank}.json").write_text(json.dumps({"works": rows, "sums": sums, "stats": keys}))

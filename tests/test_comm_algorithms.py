@@ -4,11 +4,15 @@ Inputs are small integers stored as floats, so sums are exact in any order and t
 equality. Lengths include 0, 1, fewer elements than ranks and lengths not divisible by the world size;
 with 3 or more ranks every algorithm also runs on a subgroup (ranks 1..n-1), which checks that peers
 are addressed by global rank. The ring's reduce steps move chunks in pieces; tiny pieces make the
-small test tensors exercise that path.
+small test tensors exercise that path. The textbook ring (ring.ring_allreduce) and the pipelined one
+("ring") give the same sums. Every hand-written collective reads on one screen, with no measurement or
+emulation code in it.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 from pathlib import Path
 
@@ -16,22 +20,52 @@ import pandas as pd
 import pytest
 import torch
 
-from dpkit.comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
+from dpkit.comm import ALGORITHMS, allreduce_sum, hierarchical, predicted_bytes_sent, reduce_broadcast, ring, tree
 from dpkit.runtime.launch import launch
 
 LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
 
 
-def run_check(world: int, out: Path) -> pd.DataFrame:
+def run_check(world: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     payload = {"lengths": LENGTHS, "segment_bytes": 12}  # ring pieces of 3 floats: many pieces, a short last one
-    launch("dpkit.benchmarks.allreduce:check_ranks", payload, world, out, threads_per_rank=1, timeout_s=120)
-    return pd.DataFrame(json.loads((out / "check.json").read_text()))
+    launch("comm_targets:check_all", payload, world, out, threads_per_rank=1, timeout_s=120)
+    return pd.DataFrame(json.loads((out / "check.json").read_text())), pd.DataFrame(json.loads((out / "rings.json").read_text()))
 
 
 @pytest.fixture(scope="module", params=[2, 3, 4])
-def checked(request, tmp_path_factory) -> tuple[int, pd.DataFrame]:
+def checked_both(request, tmp_path_factory) -> tuple[int, pd.DataFrame, pd.DataFrame]:
     world = request.param
-    return world, run_check(world, tmp_path_factory.mktemp(f"check{world}"))
+    return world, *run_check(world, tmp_path_factory.mktemp(f"check{world}"))
+
+
+@pytest.fixture
+def checked(checked_both) -> tuple[int, pd.DataFrame]:
+    world, frame, _ = checked_both
+    return world, frame
+
+
+def assert_rings_agree(world: int, rings: pd.DataFrame) -> None:
+    """Integer-valued floats: the textbook and the pipelined ring are equal bit for bit (and exact); random
+    floats: both within float32 rounding of the float64 sum (they add in the same order, so equal too)."""
+    assert set(rings.group_size) == ({world, world - 1} if world >= 3 else {world})
+    exact = rings[rings.kind == "integers"]
+    assert exact.equal.all() and (exact.textbook_err == 0).all(), exact[~exact.equal].to_string()
+    rand = rings[rings.kind == "random"]
+    assert (rand.textbook_err <= 1e-5 * world).all() and (rand.pipelined_err <= 1e-5 * world).all(), rand.to_string()
+    assert (rand.max_diff <= 1e-5 * world).all()
+    assert (rings.sent_textbook == rings.sent_pipelined).all()
+
+
+def test_textbook_ring_equals_pipelined_ring(checked_both) -> None:
+    world, _, rings = checked_both
+    assert_rings_agree(world, rings)
+
+
+@pytest.mark.slow
+def test_textbook_ring_equals_pipelined_ring_at_five_ranks(tmp_path) -> None:
+    """An odd size with a subgroup of four: one more launch, so in the slow tier."""
+    launch("comm_targets:textbook_vs_pipelined", {"lengths": LENGTHS}, 5, tmp_path, threads_per_rank=1, timeout_s=120)
+    assert_rings_agree(5, pd.DataFrame(json.loads((tmp_path / "rings.json").read_text())))
 
 
 def test_every_algorithm_matches_dist_all_reduce(checked) -> None:
@@ -82,3 +116,28 @@ def test_uneven_ring_counts_whole_elements() -> None:
 def test_unknown_algorithm_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="ring"):
         allreduce_sum(torch.zeros(3), "butterfly")
+
+
+COLLECTIVES = [ring.ring_allreduce, ring.pipelined_ring_allreduce, ring._ring_steps, ring.ring_whole_allreduce,
+               tree.tree_allreduce, reduce_broadcast.reduce_broadcast_allreduce, hierarchical.hierarchical_allreduce]  # fmt: skip
+NOT_IN_AN_ALGORITHM = {"recorder", "Recorder", "link", "LinkEmulator", "transport", "emulation", "span", "clock"}
+
+
+@pytest.mark.parametrize("fn", COLLECTIVES, ids=lambda f: f.__name__)
+def test_each_hand_written_collective_fits_on_a_screen_without_measurement_or_emulation(fn) -> None:
+    """The algorithm alone: at most 150 lines, and no name of the recorder's or the link's in it (Comm records
+    the messages, the group's transport paces them)."""
+    source = inspect.getsource(fn)
+    lines = len(source.splitlines())
+    print(f"{fn.__module__}.{fn.__name__}: {lines} lines")
+    assert lines <= 150
+    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
+    assert not names & NOT_IN_AN_ALGORITHM, f"{fn.__name__} uses {names & NOT_IN_AN_ALGORITHM}"
+
+
+def test_the_textbook_ring_comes_first_in_its_file() -> None:
+    """A learner opening comm/ring.py reads the textbook ring before the pipelined optimisation."""
+    text = Path(ring.__file__).read_text()
+    assert text.index("def ring_allreduce(") < text.index("def _pieces(") < text.index("def pipelined_ring_allreduce(")
+    assert ALGORITHMS["ring"] is ring.pipelined_ring_allreduce

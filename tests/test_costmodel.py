@@ -410,3 +410,24 @@ def test_oversubscription_scales_compute_when_ranks_outnumber_cores() -> None:
     host = HostModel({2: Link(alpha=1e-4, bandwidth=1e8), 4: Link(alpha=1e-3, bandwidth=1e7)})
     on_host = predict_step(cfg, host, PROFILE, cores=2)
     assert on_host["comm_s"] == pytest.approx(host.links[4].time(host_terms("native", _grad_bytes(cfg), 4)))
+
+
+def test_a_servers_per_message_overhead_grows_with_its_workers() -> None:
+    """A PS pays 2 latencies whatever n, but its server takes n pushes in one after another: n*o (and each worker
+    k pulls). The ring charges o with every one of its 2(n-1) messages. With o the PS loses to the ring sooner."""
+    from dpkit.cost.model import Link, allreduce_time, ps_time
+
+    plain = Link(alpha=30e-6, bandwidth=1.25e9)
+    with_o = Link(alpha=30e-6, bandwidth=1.25e9, overhead=5e-6)
+    size = 4e3  # latency-bound: 1,000 parameters
+    for n, k in ((4, 1), (64, 1), (64, 4)):
+        assert ps_time(size, n, k, with_o) - ps_time(size, n, k, plain) == pytest.approx((n + k) * 5e-6)
+        assert allreduce_time("ring", size, n, with_o) - allreduce_time("ring", size, n, plain) == pytest.approx(
+            2 * (n - 1) * 5e-6
+        )
+
+    tiny = 4.0  # one number: only latencies and overheads count
+    never = [n for n in (4, 64, 1024) if allreduce_time("tree", tiny, n, plain) < ps_time(tiny, n, 1, plain)]
+    assert never == []  # without o a server pays 2 alpha whatever n: the tree's 2 log2(n) alpha never wins
+    loses = [n for n in (4, 64, 1024) if allreduce_time("tree", tiny, n, with_o) < ps_time(tiny, n, 1, with_o)]
+    assert loses == [1024]  # with o, n o at the server's port outgrows the tree's 2 log2(n)(alpha + o)

@@ -1,4 +1,4 @@
-"""Emulated network links (RunConfig.link, dpkit/comm/link.py): the lessons about communication on a 2-core laptop.
+"""Emulated network links (RunConfig.link, dpkit/comm/emulation/): the lessons about communication on a 2-core laptop.
 
 Timing tests (marked slow) use links slower than this machine (1 GbE; 500 Mb/s for single messages down to
 64 KiB), messages of 64 KiB and more, and the lower quartile of repeated measurements, because the machine is
@@ -19,7 +19,8 @@ from conftest import SMALL, assert_same_training, reference
 
 from dpkit import RunConfig, run
 from dpkit.benchmarks.allreduce import KIB, MIB
-from dpkit.comm.link import LATE_SLACK_S, LinkEmulator, PacedRecv, describe, link_meta, sleep_until
+from dpkit.comm.emulation.ports import LATE_SLACK_S, LinkEmulator, PacedRecv, sleep_until
+from dpkit.comm.link import describe, link_meta
 from dpkit.cost.model import PRESETS, Link, allreduce_time, bucketed_overlap, buckets_of
 from dpkit.runtime.launch import launch
 from dpkit.workloads import build_model
@@ -54,7 +55,10 @@ def test_a_bad_link_is_a_value_error_at_construction(knobs: dict, field: str) ->
 
 def test_presets_are_the_cost_models_and_describe_says_which() -> None:
     assert PRESETS["1GbE"].alpha == 50e-6 and PRESETS["1GbE"].bandwidth == 125e6
-    assert describe(RunConfig(link="1GbE")) == "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s"
+    assert (
+        describe(RunConfig(link="1GbE"))
+        == "emulated link: 1GbE (TCP), alpha = 50 us, B = 125 MB/s, o = 5 us per message received"
+    )
     assert describe(RunConfig()) == "no emulated link (the machine as it is)"
     custom = RunConfig(link="custom", link_latency_s=2e-3, link_bandwidth_Bps=10e6)
     assert describe(custom) == "emulated link: custom, alpha = 2 ms, B = 10 MB/s"
@@ -67,7 +71,7 @@ def test_link_meta_labels_what_the_machine_could_not_honour() -> None:
     meta = link_meta(cfg, [fine, fine])
     assert meta["link"]["key"] == "10GbE" and meta["link"]["messages"] == 20 and meta["link"]["collectives"] == 4
     assert "link_not_honoured" not in meta
-    assert describe(meta) == "emulated link: 10GbE (TCP), alpha = 30 us, B = 1.25 GB/s"
+    assert describe(meta) == "emulated link: 10GbE (TCP), alpha = 30 us, B = 1.25 GB/s, o = 5 us per message received"
     meta = link_meta(cfg, [fine, {"messages": 10, "collectives": 2, "late": 3, "worst_late_s": 0.004}])
     assert meta["link_not_honoured"] == {"messages": 3, "of": 24, "worst_late_s": 0.004}
     assert describe(meta).endswith("; not honoured for 3 of 24 messages (the machine was slower, by up to 4 ms)")
@@ -104,10 +108,23 @@ def test_receives_queue_on_the_incoming_port_in_the_order_they_left() -> None:
     assert arrivals == pytest.approx([2e-3 + 4e-3, 2e-3 + 8e-3, 2e-3 + 12e-3], abs=1e-9)
     assert works[1].arrival < works[2].arrival < works[0].arrival  # first come (by leaving time), first served
     assert end >= late_done
-    assert works[0].late_s == pytest.approx(30e-3, abs=15e-3)  # a busy machine may wake the rank a little late
+    assert works[0].late_s >= 30e-3 - 1e-6  # a busy machine may wake the rank later still (never earlier)
     stats = em.stats()
     assert stats["messages"] == 3 and 1 <= stats["late"] <= 3 and stats["worst_late_s"] >= works[0].late_s
     assert em.in_free == pytest.approx(now + 14e-3)
+
+
+def test_the_per_message_overhead_queues_at_the_receiving_port() -> None:
+    """With o per message at the receiving port, n messages leaving at once arrive alpha + k(o + S/B): their
+    latencies overlap, their overheads do not (a server taking n pushes spends n*o)."""
+    link = Link(alpha=2e-3, bandwidth=1e6, overhead=1e-3)  # 4 kB take 4 ms, plus 1 ms of overhead each
+    em = LinkEmulator(link)
+    now = time.perf_counter()
+    works = [_receive(em, now, 4000) for _ in range(3)]
+    em.complete(works)
+    assert sorted(w.arrival - now for w in works) == pytest.approx([2e-3 + k * 5e-3 for k in (1, 2, 3)], abs=1e-9)
+    assert em.seconds((2.0, 3000.0, 0.0)) == pytest.approx(2 * (2e-3 + 1e-3) + 3e-3)  # held: each message alpha + o
+    assert PRESETS["1GbE"].overhead == 5e-6 and PRESETS["100GbE"].overhead == 1e-6 and PRESETS["NVLink"].overhead == 0
 
 
 def test_a_send_books_the_outgoing_port_and_sleeping_is_never_early() -> None:
@@ -132,9 +149,9 @@ def test_every_algorithm_sums_exactly_when_paced(tmp_path) -> None:
     from dpkit.runtime.launch import launch
 
     payload = {"lengths": [0, 1, 5, 1001], "segment_bytes": 400, "link": {"alpha": 1e-6, "bandwidth": 1e10}}
-    launch("dpkit.benchmarks.allreduce:check_ranks", payload, 3, tmp_path, threads_per_rank=1, timeout_s=120)
+    launch("comm_targets:check_ranks", payload, 3, tmp_path, threads_per_rank=1, timeout_s=120)
     rows = json.loads((tmp_path / "check.json").read_text())
-    assert {r["algo"] for r in rows} == {"native", "ring", "ring-whole", "reduce-broadcast", "tree"}
+    assert {r["algo"] for r in rows} == {"native", "ring", "ring-whole", "reduce-broadcast", "tree", "hierarchical"}
     assert {r["group"] for r in rows} == {"world", "ranks 1.."}
     wrong = [r for r in rows if not r["equal"] or r["sent"] != r["predicted"]]
     assert not wrong, wrong[:5]
@@ -176,23 +193,38 @@ def test_training_on_an_emulated_link_equals_single_process(name: str) -> None:
 # A shared machine's noise only ever adds time (a rank woken late, a real transfer starved of CPU), and the
 # emulator never lets a message through early. So the timing tests take the lower quartile of repeated
 # measurements (the emulator's own accuracy), print the median beside it, and check that nothing was early.
+def held_in_background(tmp_path) -> list[dict]:
+    """Two native all-reduces of 40 kB started back to back on the comm thread of 4 ranks on a slow link:
+    per rank, when each was started, when its real run ended and when the link delivers it."""
+    payload = {"alpha": HELD_LINK.alpha, "bandwidth": HELD_LINK.bandwidth, "numel": 10_000}
+    launch("rank_targets:background_held", payload, 4, tmp_path, threads_per_rank=1, timeout_s=120)
+    return [json.loads((tmp_path / f"held{rank}.json").read_text()) for rank in range(4)]
+
+
+HELD_LINK = Link(alpha=2e-3, bandwidth=4e6, name="slow")  # 40 kB: 2 ms + 10 ms (1.5x for the ring's 2(n-1)/n at n = 4)
+
+
 def test_a_background_collective_is_held_from_when_it_was_started(tmp_path) -> None:
-    """Two native all-reduces started back to back on the comm thread: the second's real run does not wait
-    behind the first's emulated link time (the thread does not sleep it out), each is delivered no earlier
-    than its link time after it was started, and the second queues behind the first on the ports."""
-    alpha, bandwidth, numel = 2e-3, 4e6, 10_000  # 40 kB: 2 ms + 10 ms (1.5x for the ring's 2(n-1)/n at n = 4)
-    launch("rank_targets:background_held", {"alpha": alpha, "bandwidth": bandwidth, "numel": numel}, 4, tmp_path,
-           threads_per_rank=1, timeout_s=120)  # fmt: skip
-    link = Link(alpha=alpha, bandwidth=bandwidth, name="slow")
-    one = allreduce_time("native", numel * 4, 4, link)
-    for rank in range(4):
-        out = json.loads((tmp_path / f"held{rank}.json").read_text())
+    """Each is delivered no earlier than its link time after it was started, and the second queues behind the
+    first on the ports (lower bounds: they hold however busy the machine is)."""
+    one = allreduce_time("native", 10_000 * 4, 4, HELD_LINK)
+    for out in held_in_background(tmp_path):
         first, second = out["works"]
         assert out["sums"] == [10.0, 10.0]  # 1 + 2 + 3 + 4: the real transfer happened
         assert first["deliver_at"] >= first["start"] + one - 1e-6
         assert second["deliver_at"] >= first["deliver_at"] + one - 1e-6  # behind the first on the ports
-        assert second["real_done"] < first["deliver_at"], "the comm thread slept out the first's link time"
         assert out["stats"]["collectives"] == 2
+
+
+@pytest.mark.slow
+def test_the_comm_thread_does_not_sleep_out_a_held_collective(tmp_path) -> None:
+    """The second's real run ends before the first is delivered: the comm thread went on to it instead of
+    sleeping out the first's 17 ms of link time. A wall-clock race (a real 40 kB all-reduce of 4 ranks against
+    17 ms), so in the slow tier and only on a machine that is not too busy (it missed by 7-11 ms at load 7)."""
+    require_a_machine_that_can_honour_the_link(per_core=1.5)
+    for out in held_in_background(tmp_path):
+        first, second = out["works"]
+        assert second["real_done"] < first["deliver_at"], f"the comm thread slept out the first's link time; {load()}"
 
 
 SLOW_LINK = Link(alpha=100e-6, bandwidth=50e6, name="500 Mb/s")  # slower than this machine's loopback even under load
@@ -232,6 +264,7 @@ def test_one_message_takes_alpha_plus_size_over_bandwidth() -> None:
         assert quartile <= 1.10 * row.predicted_s, f"{row.size_bytes} B: {quartile:.6f} s against {row.predicted_s:.6f} s"
 
 
+@pytest.mark.slow
 def test_two_servers_fill_their_links_together() -> None:
     """A parameter server with k = 2 servers and n = 4 workers takes 2 alpha + 2 nS/(kB), within 10%: worker w
     pushes to server w mod k first and server j answers worker j mod n first (the benchmark's pattern sends in

@@ -4,8 +4,10 @@ The central question is the crossover: the worker count beyond which a synchrono
 server with k shards is slower than a ring all-reduce for a model of S bytes. Both are in the
 alpha-beta-gamma model (costmodel.py); per worker count n,
 
-    PS(n)   = 2 alpha + 2 max(S, nS/k)/B + (n-1) S/k gamma
-    ring(n) = 2(n-1) alpha + 2(n-1)/n S/B + (n-1)/n S gamma
+    PS(n)   = 2 alpha + (n+k) o + 2 max(S, nS/k)/B + (n-1) S/k gamma
+    ring(n) = 2(n-1)(alpha + o) + 2(n-1)/n S/B + (n-1)/n S gamma
+
+(o: the link's per-message overhead at a receiving port: a server takes n pushes in, a worker k pulls.)
 
 The PS wins on latency (2 alpha against 2(n-1) alpha) and loses on bandwidth (a worker moves 2S,
 a ring member 2(n-1)/n S; a server 2nS/k), so it can be faster only in a window of worker counts.
@@ -28,13 +30,14 @@ MODEL_SIZES = {"10M params": 40e6, "100M params": 400e6, "1B params": 4e9}  # fp
 
 def _quadratic(size: float, k: int, link: Link, below_k: bool) -> tuple[float, float, float]:
     """(a, b, c) with n (PS(n) - ring(n)) = a n^2 + b n + c, for n < k (below_k) or n >= k."""
-    al, inv_b, g = link.alpha, 1.0 / link.bandwidth, link.gamma
-    ring_const = 2 * size * inv_b + size * g  # n ring(n) = 2 alpha n^2 + (ring_const - 2 alpha) n - ring_const
-    if below_k:  # n PS(n) = (2 alpha + 2 S/B - S g / k) n + (S g / k) n^2
-        ps_a, ps_b = size * g / k, 2 * al + 2 * size * inv_b - size * g / k
-    else:  # n PS(n) = (2 alpha - S g / k) n + (2 S/(kB) + S g / k) n^2
-        ps_a, ps_b = 2 * size * inv_b / k + size * g / k, 2 * al - size * g / k
-    return ps_a - 2 * al, ps_b - (ring_const - 2 * al), ring_const
+    al, inv_b, g, o = link.alpha, 1.0 / link.bandwidth, link.gamma, link.overhead
+    ring_const = 2 * size * inv_b + size * g  # n ring(n) = 2 (alpha + o) n^2 + (ring_const - 2 (alpha + o)) n - ring_const
+    al_ring = al + o  # every ring message pays its overhead o; a PS pays (n + k) o at its ports (model.ps_time)
+    if below_k:  # n PS(n) = (2 alpha + k o + 2 S/B - S g / k) n + (S g / k + o) n^2
+        ps_a, ps_b = size * g / k + o, 2 * al + k * o + 2 * size * inv_b - size * g / k
+    else:  # n PS(n) = (2 alpha + k o - S g / k) n + (2 S/(kB) + S g / k + o) n^2
+        ps_a, ps_b = 2 * size * inv_b / k + size * g / k + o, 2 * al + k * o - size * g / k
+    return ps_a - 2 * al_ring, ps_b - (ring_const - 2 * al_ring), ring_const
 
 
 def _last_not_positive(q: tuple[float, float, float], lo: int, hi: int) -> int | None:

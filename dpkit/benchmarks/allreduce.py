@@ -3,8 +3,8 @@
 Each measurement: warm-up runs, then `repeats` timed runs, each between barriers and taken as the
 slowest rank's time (an all-reduce is done when the last rank has the sum); the repeats are spread
 over LAUNCHES launches of the ranks, and the median over all of them is reported.
-algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (docs/formulas.md). The same
-module holds the rank-side correctness check the tests launch (rank code must be importable).
+algbw = S / t and busbw = algbw * 2(n-1)/n, as nccl-tests define them (docs/formulas.md). The
+correctness check of every algorithm is the tests' own (tests/comm_targets.py).
 """
 
 from __future__ import annotations
@@ -20,76 +20,15 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from ..comm import ALGORITHMS, allreduce_sum, predicted_bytes_sent
-from ..comm.group import GroupView
+from ..comm import ALGORITHMS, allreduce_sum
 from ..runtime.launch import default_threads, launch
 
 KIB, MIB = 2**10, 2**20
 FULL_SIZES = [KIB * 4**i for i in range(9)]  # 1 KiB .. 64 MiB
 QUICK_SIZES = [4 * KIB, 256 * KIB, 4 * MIB]
-CHECK_LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
 
 
 # ---- rank side -------------------------------------------------------------------------------
-def _rank_values(length: int, index: int, dtype: torch.dtype) -> torch.Tensor:
-    """Small integers, different on every rank: float sums are exact whatever the summation order."""
-    g = torch.Generator().manual_seed(1000 * index + length)
-    return torch.randint(-50, 50, (length,), generator=g).to(dtype)
-
-
-def check_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
-    """Every algorithm against dist.all_reduce, over the world and over a subgroup; rank 0 writes check.json.
-    payload["segment_bytes"] shrinks the ring's pieces so that small tensors take the many-piece path too;
-    payload["link"] ({"alpha": s, "bandwidth": B/s}) paces every message by an emulated link (dpkit.comm.link)."""
-    if "segment_bytes" in payload:
-        from ..comm import ring
-
-        ring.SEGMENT_BYTES = int(payload["segment_bytes"])  # this rank process only
-    emulator = None
-    if "link" in payload:
-        from ..comm.link import LinkEmulator
-        from ..cost.model import Link
-
-        emulator = LinkEmulator(Link(alpha=payload["link"]["alpha"], bandwidth=payload["link"]["bandwidth"]))
-    groups = {"world": None}
-    sub_ranks = list(range(1, world))
-    sub = dist.new_group(ranks=sub_ranks) if world >= 3 else None  # every rank must create it
-    if sub is not None:
-        groups["ranks 1.."] = sub
-    rows = []
-    for gname, group in groups.items():
-        if group is not None and rank not in sub_ranks:
-            continue
-        view = GroupView.of(group)
-        for dtype in (torch.float32, torch.float64):
-            for length in payload.get("lengths", CHECK_LENGTHS):
-                expected = _rank_values(length, view.me, dtype)
-                dist.all_reduce(expected, group=group)
-                for algo in payload.get("algos", list(ALGORITHMS)):
-                    t = _rank_values(length, view.me, dtype)
-                    sent = allreduce_sum(t, algo, group, emulator)
-                    nbytes = t.numel() * t.element_size()
-                    rows.append(
-                        {
-                            "rank": rank,
-                            "group": gname,
-                            "group_size": view.size,
-                            "me": view.me,
-                            "algo": algo,
-                            "dtype": str(dtype),
-                            "length": length,
-                            "equal": bool(torch.equal(t, expected)),
-                            "max_abs_err": float((t - expected).abs().max()) if length else 0.0,
-                            "sent": sent,
-                            "predicted": predicted_bytes_sent(algo, nbytes, view.size, view.me, t.element_size()),
-                        }
-                    )
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        Path(out_dir, "check.json").write_text(json.dumps([r for g in gathered for r in g]))
-
-
 def _timed(fn, repeats: int, warmup: int) -> list[float]:
     """Local durations of `repeats` runs of fn, each between barriers, after `warmup` untimed runs."""
     for _ in range(warmup):

@@ -52,11 +52,11 @@ from .overlap import measure_overlap, overlap_config
 
 FULL_LINKS = ["1GbE", "10GbE", "100GbE", "NVLink"]
 QUICK_LINKS = ["1GbE", "NVLink"]
-FORMULAS = {
-    "p2p": "alpha + S/B",
-    "ring": "2(n-1) alpha + 2(n-1)/n S/B",
-    "ps": "2 alpha + 2 max(S, nS/k)/B",
-    "pipeline": "(p-1) alpha + (m+p-2) A/B",
+FORMULAS = {  # o: the link's per-message overhead at the receiving port (0 for custom links)
+    "p2p": "alpha + o + S/B",
+    "ring": "2(n-1)(alpha + o) + 2(n-1)/n S/B",
+    "ps": "2 alpha + (n+k) o + 2 max(S, nS/k)/B",
+    "pipeline": "(p-1) alpha + (m+p-2)(o + A/B)",
 }
 
 
@@ -67,9 +67,9 @@ def predicted(pattern: str, size: float, n: int, link: Link, servers: int = 1, m
     if pattern == "ring":
         return allreduce_time("ring", size, n, link)
     if pattern == "ps":
-        return ps_time(size, n, servers, Link(link.alpha, link.bandwidth))
+        return ps_time(size, n, servers, Link(link.alpha, link.bandwidth, overhead=link.overhead))
     if pattern == "pipeline":
-        return (n - 1) * link.alpha + (microbatches + n - 2) * size / link.bandwidth
+        return (n - 1) * link.alpha + (microbatches + n - 2) * (link.overhead + size / link.bandwidth)
     raise ValueError(f"pattern {pattern!r} is not allowed: choose one of {list(FORMULAS)}")
 
 
@@ -122,10 +122,9 @@ def link_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
     bufs = {"a": torch.ones(span), "b": torch.ones(span)}
     local = []
     for spec in payload["links"]:
-        link = Link(alpha=spec["alpha"], bandwidth=spec["bandwidth"], name=spec["name"])
+        link = Link(alpha=spec["alpha"], bandwidth=spec["bandwidth"], name=spec["name"], overhead=spec.get("overhead", 0.0))
         comm = Comm(Recorder(rank, HostClock()), "ring", link)
-        emulator = comm.link
-        assert emulator is not None
+        emulator = comm.transport  # the link's ports: their paced and late counts
         for size in payload["sizes"]:
             for _ in range(payload.get("warmup", 1)):
                 dist.barrier()
@@ -138,6 +137,7 @@ def link_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
                 _once(pattern, comm, size, rank, world, servers, m, bufs)
                 times.append((start, time.perf_counter()))
             stats = emulator.stats()
+            assert stats is not None  # a link was given: its ports count
             local.append(
                 {
                     "key": spec["key"],
@@ -182,7 +182,9 @@ def measure(
     timeout_s: float = 600.0,
 ) -> pd.DataFrame:
     """One launch of `world` ranks running `pattern` on each of `links` (name: Link): a row per (link, size)."""
-    specs = [{"key": k, "alpha": v.alpha, "bandwidth": v.bandwidth, "name": v.name} for k, v in links.items()]
+    specs = [
+        {"key": k, "alpha": v.alpha, "bandwidth": v.bandwidth, "name": v.name, "overhead": v.overhead} for k, v in links.items()
+    ]
     payload = {
         "pattern": pattern,
         "links": specs,

@@ -9,38 +9,36 @@ import torch.distributed as dist
 
 from ..cost.model import all_gather_terms, native_terms, reduce_scatter_terms
 from .group import GroupView, nbytes
-from .link import LinkEmulator
+from .hierarchical import hierarchical_allreduce
 from .reduce_broadcast import reduce_broadcast_allreduce
-from .ring import ring_all_gather, ring_allreduce, ring_reduce_scatter, ring_whole_allreduce
+from .ring import pipelined_ring_allreduce, ring_all_gather, ring_reduce_scatter, ring_whole_allreduce
 from .tree import tree_allreduce
 
 
 def native_allreduce(t: torch.Tensor, view: GroupView) -> int:
     """The backend's own all-reduce (gloo: ring-based on CPU; NCCL: ring/tree on GPU). Its messages are out
-    of dpkit's sight, so on an emulated link it is held for a ring's time there (LinkEmulator.hold)."""
-    if view.link is None:
-        dist.all_reduce(t, group=view.group)
-    else:
-        view.link.hold(native_terms(nbytes(t), view.size), view.group, lambda: dist.all_reduce(t, group=view.group), t.device)
+    of dpkit's sight, so the transport holds it (for a ring's time, on an emulated link)."""
+    view.transport.hold(native_terms(nbytes(t), view.size), view.group, lambda: dist.all_reduce(t, group=view.group), t.device)
     return predicted_bytes_sent("native", nbytes(t), view.size, view.me, t.element_size())
 
 
 ALGORITHMS: dict[str, Callable[[torch.Tensor, GroupView], int]] = {
     "native": native_allreduce,
-    "ring": ring_allreduce,
+    "ring": pipelined_ring_allreduce,  # the textbook ring (ring.ring_allreduce) pipelined: same sums, faster
     "ring-whole": ring_whole_allreduce,
     "reduce-broadcast": reduce_broadcast_allreduce,
     "tree": tree_allreduce,
+    "hierarchical": hierarchical_allreduce,  # rings inside and across emulated nodes; the ring without nodes
 }
 
 
-def allreduce_sum(t: torch.Tensor, algo: str = "native", group=None, link: LinkEmulator | None = None) -> int:
-    """Sum a contiguous tensor in place over `group` with `algo`; returns bytes this rank sent.
-    With `link`, every message takes that emulated link's time (dpkit.comm.link)."""
+def allreduce_sum(t: torch.Tensor, algo: str = "native", view: GroupView | None = None) -> int:
+    """Sum a contiguous tensor in place over the group `view` (None: the world) with `algo`; returns bytes
+    this rank sent. Messages take the view's transport (Comm's: paced on an emulated link)."""
     if algo not in ALGORITHMS:
         raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALGORITHMS)}")
-    view = GroupView.of(group, link)
-    if t.is_cuda and algo != "native" and dist.get_backend(group) == "gloo":
+    view = view or GroupView.of(None)
+    if t.is_cuda and algo != "native" and dist.get_backend(view.group) == "gloo":
         host = t.detach().to("cpu").view(-1)  # gloo's send/recv take CPU tensors only: stage via the host
         sent = ALGORITHMS[algo](host, view)
         t.copy_(host.view_as(t))
@@ -56,7 +54,7 @@ def predicted_bytes_sent(algo: str, size: int, n: int, me: int = 1, itemsize: in
     """
     if n == 1:
         return 0
-    if algo in ("native", "ring"):
+    if algo in ("native", "ring", "hierarchical"):  # hierarchical: without nodes (on nodes it counts its own)
         if itemsize is None:
             return round(2 * (n - 1) / n * size)
         numel = size // itemsize
@@ -111,10 +109,7 @@ def reduce_scatter_sum(flat: torch.Tensor, algo: str, view: GroupView) -> tuple[
     def run() -> None:
         dist.reduce_scatter_single(shard, flat, group=view.group)
 
-    if view.link is None:
-        run()
-    else:  # out of dpkit's sight: held for a ring reduce-scatter's time on the emulated link
-        view.link.hold(reduce_scatter_terms(nbytes(flat), n), view.group, run, flat.device)
+    view.transport.hold(reduce_scatter_terms(nbytes(flat), n), view.group, run, flat.device)  # out of dpkit's sight
     return shard, (n - 1) * nbytes(shard)
 
 
@@ -138,8 +133,5 @@ def all_gather_into(shard: torch.Tensor, flat: torch.Tensor, algo: str, view: Gr
     def run() -> None:
         dist.all_gather_single(flat, mine, group=view.group)
 
-    if view.link is None:
-        run()
-    else:
-        view.link.hold(all_gather_terms(nbytes(flat), n), view.group, run, flat.device)
+    view.transport.hold(all_gather_terms(nbytes(flat), n), view.group, run, flat.device)
     return (n - 1) * nbytes(mine)

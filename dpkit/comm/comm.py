@@ -13,9 +13,11 @@ bytes dpkit cannot see (native all-reduce, broadcast, DDP's buckets), "none" whe
 span is `blocking` when the rank waits in it; an asynchronous collective's span covers the time it was
 in flight and is not blocking (it is hidden where the rank computes meanwhile).
 
-With an emulated link (RunConfig.link, dpkit.comm.link), every message takes at least that link's time:
-point-to-point messages and the hand-written algorithms' messages are paced one by one, a backend
-collective is held (`held`, the hook any new collective calls) for its cost-model time on the link.
+Every message travels through the Comm's transport (dpkit.comm.transport): torch.distributed as it is,
+or, with an emulated link (RunConfig.link, dpkit.comm.emulation), ports that make every message take at
+least that link's time: point-to-point messages and the hand-written algorithms' messages are paced one by
+one, a backend collective is held (`held`, the hook any new collective calls) for its cost-model time.
+Comm never asks which transport it has.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import torch.distributed as dist
 
 from ..cost.model import Link, Terms, broadcast_terms
 from .algorithms import ALGORITHMS, all_gather_into, allreduce_sum, predicted_bytes_sent, reduce_scatter_sum, shard_algo
+from .emulation import sleep_until, transport_for
 from .group import GroupView, nbytes
-from .link import LinkEmulator, sleep_until
 
 if TYPE_CHECKING:
     from ..runtime.recorder import Recorder
+    from .emulation.config import Nodes
 
 Group = GroupView  # what strategies hold: the ranks of a process group and this rank's place in it
 R = TypeVar("R")
@@ -82,28 +85,27 @@ class AsyncWork:
 class Pending:
     """A point-to-point message posted but not yet complete; Comm.wait completes a list of them."""
 
-    def __init__(self, work, keep: torch.Tensor, copy_back: tuple[torch.Tensor, torch.Tensor] | None, received: int) -> None:
-        self.work, self.keep, self.copy_back, self.received = work, keep, copy_back, received
+    def __init__(self, work, keep: torch.Tensor, copy_back: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        self.work, self.keep, self.copy_back = work, keep, copy_back
 
-    def complete(self) -> int | None:
-        self.work.wait()
+    def copy_home(self) -> None:
+        """Once complete: a receive staged through the host lands in its CUDA tensor."""
         if self.copy_back is not None:
             dst, host = self.copy_back
             dst.copy_(host)
-        return self.received
 
 
 class Comm:
     """One rank's messages: `algo` is the run's all-reduce algorithm (RunConfig.allreduce_algo); `link`, if
-    given, the emulated network every message is paced by (RunConfig.link)."""
+    given, the emulated network every message is paced by (RunConfig.link; a Nodes for emulated nodes,
+    dpkit.comm.emulation.network_for)."""
 
-    def __init__(self, recorder: Recorder, algo: str = "native", link: Link | None = None) -> None:
+    def __init__(self, recorder: Recorder, algo: str = "native", link: Link | Nodes | None = None) -> None:
         if algo not in ALGORITHMS:
             raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALGORITHMS)}")
         self.recorder = recorder
         self.algo = algo
-        self.link = LinkEmulator(link) if link is not None else None
-        self.bytes_received = 0
+        self.transport = transport_for(link)  # where the run's link enters the emulation, once
         self._thread: ThreadPoolExecutor | None = None
         self._delivery: ThreadPoolExecutor | None = None
         self._world: Group | None = None
@@ -112,7 +114,7 @@ class Comm:
     @property
     def world(self) -> Group:
         if self._world is None:
-            self._world = GroupView.of(None)
+            self._world = GroupView.of(None, self.transport)
         return self._world
 
     @property
@@ -123,7 +125,7 @@ class Comm:
         """A subgroup of `ranks`. Every rank must create every group, in the same order (a torch.distributed rule)."""
         pg = dist.new_group(ranks, backend=backend)
         members = tuple(ranks)
-        return GroupView(members, members.index(self.rank) if self.rank in members else -1, pg)
+        return GroupView(members, members.index(self.rank) if self.rank in members else -1, pg, self.transport)
 
     def host_group(self) -> Group:
         """A group whose messages travel through host memory (gloo): the world under gloo, a new gloo group
@@ -139,11 +141,11 @@ class Comm:
         """Run a backend collective whose messages dpkit cannot see; on an emulated link, hold it until the
         pattern's time there (`terms`: its dpkit.cost.model terms, e.g. ring_terms(S, n)) after the last rank
         of the group was ready. Every collective that is not built from Comm's send/recv goes through here."""
-        return run() if self.link is None else self.link.hold(terms, self._pg(group), run, device)
+        return self.transport.hold(terms, self._pg(group), run, device)
 
     def link_stats(self) -> dict | None:
         """Paced messages and held collectives, and how many the machine could not honour (None: no link)."""
-        return None if self.link is None else self.link.stats()
+        return self.transport.stats()
 
     def _needs_host(self, t: torch.Tensor, group: Group | None) -> bool:
         """gloo moves CUDA tensors in collectives but not in send/recv: those are staged through the host."""
@@ -154,7 +156,7 @@ class Comm:
         """Sum `t` in place over the group, blocking, with the run's algorithm (or `algo`)."""
         algo = algo or self.algo
         start = self.recorder.clock.mark()
-        sent = allreduce_sum(t, algo, self._pg(group), self.link)
+        sent = allreduce_sum(t, algo, self._view(group))
         self.recorder.add("comm", name, start, self.recorder.clock.mark(), sent, _source(algo))
 
     def all_reduce_async(
@@ -167,11 +169,11 @@ class Comm:
         view = group or self.world
         start = time.perf_counter()
         work = AsyncWork(self, name, start, predicted_bytes_sent("native", nbytes(t), view.size), _source(algo))
-        if algo == "native" and self.link is None:
+        if algo == "native" and self.transport.backend_async:
             work._work = dist.all_reduce(t, group=self._pg(group), async_op=True)
             work._work.get_future().then(work._mark_done)
         else:
-            self._submit(work, lambda: allreduce_sum(t, algo, self._pg(group), self.link))
+            self._submit(work, lambda: allreduce_sum(t, algo, self._view(group)))
         return work
 
     def _submit(self, work: AsyncWork, collective: Callable[[], int]) -> None:
@@ -186,12 +188,9 @@ class Comm:
         the work was started (not from when this thread got to them), and their delivery time is left on the
         work (whoever waits sleeps until then) instead of being slept out here, which would keep the next
         collective's real transfer waiting behind this one's emulated time."""
-        if self.link is None:
+        with self.transport.deliver_later(work.start) as delivery:
             sent = collective()
-        else:
-            with self.link.deliver_later(work.start) as delivery:
-                sent = collective()
-            work.deliver_at = delivery.at
+        work.deliver_at = delivery.at
         work._mark_done()
         return sent
 
@@ -285,8 +284,8 @@ class Comm:
         return work
 
     def _view(self, group: Group | None) -> GroupView:
-        """The group as the algorithms address it, with this rank's emulated link (if any)."""
-        return GroupView.of(self._pg(group), self.link)
+        """The group as the algorithms address it, sending through this Comm's transport."""
+        return GroupView.of(self._pg(group), self.transport)
 
     def broadcast(self, t: torch.Tensor, src: int, group: Group | None = None, name: str = "broadcast") -> None:
         """Copy global rank `src`'s `t` to every rank of the group (the backend's broadcast: formula bytes)."""
@@ -306,25 +305,22 @@ class Comm:
         with self.recorder.span("comm", name, nbytes(t), "counted"):
             src = t.detach().to("cpu") if self._needs_host(t, group) else t.detach()
             src = src.contiguous()
-            post = dist.isend if self.link is None else self.link.isend
-            work = post(src, dst, group=self._pg(group))
-        return Pending(work, src, None, 0)
+            work = self.transport.isend(src, dst, self._pg(group))
+        return Pending(work, src, None)
 
     def irecv(self, t: torch.Tensor, src: int, group: Group | None = None) -> Pending:
         """Post a receive into `t` from global rank `src` (nothing is recorded until `wait`)."""
-        post = dist.irecv if self.link is None else self.link.irecv
         if self._needs_host(t, group):
             host = torch.empty_like(t, device="cpu")
-            return Pending(post(host, src, group=self._pg(group)), host, (t, host), nbytes(t))
-        return Pending(post(t, src, group=self._pg(group)), t, None, nbytes(t))
+            return Pending(self.transport.irecv(host, src, self._pg(group)), host, (t, host))
+        return Pending(self.transport.irecv(t, src, self._pg(group)), t, None)
 
     def wait(self, pending: list[Pending], name: str = "wait", kind: str = "comm") -> None:
         """Complete posted messages; the time spent waiting is one span of `kind` (comm, bubble or idle)."""
         with self.recorder.span(kind, name):
-            if self.link is not None:  # receives queue on the incoming port in the order they were sent
-                self.link.complete([p.work for p in pending])
+            self.transport.complete([p.work for p in pending])  # emulated: receives queue in sending order
             for p in pending:
-                self.bytes_received += p.complete() or 0
+                p.copy_home()
 
     def send(self, t: torch.Tensor, dst: int, group: Group | None = None, name: str = "send") -> None:
         self.wait([self.isend(t, dst, group, name)], name)
@@ -335,15 +331,13 @@ class Comm:
         """Receive into `t` from global rank `src` (None: from any rank); returns the sender's rank. The wait
         is recorded as `kind`: a pipeline stage waiting for its neighbour is in the bubble, a server waiting
         for gradients is idle."""
-        receive = dist.recv if self.link is None else self.link.recv
         with self.recorder.span(kind, name):
             if self._needs_host(t, group):
                 host = torch.empty_like(t, device="cpu")
-                sender = receive(host, src, group=self._pg(group))
+                sender = self.transport.recv(host, src, self._pg(group))
                 t.copy_(host)
             else:
-                sender = receive(t, src, group=self._pg(group))
-        self.bytes_received += nbytes(t)
+                sender = self.transport.recv(t, src, self._pg(group))
         return sender
 
     def close(self) -> None:

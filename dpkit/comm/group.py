@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from .link import LinkEmulator
+from .transport import PLAIN, Transport
 
 
 @dataclass(frozen=True)
 class GroupView:
-    """This rank's position (`me`) among the group's global `ranks`; with `link`, its point-to-point messages
-    are paced by that emulated link (dpkit.comm.link), so hand-written collectives take the link's time."""
+    """This rank's position (`me`) among the group's global `ranks`; its point-to-point messages take the
+    group's `transport` (the machine as it is, or an emulated link: dpkit.comm.transport)."""
 
     ranks: tuple[int, ...]
     me: int
     group: Any = None  # the torch ProcessGroup (None: the default group)
-    link: LinkEmulator | None = field(default=None, compare=False)
+    transport: Transport = field(default=PLAIN, compare=False)
 
     @classmethod
-    def of(cls, group=None, link: LinkEmulator | None = None) -> GroupView:
+    def of(cls, group=None, transport: Transport = PLAIN) -> GroupView:
         ranks = tuple(dist.get_process_group_ranks(group)) if group is not None else tuple(range(dist.get_world_size()))
-        return cls(ranks, ranks.index(dist.get_rank()), group, link)
+        return cls(ranks, ranks.index(dist.get_rank()), group, transport)
 
     @property
     def size(self) -> int:
@@ -36,32 +35,22 @@ class GroupView:
         """Global rank of the group member at `index` (taken modulo the group size)."""
         return self.ranks[index % self.size]
 
-    # point to point with global ranks, as torch.distributed takes them: paced when the view has a link
+    # point to point with global ranks, as torch.distributed takes them, through the group's transport
     def isend(self, t: torch.Tensor, dst: int):
-        return dist.isend(t, dst, group=self.group) if self.link is None else self.link.isend(t, dst, self.group)
+        return self.transport.isend(t, dst, self.group)
 
     def irecv(self, t: torch.Tensor, src: int):
-        return dist.irecv(t, src, group=self.group) if self.link is None else self.link.irecv(t, src, self.group)
+        return self.transport.irecv(t, src, self.group)
 
     def send(self, t: torch.Tensor, dst: int) -> None:
-        if self.link is None:
-            dist.send(t, dst, group=self.group)
-        else:
-            self.link.isend(t, dst, self.group).wait()
+        self.transport.send(t, dst, self.group)
 
     def recv(self, t: torch.Tensor, src: int) -> None:
-        if self.link is None:
-            dist.recv(t, src, group=self.group)
-        else:
-            self.link.recv(t, src, self.group)
+        self.transport.recv(t, src, self.group)
 
     def wait_all(self, works: list) -> None:
-        """Complete posted messages (paced: receives queue on the incoming port in the order they were sent)."""
-        if self.link is None:
-            for w in works:
-                w.wait()
-        else:
-            self.link.complete(works)
+        """Complete posted messages (on an emulated link receives queue on the incoming port in sending order)."""
+        self.transport.complete(works)
 
 
 _scratch = threading.local()  # per thread: the comm thread and the training thread may both run an all-reduce

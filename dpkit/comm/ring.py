@@ -1,10 +1,18 @@
-"""Ring all-reduces built from send/recv, and the ring's two halves on their own.
+"""Ring all-reduce from send/recv: the textbook ring first, then the pipelined ring dpkit runs for speed.
 
-Chunked ring: reduce-scatter then all-gather, 2(n-1) steps each moving S/n bytes, so a rank sends
-2(n-1)/n * S in all: bandwidth-optimal. Each half is a collective of its own (sharded data parallelism
-reduce-scatters gradients and all-gathers parameters): (n-1)/n * S per rank each. Whole-tensor ring:
-(n-1) steps each moving the whole S, as many tutorials write it: simple, but every link carries n/2
-times more bytes.
+The textbook ring (ring_allreduce): cut the tensor into n chunks; n-1 reduce-scatter steps, each sending
+one chunk to the right neighbour and adding the left neighbour's into ours, leave every rank with the full
+sum of one chunk; n-1 all-gather steps pass the finished chunks on. Each step moves S/n bytes, so a rank
+sends 2(n-1)/n * S in all: bandwidth-optimal. It is the exercise's solution (exercises/solutions/
+ring_allreduce.py), step for step.
+
+The pipelined ring (pipelined_ring_allreduce, what allreduce_algo="ring" runs) is an optimisation of the
+same steps, as NCCL's and gloo's rings do it: same chunks, same sums, same bytes, but it keeps the links
+busy (pieces, double buffers, sends left in flight). Its halves are collectives of their own (ZeRO and
+FSDP reduce-scatter gradients and all-gather parameters): (n-1)/n * S per rank each.
+
+The whole-tensor ring (ring_whole_allreduce): (n-1) steps each moving the whole S, as many tutorials
+write it: simple, but every link carries n/2 times more bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +23,36 @@ import torch
 
 from .group import GroupView, exchange, nbytes, scratch_buffer, scratch_like
 
+
+# ---- the textbook ring ---------------------------------------------------------------------------
+def ring_allreduce(t: torch.Tensor, view: GroupView) -> int:
+    """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
+
+    In step s rank me sends chunk (me - s) mod n to its right neighbour and receives chunk (me - s - 1) mod n
+    from its left. Steps 0..n-2 (reduce-scatter) add what arrives; afterwards rank me holds the full sum of
+    chunk (me + 1) mod n. Steps n-1..2n-3 (all-gather) pass the finished chunks on, overwriting.
+    """
+    n, me = view.size, view.me
+    right, left = view.peer(me + 1), view.peer(me - 1)
+    chunks = list(torch.tensor_split(t, n))
+    incoming = scratch_buffer(chunks[0].numel(), t)  # the first chunk is the longest
+    sent = 0
+    for s in range(2 * (n - 1)):
+        send_c, recv_c = (me - s) % n, (me - s - 1) % n
+        buf = incoming[: chunks[recv_c].numel()]
+        receive = [view.irecv(buf, left)] if buf.numel() else []  # posted before sending: no two ranks wait on each other
+        if chunks[send_c].numel():  # fewer elements than ranks: empty chunks are not sent
+            view.send(chunks[send_c], right)
+        view.wait_all(receive)
+        sent += nbytes(chunks[send_c])
+        if s < n - 1:
+            chunks[recv_c] += buf  # reduce-scatter: add
+        else:
+            chunks[recv_c].copy_(buf)  # all-gather: overwrite with the finished chunk
+    return sent
+
+
+# ---- optimisation: the pipelined ring --------------------------------------------------------------
 SEGMENT_BYTES = 1 << 21  # a reduce-scatter step moves its chunk in pieces of this size, so adding overlaps receiving
 StepCallback = Callable[[int, int, int], None]  # on_step(step, chunk sent, chunk received)
 
@@ -38,15 +76,14 @@ def ring_all_gather(chunks: list[torch.Tensor], view: GroupView, on_step: StepCa
     return _ring_steps(chunks, view, view.size - 1, 2 * (view.size - 1), on_step) if view.size > 1 else 0
 
 
-def ring_allreduce(t: torch.Tensor, view: GroupView, on_step: StepCallback | None = None) -> int:
-    """Sum the 1-D tensor `t` over the group in place; returns bytes this rank sent.
+def pipelined_ring_allreduce(t: torch.Tensor, view: GroupView, on_step: StepCallback | None = None) -> int:
+    """ring_allreduce's steps, pipelined: the same sums and bytes, with the links kept busy (what "ring" runs).
 
     `on_step(s, sent_chunk, received_chunk)` is called when step s is complete (for tracing).
 
-    It is ring_reduce_scatter followed by ring_all_gather on the n chunks of `t`: 2(n-1) steps, n-1
-    of reduce-scatter (add the left neighbour's chunk into ours), then n-1 of all-gather (overwrite
-    with the left neighbour's finished chunk). Run as one pass, so that the seam between the halves
-    is pipelined like every other step (same sums, same bytes as calling the halves one after the other).
+    It is ring_reduce_scatter followed by ring_all_gather on the n chunks of `t`, run as one pass, so that
+    the seam between the halves is pipelined like every other step (same sums, same bytes as calling the
+    halves one after the other).
     """
     if view.size == 1:
         return 0
@@ -109,6 +146,7 @@ def _ring_steps(chunks: list[torch.Tensor], view: GroupView, first: int, last: i
     return sent
 
 
+# ---- the unchunked ring -----------------------------------------------------------------------
 def ring_whole_allreduce(t: torch.Tensor, view: GroupView) -> int:
     """Pass whole tensors around the ring n-1 times, adding each arrival (the unchunked version)."""
     n = view.size

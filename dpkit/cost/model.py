@@ -7,6 +7,11 @@ with gamma = 0 every formula is exactly the one in docs/formulas.md. Each patter
 *terms*: (messages on the critical path, bytes over the busiest link, bytes reduced), so that
 time = messages*alpha + bytes/B + reduced*gamma and calibration is a linear least-squares fit.
 
+A link may also have a per-message overhead o (Link.overhead): the time the *receiving* port spends
+on each message it takes in (interrupt, system call, protocol processing), so one message costs
+alpha + o + S/B. Latencies of messages in flight at once overlap; overheads at one port do not: a
+parameter server taking n pushes at once spends n*o (ps_time), where its alpha counts once.
+
 Two views, both in this file:
 - "cluster" (the docs/formulas.md formulas, `allreduce_time`): every rank has its own independent link, so
   a pattern costs what crosses its busiest link. The what-if at 1,024 workers uses this view.
@@ -44,16 +49,20 @@ class Link:
     name: str = "custom"
     mu: float = 0.0  # single-host view only: seconds per byte copied locally outside the transfers
     meta: dict = field(default_factory=dict, compare=False)
+    overhead: float = 0.0  # o: seconds the receiving port spends per message it takes in (module docstring)
 
     def __post_init__(self) -> None:
-        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0 and self.mu >= 0):
+        if not (self.alpha >= 0 and self.bandwidth > 0 and self.gamma >= 0 and self.mu >= 0 and self.overhead >= 0):
             raise ValueError(
-                f"Link needs alpha >= 0, bandwidth > 0, gamma >= 0, mu >= 0; got {self.alpha}, {self.bandwidth}, {self.gamma}, {self.mu}"
+                "Link needs alpha >= 0, bandwidth > 0, gamma >= 0, mu >= 0, overhead >= 0; "
+                f"got {self.alpha}, {self.bandwidth}, {self.gamma}, {self.mu}, {self.overhead}"
             )
 
     def time(self, terms: Terms | HostTerms) -> float:
+        """Each message on the critical path is taken in by one port: alpha + o each."""
         messages, moved, reduced, *local = terms
-        return messages * self.alpha + moved / self.bandwidth + reduced * self.gamma + (local[0] * self.mu if local else 0.0)
+        per_message = self.alpha + self.overhead
+        return messages * per_message + moved / self.bandwidth + reduced * self.gamma + (local[0] * self.mu if local else 0.0)
 
     def describe(self) -> str:
         return f"{self.name}: alpha = {self.alpha * 1e6:.1f} us, B = {self.bandwidth / 1e9:.3g} GB/s, gamma = {self.gamma * 1e9:.3g} ns/byte"
@@ -71,12 +80,15 @@ class Link:
 
 # Link presets for the what-if and for emulated links (RunConfig.link takes the key; per-direction
 # bandwidth; alpha: typical small-message latency). Round, order-of-magnitude assumptions to reason
-# with, not measurements.
+# with, not measurements. overhead (o, per message at the receiving port): about 5 us for kernel TCP
+# (an interrupt, a system call and the protocol stack per message), about 1 us with RDMA (the NIC
+# places the data; the host polls a completion), 0 for NVLink-class links (copy engines, no host stack).
+TCP_OVERHEAD_S, RDMA_OVERHEAD_S = 5e-6, 1e-6
 PRESETS: dict[str, Link] = {
-    "1GbE": Link(alpha=50e-6, bandwidth=1e9 / 8, name="1GbE (TCP)"),
-    "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)"),
-    "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)"),
-    "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)"),
+    "1GbE": Link(alpha=50e-6, bandwidth=1e9 / 8, name="1GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "10GbE": Link(alpha=30e-6, bandwidth=10e9 / 8, name="10GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "25GbE": Link(alpha=15e-6, bandwidth=25e9 / 8, name="25GbE (TCP)", overhead=TCP_OVERHEAD_S),
+    "100GbE": Link(alpha=5e-6, bandwidth=100e9 / 8, name="100GbE (RDMA)", overhead=RDMA_OVERHEAD_S),
     "NVLink": Link(alpha=3e-6, bandwidth=150e9, name="NVLink-class"),
 }
 
@@ -143,6 +155,7 @@ ALLREDUCE_TERMS = {
     "ring-whole": ring_whole_terms,
     "reduce-broadcast": reduce_broadcast_terms,
     "tree": tree_terms,
+    "hierarchical": ring_terms,  # on one link (no nodes) it is the ring; on nodes: hierarchical_time
 }
 
 
@@ -168,7 +181,9 @@ def ps_terms(size: float, n: int, k: int = 1) -> Terms:
 
 
 def ps_time(size: float, n: int, k: int, link: Link) -> float:
-    return link.time(ps_terms(size, n, k))
+    """ps_terms on `link`, with the per-message overheads where they queue: each server takes in n pushes
+    (n*o at its port) and each worker k pulls (k*o), where Link.time charged o for the 2 latencies."""
+    return link.time(ps_terms(size, n, k)) + (n + k - 2) * link.overhead
 
 
 def pipeline_p2p_time(act_bytes: float, link: Link) -> float:
@@ -315,7 +330,7 @@ def host_terms(algo: str, size: float, n: int) -> HostTerms:
         raise ValueError(f"allreduce algo {algo!r} is not allowed: choose one of {sorted(ALLREDUCE_TERMS)}")
     if n <= 1:
         return (0.0, 0.0, 0.0, 0.0)
-    if algo in ("ring", "native"):
+    if algo in ("ring", "native", "hierarchical"):
         return (4.0 * (n - 1), 4.0 * (n - 1) / n * size, 0.0, 0.0)
     if algo == "ring-whole":
         return (2.0 * (n - 1), 2.0 * (n - 1) * size, float(n - 1) * size, float(size))
@@ -421,6 +436,24 @@ def all_gather_terms(size: float, n: int) -> Terms:
 
 
 SHARD_TERMS = {"reduce-scatter": reduce_scatter_terms, "all-gather": all_gather_terms}
+
+
+# ---- two levels: nodes of r ranks, a fast link inside each node and a slower one between them ----------
+def hierarchical_time(size: float, nodes: int, ranks_per_node: int, intra: Link, inter: Link) -> float:
+    """Hierarchical all-reduce (dpkit/comm/hierarchical.py) of S bytes over N nodes of r ranks: a ring
+    reduce-scatter and all-gather inside each node, a ring all-reduce of S/r across the nodes:
+    t = 2(r-1)(alpha_intra + S/(r B_intra)) + 2(N-1)(alpha_inter + (S/r)/(N B_inter)) (+ gamma terms)."""
+    r, n = ranks_per_node, nodes
+    inside = intra.time(reduce_scatter_terms(size, r)) + intra.time(all_gather_terms(size, r))
+    return inside + inter.time(ring_terms(size / r, n))
+
+
+def flat_ring_time_on_nodes(size: float, nodes: int, ranks_per_node: int, intra: Link, inter: Link) -> float:
+    """The flat ring of n = N r ranks over the same nodes: each of its 2(n-1) steps waits for its slowest
+    link, which crosses between nodes (when N > 1): t = 2(n-1)(alpha_inter + S/(n B_inter))."""
+    n = nodes * ranks_per_node
+    return (inter if nodes > 1 else intra).time(ring_terms(size, n))
+
 
 #: what each ZeRO stage sends per step, per rank, for S bytes of trainable parameters (stage 0 is plain DP)
 ZERO_COLLECTIVES: dict[int, tuple[str, ...]] = {

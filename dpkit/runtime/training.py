@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..comm import Comm
-from ..comm.link import link_for, link_meta
+from ..comm.link import link_meta, network_for
 from ..config import RunConfig
 from ..results import STEP_COLUMNS, TIMELINE_COLUMNS, RunResult
 from ..strategies import make_strategy
@@ -144,7 +144,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     dist.barrier()
     clock = CudaClock(device) if device.type == "cuda" else HostClock()
     recorder = Recorder(rank, clock)
-    comm = Comm(recorder, cfg.allreduce_algo, link_for(cfg))
+    comm = Comm(recorder, cfg.allreduce_algo, network_for(cfg))
     ctx = RankContext(cfg, rank, world, device, recorder, comm)
     strategy = make_strategy(ctx)
     gloo_threads = gloo_loop.apply(cfg.gloo_loop)  # again: building the strategy may have made process groups

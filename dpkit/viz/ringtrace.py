@@ -2,8 +2,8 @@
 
 Rank r starts with a tensor full of 2**r, so every element of a partial sum is a bit mask that says
 exactly which ranks' contributions it holds (exact in float64). Each rank runs the real
-`ring_allreduce` from dpkit.comm.ring, which reports each finished step through its `on_step`
-callback: which chunk went where, when, how many bytes, and what every chunk held after the step.
+`pipelined_ring_allreduce` from dpkit.comm.ring (allreduce_algo="ring"), which reports each finished
+step through its `on_step` callback: which chunk went where, when, how many bytes, and what every chunk held after the step.
 `dpkit.viz.plots.ring_steps_plot` draws the frame that `trace_ring` returns.
 """
 
@@ -68,7 +68,7 @@ def trace_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
         )
         last[0] = now
 
-    ring.ring_allreduce(t, view, on_step=on_step)
+    ring.pipelined_ring_allreduce(t, view, on_step=on_step)
     if not torch.all(t == float(2**world - 1)):
         raise RuntimeError(f"ring all-reduce gave {t.unique().tolist()} on rank {rank}, expected {2**world - 1}")
     if len(rows) != 2 * (world - 1) + 1:

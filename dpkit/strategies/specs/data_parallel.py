@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 SYNCS = ("allreduce", "ps", "ps-async")
 GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp", "fsdp")
-ALLREDUCE_ALGOS = ("native", "ring", "ring-whole", "reduce-broadcast", "tree")
+ALLREDUCE_ALGOS = ("native", "ring", "ring-whole", "reduce-broadcast", "tree", "hierarchical")
 
 KNOBS: tuple[Knob, ...] = (
     Knob("sync", str, "allreduce", "how data-parallel workers combine gradients: " + " | ".join(SYNCS), choices=SYNCS),
