@@ -83,6 +83,8 @@ def test_bench_launch_writes_medians(tmp_path: Path) -> None:
     frame = pd.read_csv(tmp_path / "launch.csv")
     assert {"forkserver", "spawn"} == set(frame.start_method)
     assert (frame.median_s > 0).all()
+    assert (tmp_path / "launch.png").stat().st_size > 10_000
+    assert "dpkit/runtime/gloo_loop.py" in done.stdout and "dpkit/gloo_loop.py" not in done.stdout
 
 
 def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
