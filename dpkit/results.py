@@ -223,6 +223,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "device": meta.get("device"),
         "num_processes": meta.get("num_processes"),
         "start_method": meta.get("start_method"),
+        "link": (meta.get("link") or {}).get("key", cfg.link),  # the emulated link's key; "none": the machine as it is
         **memory_summary(meta.get("memory"), spec_for(cfg).training_ranks(cfg)),  # mem_*: max over training ranks
     }
 

@@ -52,8 +52,8 @@ def launch_plot(frame: pd.DataFrame) -> Figure:
     per_run = frame[frame.what == "per run"]
     for method, rows in per_run.groupby("start_method", sort=False):
         times = [[float(t) for t in str(ts).split()] for ts in rows.times_s]
-        lo = [m - min(t) for m, t in zip(rows.median_s, times, strict=True)]
-        hi = [max(t) - m for m, t in zip(rows.median_s, times, strict=True)]
+        lo = [max(m - min(t), 0.0) for m, t in zip(rows.median_s, times, strict=True)]  # times_s are rounded to 0.1 ms
+        hi = [max(max(t) - m, 0.0) for m, t in zip(rows.median_s, times, strict=True)]
         ax.errorbar(rows.world_size, rows.median_s, yerr=[lo, hi], marker="o", capsize=4,
                     label=f"{method} (median of {rows.runs.min()}-{rows.runs.max()} runs)")  # fmt: skip
     first = frame[frame.what != "per run"]

@@ -211,6 +211,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     )
     meta.update(memory=[g["memory"] for g in gathered])  # per process: dpkit.runtime.memory's mem_* fields
     meta.update(link_meta(cfg, [g["link"] for g in gathered]))  # "link" and, if any message was late, "link_not_honoured"
+    meta.setdefault("link", {"key": cfg.link, "name": "none", "description": "no emulated link (the machine as it is)"})
     result = assemble(cfg, gathered, meta, type(strategy).merge_states)
     if out_dir is not None:
         result.save(Path(out_dir))
