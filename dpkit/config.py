@@ -134,6 +134,7 @@ class RunConfig:
     link: str = "none"
     link_latency_s: float | None = None
     link_bandwidth_Bps: float | None = None
+    profile: bool = False  # torch.profiler per rank, beside dpkit's timeline in trace.json (dpkit/runtime/profiler.py)
 
     def __post_init__(self) -> None:
         # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
@@ -223,6 +224,7 @@ FIELD_HELP: dict[str, str] = {
     "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
     "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",
     "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
+    "profile": "record torch.profiler's ops per rank into trace.json, on dpkit's time axis (slower: for reading a trace)",
 }
 
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)

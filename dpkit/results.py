@@ -29,6 +29,7 @@ import torch
 
 from .config import RunConfig
 from .runtime.memory import memory_frame, memory_summary
+from .runtime.profiler import trace_events as profiler_trace_events
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
@@ -311,6 +312,7 @@ class RunResult:
                     },
                 }
             )
+        events += profiler_trace_events(self.extra)  # RunConfig(profile=True): torch's ops, on the same axis
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"dpkit": self.meta}}
 
     # ---- persistence ---------------------------------------------------------------------

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure
 
 from ..runtime.launch import launch
 
