@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import timedelta
 from typing import NoReturn
 
@@ -26,6 +27,7 @@ from . import gloo_loop, training
 from .launch import choose_backend, default_threads
 
 EXIT_BAD_CONFIG = 2  # as `dpkit run`: nothing was run
+REFUSE_GRACE_S = 15.0  # how long the other ranks wait for rank 0's line before exiting (torchrun ends them sooner)
 
 
 def world_size_problem(cfg: RunConfig, world: int, local_world: int) -> str | None:
@@ -46,6 +48,8 @@ def _refuse(message: str) -> NoReturn:
     """One line from global rank 0 only (every rank would say the same), then a non-zero exit on every rank."""
     if os.environ.get("RANK", "0") == "0":
         print(f"dpkit: error: {message}", file=sys.stderr, flush=True)
+    else:  # let rank 0 say it: torchrun stops every worker as soon as one exits, rank 0 perhaps before its line
+        time.sleep(REFUSE_GRACE_S)
     sys.stdout.flush()
     os._exit(EXIT_BAD_CONFIG)  # no traceback per rank: the line above is the whole story
 
