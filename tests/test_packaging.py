@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
@@ -85,6 +86,15 @@ def test_bench_launch_writes_medians(tmp_path: Path) -> None:
     assert (frame.median_s > 0).all()
     assert (tmp_path / "launch.png").stat().st_size > 10_000
     assert "dpkit/runtime/gloo_loop.py" in done.stdout and "dpkit/gloo_loop.py" not in done.stdout
+
+
+@pytest.mark.slow  # 4 runs on an emulated 1 GbE link: over a minute on a busy 2-core machine
+def test_bench_overlap_writes_csv_and_png(tmp_path: Path) -> None:
+    done = _cli("bench", "overlap", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(tmp_path / "overlap.csv")
+    assert list(frame.grad_sync) == ["flat", "bucketed"] and (frame.step_time_s > 0).all()
+    assert (tmp_path / "overlap.png").stat().st_size > 10_000
 
 
 def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
