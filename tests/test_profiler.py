@@ -9,6 +9,7 @@ import pytest
 
 from dpkit import RunConfig, RunResult, run
 from dpkit.runtime.profiler import EXTRA_KEY, TID_BASE, clock_map, trace_events
+from dpkit.viz.trace_plots import trace_step_plot
 
 
 def test_clock_map_is_the_line_through_the_two_markers() -> None:
@@ -52,6 +53,12 @@ def test_profiled_run_writes_one_trace_with_both_and_aligned(tmp_path: Path) -> 
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     assert {e["pid"] for e in spans if e["cat"] == "torch.profiler"} == {0, 1}
     assert RunResult.load(folder).extra[EXTRA_KEY].keys() == {"0", "1"}
+
+    fig = trace_step_plot(profiled, rank=1)  # the docs' figure: dpkit's lanes over the profiler's
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "dpkit: compute" in labels and any(t.startswith("torch.profiler: thread") for t in labels)
+    with pytest.raises(ValueError, match="profile=True"):
+        trace_step_plot(plain)
 
     for rank in (0, 1):
         # one axis: every forward span of dpkit holds the profiler's aten::linear calls of that forward,
