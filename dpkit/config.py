@@ -177,7 +177,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = {k: v for k, v in self.to_dict().items() if not (k == "profile" and v is False)}  # ids from before profile
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 

@@ -76,3 +76,13 @@ def test_profiled_run_writes_one_trace_with_both_and_aligned(tmp_path: Path) -> 
         assert len(in_steps) >= cfg.steps * cfg.model_layers
         for e in in_steps:  # within a step, every linear is inside a forward (a clock shift would push some out)
             assert any(f["ts"] - tol_us <= e["ts"] and e["ts"] + e["dur"] <= f["ts"] + f["dur"] + tol_us for f in forwards), e
+
+
+def test_profile_false_keeps_the_run_ids_of_before() -> None:
+    """Result folders and sweeps saved before the field existed still match their configs; a profiled run is another run."""
+    import hashlib
+
+    cfg = RunConfig(parallelism="data", world_size=2)
+    without = {k: v for k, v in cfg.to_dict().items() if k != "profile"}
+    assert cfg.run_id() == hashlib.sha1(json.dumps(without, sort_keys=True).encode()).hexdigest()[:12]
+    assert cfg.replace(profile=True).run_id() != cfg.run_id()
