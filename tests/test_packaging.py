@@ -108,3 +108,13 @@ def test_gpu_check_refuses_clearly_without_a_gpu(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "needs a CUDA GPU" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_every_listed_benchmark_has_a_main() -> None:
+    """`dpkit bench NAME` lists every module of dpkit/benchmarks: each must be runnable (overlap once was not)."""
+    import importlib
+
+    from dpkit.benchmarks import available
+
+    missing = [n for n in available() if not callable(getattr(importlib.import_module(f"dpkit.benchmarks.{n}"), "main", None))]
+    assert not missing
