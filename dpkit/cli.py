@@ -95,7 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.gloo_loop is not None:  # launch() and RunConfig read their default from it
         os.environ[gloo_loop.ENV_VAR] = args.gloo_loop
-    print(f"gloo I/O threads: {gloo_loop.default_mode()} (dpkit/gloo_loop.py)")
+    print(f"gloo I/O threads: {gloo_loop.default_mode()} (dpkit/runtime/gloo_loop.py)")
     run_benchmark(args.what, check_out(Path(args.out or f"results/bench-{args.what}")), args)
 
 

@@ -143,6 +143,7 @@ class RunConfig:
     link_bandwidth_Bps: float | None = None
     ranks_per_node: int = 1  # emulated nodes (dpkit/comm/emulation/nodes.py): `link` between them,
     intra_node_link: str = "NVLink"  # ... and this preset (or "none") within one
+    profile: bool = False  # torch.profiler per rank, beside dpkit's timeline in trace.json (dpkit/runtime/profiler.py)
 
     def __post_init__(self) -> None:
         # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
@@ -185,7 +186,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = {k: v for k, v in self.to_dict().items() if not (k == "profile" and v is False)}  # ids from before profile
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -223,6 +225,7 @@ FIELD_HELP: dict[str, str] = {
     "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
     "ranks_per_node": "emulated nodes: ranks r*k..r*k+k-1 share node r (link between nodes); must divide the processes",
     "intra_node_link": "emulated nodes: the link within a node, a preset or none (ranks_per_node > 1)",
+    "profile": "record torch.profiler's ops per rank into trace.json, on dpkit's time axis (slower: for reading a trace)",
 }
 
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)

@@ -30,6 +30,7 @@ import torch
 from .config import RunConfig
 from .runtime.memory import memory_frame, memory_summary
 from .strategies.parameter_server.staleness import staleness_frame, staleness_summary
+from .runtime.profiler import trace_events as profiler_trace_events
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
@@ -224,6 +225,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "device": meta.get("device"),
         "num_processes": meta.get("num_processes"),
         "start_method": meta.get("start_method"),
+        "link": (meta.get("link") or {}).get("key", cfg.link),  # the emulated link's key; "none": the machine as it is
         **memory_summary(meta.get("memory"), spec_for(cfg).training_ranks(cfg)),  # mem_*: max over training ranks
     }
 
@@ -318,6 +320,7 @@ class RunResult:
                     },
                 }
             )
+        events += profiler_trace_events(self.extra)  # RunConfig(profile=True): torch's ops, on the same axis
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"dpkit": self.meta}}
 
     # ---- persistence ---------------------------------------------------------------------

@@ -197,3 +197,10 @@ def test_load_sweep_skips_junk_and_corrupt_folders_with_a_warning(saved: Path, t
     said = " ".join(str(w.message) for w in caught)
     assert str(bad) in said and "summary.json" in said and str(junk) in said
     assert frame.run_id.tolist() == [good.name]
+
+
+def test_link_is_recorded_also_when_none(result: RunResult) -> None:
+    """meta["link"] and the summary's `link` say which link a run had, also without an emulated one."""
+    assert result.config.link == "none"
+    assert result.meta["link"]["key"] == "none" and "no emulated link" in result.meta["link"]["description"]
+    assert result.summary["link"] == "none"

@@ -31,6 +31,7 @@ from ..workloads import build_dataset
 from . import gloo_loop
 from .cores import cores_available
 from .memory import MemoryMeter
+from .profiler import finish_profiler, start_profiler
 from .recorder import CudaClock, HostClock, Recorder
 
 
@@ -158,6 +159,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         time_base = common_time_base(rank, world, ctrl)
         clock.set_origin(time_base.origin)
         dist.barrier()
+        profiler = start_profiler(cfg.profile, device, time_base.origin)  # None unless RunConfig.profile
         for step in range(cfg.steps):
             x, y = data.global_batch(step, cfg.global_batch)
             if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
@@ -181,6 +183,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             "link": comm.link_stats(),
             "memory": meter.report(),
         }
+        finish_profiler(profiler, mine)  # RunConfig.profile: torch.profiler's events into mine["extra"], in run seconds
     finally:
         meter.close()
         strategy.close()
@@ -211,6 +214,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     )
     meta.update(memory=[g["memory"] for g in gathered])  # per process: dpkit.runtime.memory's mem_* fields
     meta.update(link_meta(cfg, [g["link"] for g in gathered]))  # "link" and, if any message was late, "link_not_honoured"
+    meta.setdefault("link", {"key": cfg.link, "name": "none", "description": "no emulated link (the machine as it is)"})
     result = assemble(cfg, gathered, meta, type(strategy).merge_states)
     if out_dir is not None:
         result.save(Path(out_dir))
