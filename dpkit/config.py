@@ -36,6 +36,7 @@ SCHEDULES = ("naive", "gpipe", "1f1b")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
+LR_SCALINGS = ("none", "linear", "sqrt")  # lr x f(global_batch / base_batch): dpkit/runtime/lr_rules.py
 
 # Default model sizes: deep enough for 4 pipeline stages, wide enough for 2 or 4 tensor ranks.
 MODEL_DEFAULTS = {
@@ -134,6 +135,12 @@ class RunConfig:
     link: str = "none"
     link_latency_s: float | None = None
     link_bandwidth_Bps: float | None = None
+    # learning (dpkit/runtime/evaluation.py, lr_rules.py): held-out evaluation, train to a target, lr rules
+    eval_every: int | None = None
+    target_accuracy: float | None = None
+    lr_scaling: str = "none"
+    base_batch: int | None = None
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
@@ -223,13 +230,18 @@ FIELD_HELP: dict[str, str] = {
     "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
     "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",
     "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
+    "eval_every": "held-out loss and accuracy every this many steps, at the start and at the end (none: never)",
+    "target_accuracy": "stop at the first evaluation whose held-out accuracy reaches this, in (0, 1] (needs eval_every)",
+    "lr_scaling": "learning rate x f(global_batch / base_batch): " + " | ".join(LR_SCALINGS),
+    "base_batch": "the global batch lr was tuned for (default: global_batch, so no scaling)",
+    "warmup_steps": "linear learning-rate warm-up steps: lr x min(1, (step + 1) / warmup_steps) (0: none)",
 }
 
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)
 INT_MINIMUMS: dict[str, int] = {
     "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
     "grad_accum": 1, "num_servers": 1, "max_staleness": 0, "microbatches": 1, "data_parallel_size": 1, "fail_rank": 0,
-    "fail_at_step": 0, "threads_per_rank": 1, "zero_stage": 0,
+    "fail_at_step": 0, "threads_per_rank": 1, "zero_stage": 0, "eval_every": 1, "base_batch": 1, "warmup_steps": 0,
 }  # fmt: skip
 
 #: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)
@@ -241,6 +253,7 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
     "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
     "link_bandwidth_Bps": ("None, or with link='custom' a finite number of bytes/s > 0", lambda v: v is None or v > 0),
+    "target_accuracy": ("None, or with eval_every a number in (0, 1]", lambda v: v is None or 0 < v <= 1),
 }
 
 #: what each tuple field holds, said when a value is not a tuple of that
@@ -345,6 +358,7 @@ def validate(cfg: RunConfig) -> None:
         ("device", DEVICES),
         ("backend", BACKENDS),
         ("gloo_loop", GLOO_LOOP_MODES),
+        ("lr_scaling", LR_SCALINGS),
     ):
         _choice(cfg, name, choices)
     for name, low in INT_MINIMUMS.items():
@@ -382,6 +396,8 @@ def validate(cfg: RunConfig) -> None:
     split, what = spec.batch_split(cfg)
     if cfg.global_batch % split:
         _fail("global_batch", cfg.global_batch, f"a multiple of {what} = {split}, so every shard has the same size")
+    if cfg.target_accuracy is not None and cfg.eval_every is None:
+        _fail("target_accuracy", cfg.target_accuracy, "None unless eval_every is set (the target is checked at evaluations)")
     validate_link(cfg)
     _validate_model(cfg)
     spec.validate(cfg)

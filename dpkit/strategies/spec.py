@@ -28,6 +28,7 @@ def config_error(field_name: str, value: Any, allowed: str) -> ValueError:
 BASELINE_FIELDS = (
     "global_batch", "steps", "warmup", "seed", "model", "hidden", "layers", "seq_len", "freeze", "tie_weights",
     "optimizer", "lr", "momentum", "grad_accum", "device", "backend", "threads_per_rank", "gloo_loop", "timeout_s",
+    "eval_every", "target_accuracy", "lr_scaling", "base_batch", "warmup_steps",
 )  # fmt: skip
 
 
