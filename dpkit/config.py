@@ -253,7 +253,7 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
     "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
     "link_bandwidth_Bps": ("None, or with link='custom' a finite number of bytes/s > 0", lambda v: v is None or v > 0),
-    "target_accuracy": ("None, or with eval_every a number in (0, 1]", lambda v: v is None or 0 < v <= 1),
+    "target_accuracy": ("None, or with eval_every a finite number in (0, 1]", lambda v: v is None or 0 < v <= 1),
 }
 
 #: what each tuple field holds, said when a value is not a tuple of that
