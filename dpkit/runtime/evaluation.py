@@ -9,7 +9,8 @@ The evaluation runs between steps, after a step's clock stopped: its span is its
 "eval" (never compute, comm or idle), outside every step, so step times and their parts exclude it.
 train_time_s is training time so far: the end of the last step on rank 0's clock minus the evaluations
 before it. With target_accuracy, rank 0 decides at each evaluation whether the target is reached and
-broadcasts the decision, so every rank stops after the same step.
+broadcasts the decision, so every rank stops after the same step; a run whose held-out loss is no longer
+finite (diverged) stops there too, as it can never reach the target.
 
 An asynchronous parameter server is evaluated at the same points, but the evaluation is a point where
 every worker waits for the others (each has pushed the same number of gradients): say so beside its curves.
@@ -74,7 +75,7 @@ class HeldOutEvaluation:
             train_time = max(0.0, last_end - self.eval_s) if steps_done else 0.0
             self.rows.append([steps_done, steps_done * self.cfg.global_batch, train_time, loss, accuracy])
             target = self.cfg.target_accuracy
-            stop[0] = int(target is not None and accuracy >= target)
+            stop[0] = int(target is not None and (accuracy >= target or not math.isfinite(loss)))  # reached, or diverged
         dist.broadcast(stop, 0, group=self.group)
         end = clock.mark()
         clock.sync()
