@@ -170,3 +170,65 @@ def test_linear_scaling_with_warmup_cuts_steps_to_target_from_batch_8_to_128() -
     s8, s128 = small.summary["steps_to_target"], large.summary["steps_to_target"]
     assert s8 is not None and s128 is not None, (small.summary["target_reason"], large.summary["target_reason"])
     assert s8 >= 2 * s128, (s8, s128)
+
+
+# ---- analysis and plots (no runs) ------------------------------------------------------------
+def test_steps_to_target_at_says_where_each_number_comes_from() -> None:
+    from dpkit.analysis.time_to_accuracy import steps_to_target_at
+
+    measured = pd.DataFrame({"global_batch": [8, 32, 128, 512], "steps_to_target": [600, 130, 80, None]})
+    assert steps_to_target_at(measured, 32) == (130, "measured")
+    steps, source = steps_to_target_at(measured, 64)
+    assert source == "interpolated" and steps == pytest.approx(math.sqrt(130 * 80))  # geometric mean: log-log midpoint
+    assert steps_to_target_at(measured, 4) == (1200, "extrapolated")  # below: perfect scaling
+    assert steps_to_target_at(measured, 1024) == (80, "extrapolated")  # above the largest reached batch (128): held
+
+
+def test_time_to_accuracy_at_scale_is_steps_times_predicted_step() -> None:
+    from dpkit.analysis.time_to_accuracy import time_to_accuracy_at_scale
+    from dpkit.cost.model import PRESETS, allreduce_time
+
+    measured = pd.DataFrame({"global_batch": [32, 128], "steps_to_target": [130, 80]})
+    out = time_to_accuracy_at_scale(measured, 1e-4, 4e6, 32, PRESETS["10GbE"], ns=[1, 4, 1024])
+    assert list(out.steps_source) == ["measured", "measured", "extrapolated"] and set(out.kind) == {"predicted"}
+    row = out.iloc[2]
+    assert row.time_to_target_s == pytest.approx(80 * (1e-4 * 32 + allreduce_time("ring", 4e6, 1024, PRESETS["10GbE"])))
+
+
+def test_sweep_time_to_target_summary_and_speedup_frame() -> None:
+    from dpkit.analysis.time_to_accuracy import summarize_time_to_target
+    from dpkit.viz.learning_plots import time_to_target_frame
+    from dpkit.viz.plots import scaling_frame
+
+    groups = [
+        pd.DataFrame({"time_to_target_s": [2.0, 4.0, 3.0], "steps_to_target": [100, 100, 100]}),
+        pd.DataFrame({"time_to_target_s": [1.0, None, 1.5], "steps_to_target": [50, None, 50]}),
+    ]
+    s = summarize_time_to_target(groups)
+    assert list(s.time_to_target_s) == [3.0, 1.5] and list(s.target_reached_repeats) == [3, 2]
+    assert s.time_to_target_max_s.iloc[1] == math.inf  # a repeat that never reached the target is infinitely slow
+    frame = pd.DataFrame(
+        {"world_size": [1, 2], "global_batch": [32, 64], "step_time_s": [0.01, 0.012], "samples_per_s": [3200, 5333], **s}
+    )
+    out = scaling_frame(time_to_target_frame(frame))
+    assert out.speedup.tolist() == pytest.approx([1.0, 2.0])  # T_target(1) / T_target(2), not a throughput ratio
+
+
+def test_learning_config_picks_the_sync_mode() -> None:
+    from dpkit.viz.learning_plots import learning_config
+
+    base = LEARN.replace(global_batch=32)
+    assert learning_config(base, 32, 1, "async PS", "linear").parallelism == "none"
+    ssp = learning_config(base, 64, 2, "SSP (staleness <= 1)", "sqrt")
+    assert (ssp.sync, ssp.max_staleness, ssp.world_size, ssp.global_batch, ssp.lr_scaling) == ("ps-async", 1, 2, 64, "sqrt")
+    with pytest.raises(ValueError, match="sync_mode"):
+        learning_config(base, 32, 2, "gossip", "none")
+
+
+def test_sweep_time_to_target_needs_a_target() -> None:
+    from dpkit.api import sweep
+
+    with pytest.raises(ValueError, match="target_accuracy"):
+        sweep(LEARN, metric="time_to_target", world_size=[1])
+    with pytest.raises(ValueError, match="metric"):
+        sweep(LEARN, metric="loss", world_size=[1])
