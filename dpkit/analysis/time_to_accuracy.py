@@ -46,6 +46,21 @@ def summarize_time_to_target(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def time_to_target_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A sweep(metric="time_to_target") frame recast so that scaling_frame's speedup is T_target(base) / T_target:
+    the unit of work is one model trained to the target (global_batch 1 per 'step' of time_to_target_s)."""
+    if "time_to_target_s" not in frame.columns:
+        raise ValueError("metric='time_to_target' needs time_to_target_s: use sweep(..., metric='time_to_target')")
+    out = frame.copy()
+    out["global_batch_run"] = out["global_batch"]
+    out["global_batch"] = 1
+    out["step_time_s"] = out["time_to_target_s"]
+    out["step_time_min_s"] = out.get("time_to_target_min_s", out["time_to_target_s"])
+    out["step_time_max_s"] = out.get("time_to_target_max_s", out["time_to_target_s"])
+    out["samples_per_s"] = 1.0 / out["time_to_target_s"]
+    return out
+
+
 def steps_to_target_at(measured: pd.DataFrame, global_batch: float) -> tuple[float, str]:
     """(steps to target at `global_batch`, where the number comes from): 'measured', 'interpolated' (log-log
     between measured batches) or 'extrapolated' (outside them; see the module docstring). `measured` has

@@ -79,7 +79,7 @@ class HeldOutEvaluation:
         dist.broadcast(stop, 0, group=self.group)
         end = clock.mark()
         clock.sync()
-        a, b = clock.seconds(start), clock.seconds(end)
+        a, b = clock.seconds(start), clock.seconds(end)  # type: ignore[arg-type]  # a mark of this clock, either kind
         self.rec.spans.append(Span(self.rank, max(self.rec.step, 0), EVAL_KIND, "held-out evaluation", a, b))
         self.eval_s += b - a
         return bool(stop[0])

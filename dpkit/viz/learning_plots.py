@@ -111,21 +111,6 @@ def steps_to_target_plot(frame: pd.DataFrame, hue: str = "lr_scaling") -> Figure
     return fig
 
 
-def time_to_target_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A sweep(metric="time_to_target") frame recast so that scaling_frame's speedup is T_target(base) / T_target:
-    the unit of work is one model trained to the target (global_batch 1 per 'step' of time_to_target_s)."""
-    if "time_to_target_s" not in frame.columns:
-        raise ValueError("metric='time_to_target' needs time_to_target_s: use sweep(..., metric='time_to_target')")
-    out = frame.copy()
-    out["global_batch_run"] = out["global_batch"]
-    out["global_batch"] = 1
-    out["step_time_s"] = out["time_to_target_s"]
-    out["step_time_min_s"] = out.get("time_to_target_min_s", out["time_to_target_s"])
-    out["step_time_max_s"] = out.get("time_to_target_max_s", out["time_to_target_s"])
-    out["samples_per_s"] = 1.0 / out["time_to_target_s"]
-    return out
-
-
 def time_to_accuracy_plot(measured: pd.DataFrame, predicted: pd.DataFrame | None = None) -> Figure:
     """Time to target against workers: measured points (world sizes run here) and, if given, the cost model's
     prediction at scale (dpkit.analysis.time_to_accuracy), where extrapolated steps are drawn hollow."""

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from ..analysis.time_to_accuracy import time_to_target_frame
 from ..comm.link import link_label, link_of
 from ..config import RunConfig
 from ..results import RunResult
@@ -176,9 +177,7 @@ def speedup_plot(
     metric="time_to_target": speedup in time to target accuracy (a sweep(metric="time_to_target") frame).
     """
     if metric == "time_to_target":
-        from .learning_plots import time_to_target_frame  # one trained model, not a step, as the unit of work
-
-        frame = time_to_target_frame(frame)
+        frame = time_to_target_frame(frame)  # one trained model, not a step, as the unit of work
     elif metric != "step_time":
         raise ValueError(f"speedup_plot: metric={metric!r} is not allowed: choose 'step_time' or 'time_to_target'")
     data = scaling_frame(frame, x, baseline, hue)
