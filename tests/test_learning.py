@@ -231,3 +231,24 @@ def test_sweep_time_to_target_needs_a_target() -> None:
         sweep(LEARN, metric="time_to_target", world_size=[1])
     with pytest.raises(ValueError, match="metric"):
         sweep(LEARN, metric="loss", world_size=[1])
+
+
+@pytest.mark.slow
+def test_the_transformer_is_evaluated_on_next_tokens_alike_under_tensor_parallelism() -> None:
+    cfg = LEARN.replace(model="transformer", hidden=16, layers=1, seq_len=8, global_batch=8)
+    one, tp = run(cfg), run(cfg.replace(parallelism="tensor", world_size=2))
+    assert one.evals.accuracy.between(0, 1).all() and one.evals.loss.iloc[-1] < one.evals.loss.iloc[0]
+    assert tp.evals.accuracy.to_numpy() == pytest.approx(one.evals.accuracy.to_numpy(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_sweep_and_speedup_plot_use_time_to_target() -> None:
+    from dpkit.api import sweep
+    from dpkit.viz.plots import speedup_plot
+
+    base = TARGET.replace(parallelism="data", global_batch=32)
+    frame = sweep(base, metric="time_to_target", progress=False, world_size=[1, 2])
+    assert frame.steps_to_target.tolist()[0] == frame.steps_to_target.tolist()[1]  # same global batch: same step
+    assert (frame.time_to_target_s > 0).all() and (frame.target_reached_repeats == 1).all()
+    fig = speedup_plot(frame, metric="time_to_target")
+    assert "time to target" in fig.axes[0].get_title()
