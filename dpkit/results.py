@@ -259,7 +259,9 @@ class RunResult:
         over training ranks hides): rank, role, role_kind, bytes_sent_per_step over the timed steps, and
         bytes_received_per_step where the strategy counted them (NaN elsewhere), over all steps."""
         out = _bytes_per_rank(self.config, self.step_stats())
-        received = {int(r): b / self.config.steps for r, b in self.extra.get("bytes_in", {}).items()}
+        received = {
+            int(r): b / max(len(self.losses), 1) for r, b in self.extra.get("bytes_in", {}).items()
+        }  # steps run (a target may stop early)
         out["bytes_received_per_step"] = [received.get(int(r), float("nan")) for r in out["rank"]]
         return out
 
