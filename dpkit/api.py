@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .analysis.time_to_accuracy import summarize_time_to_target
 from .config import RunConfig
 from .measure import measured_run, repeat_name, run_row, summarize_repeats
 from .results import ResultFolderError, RunResult
@@ -73,6 +74,7 @@ def sweep(
     out: str | Path | None = None,
     progress: bool = True,
     repeats: int = 1,
+    metric: str = "step_time",
     **grid: Iterable[Any],
 ) -> pd.DataFrame:
     """Run every combination of `grid` (field=list of values) on top of `base`, `repeats` times each; one row per config.
@@ -90,9 +92,17 @@ def sweep(
     where it stopped, repeat by repeat. A folder that does not verify (interrupted save, corrupt or missing
     file, older format) is rerun, with one line saying which and why; resumed is True only when every repeat
     of the row was loaded (resumed_repeats counts them).
+
+    metric="time_to_target" (needs base.target_accuracy and eval_every): each row also holds the median time
+    to target over its repeats (training time, evaluation excluded), its range and the median steps to
+    target (dpkit.analysis.time_to_accuracy.summarize_time_to_target); speedup_plot(metric=...) reads them.
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"sweep: repeats={repeats!r} is not allowed: a whole number of runs per config, at least 1")
+    if metric not in ("step_time", "time_to_target"):
+        raise ValueError(f"sweep: metric={metric!r} is not allowed: choose 'step_time' or 'time_to_target'")
+    if metric == "time_to_target" and base.target_accuracy is None:
+        raise ValueError("sweep: metric='time_to_target' needs base.target_accuracy (and eval_every) to be set")
     names = list(grid)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*(list(grid[n]) for n in names))]
     configs = [base.replace(**combo) for combo in combos]  # all validated before the first run starts
@@ -110,7 +120,12 @@ def sweep(
         runs[i].append(run_row(result, repeat=r, resumed=resumed))
     if not configs:
         return pd.DataFrame()
-    return summarize_repeats([pd.concat(group, ignore_index=True) for group in runs])
+    groups = [pd.concat(group, ignore_index=True) for group in runs]
+    rows = summarize_repeats(groups)
+    if metric == "time_to_target":
+        learned = summarize_time_to_target(groups)
+        rows = rows.drop(columns=[c for c in learned.columns if c in rows.columns]).join(learned)
+    return rows
 
 
 def _resume(folder: Path, cfg: RunConfig) -> RunResult | None:

@@ -45,6 +45,7 @@ MODELS = ("mlp", "cnn", "transformer")
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
+LR_SCALINGS = ("none", "linear", "sqrt")  # lr x f(global_batch / base_batch): dpkit/runtime/lr_rules.py
 
 # Default model sizes: deep enough for 4 pipeline stages, wide enough for 2 or 4 tensor ranks.
 MODEL_DEFAULTS = {
@@ -144,6 +145,12 @@ class RunConfig:
     ranks_per_node: int = 1  # emulated nodes (dpkit/comm/emulation/nodes.py): `link` between them,
     intra_node_link: str = "NVLink"  # ... and this preset (or "none") within one
     profile: bool = False  # torch.profiler per rank, beside dpkit's timeline in trace.json (dpkit/runtime/profiler.py)
+    # learning (dpkit/runtime/evaluation.py, lr_rules.py): held-out evaluation, train to a target, lr rules
+    eval_every: int | None = None
+    target_accuracy: float | None = None
+    lr_scaling: str = "none"
+    base_batch: int | None = None
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         # every value as the plain Python type of its field first (numpy scalars, lists), so the checks,
@@ -226,12 +233,18 @@ FIELD_HELP: dict[str, str] = {
     "ranks_per_node": "emulated nodes: ranks r*k..r*k+k-1 share node r (link between nodes); must divide the processes",
     "intra_node_link": "emulated nodes: the link within a node, a preset or none (ranks_per_node > 1)",
     "profile": "record torch.profiler's ops per rank into trace.json, on dpkit's time axis (slower: for reading a trace)",
+    "eval_every": "held-out loss and accuracy every this many steps, at the start and at the end (none: never)",
+    "target_accuracy": "stop at the first evaluation whose held-out accuracy reaches this, in (0, 1] (needs eval_every)",
+    "lr_scaling": "learning rate x f(global_batch / base_batch): " + " | ".join(LR_SCALINGS),
+    "base_batch": "the global batch lr was tuned for (default: global_batch, so no scaling)",
+    "warmup_steps": "linear learning-rate warm-up steps: lr x min(1, (step + 1) / warmup_steps) (0: none)",
 }
 
 #: the lowest value of every integer field (fail_rank's highest depends on the run: validate() checks it)
 INT_MINIMUMS: dict[str, int] = {
     "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
-    "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1, "ranks_per_node": 1,
+    "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1, "ranks_per_node": 1, "eval_every": 1,
+    "base_batch": 1, "warmup_steps": 0,
 }  # fmt: skip
 
 #: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)
@@ -242,6 +255,7 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
     "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
     "link_bandwidth_Bps": ("None, or with link='custom' a finite number of bytes/s > 0", lambda v: v is None or v > 0),
+    "target_accuracy": ("None, or with eval_every a finite number in (0, 1]", lambda v: v is None or 0 < v <= 1),
 }
 
 #: what each tuple field holds, said when a value is not a tuple of that
@@ -433,6 +447,7 @@ def validate(cfg: RunConfig) -> None:
         ("device", DEVICES),
         ("backend", BACKENDS),
         ("gloo_loop", GLOO_LOOP_MODES),
+        ("lr_scaling", LR_SCALINGS),
     ):
         _choice(cfg, name, choices)
     for name, low in INT_MINIMUMS.items():
@@ -470,6 +485,8 @@ def validate(cfg: RunConfig) -> None:
     split, what = spec.batch_split(cfg)
     if cfg.global_batch % split:
         _fail("global_batch", cfg.global_batch, f"a multiple of {what} = {split}, so every shard has the same size")
+    if cfg.target_accuracy is not None and cfg.eval_every is None:
+        _fail("target_accuracy", cfg.target_accuracy, "None unless eval_every is set (the target is checked at evaluations)")
     validate_link(cfg)
     _validate_model(cfg)
     spec.validate(cfg)

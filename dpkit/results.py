@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .runtime.evaluation import EVAL_COLUMNS, learning_summary
 from .runtime.memory import memory_frame, memory_summary
-from .strategies.parameter_server.staleness import staleness_frame, staleness_summary
 from .runtime.profiler import trace_events as profiler_trace_events
+from .strategies.parameter_server.staleness import staleness_frame, staleness_summary
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
@@ -51,6 +52,7 @@ RESULT_FILES = (
     "state_dict.npz",
     "trace.json",
     "summary.json",
+    "evals.csv",  # held-out evaluations (dpkit.runtime.evaluation)
 )
 _TMP_PREFIX = ".dpkit-tmp-"  # half-written files: a crash leaves these, never a truncated real name
 
@@ -214,7 +216,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "bytes_sent_per_step_by_role": {k: float(v) for k, v in by_role.items()},
         "bytes_sent_per_step_all_ranks": float(timed.groupby("step").bytes_sent.sum().median()),
         "bytes_source": bytes_source(timeline),
-        "timed_steps": int(cfg.steps - cfg.warmup),
+        "timed_steps": int(timed.step.nunique()),  # fewer than steps - warmup when a target stopped the run
         "final_loss": float(losses[-1]),
         # same config + seed -> the same losses bit for bit, except where update order depends on timing (async PS)
         "reproducible": spec_for(cfg).trains_like_baseline(cfg),
@@ -242,11 +244,16 @@ class RunResult:
     meta: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: held-out evaluations (RunConfig.eval_every): step, samples_seen, train_time_s, loss, accuracy
+    evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVAL_COLUMNS))
+    #: the effective learning rate of every step (dpkit.runtime.lr_rules)
+    lrs: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.summary:
             self.summary = summarize(self.config, self.timeline, self.steps, self.losses, self.meta)
             self.summary.update(staleness_summary(self.staleness))  # parameter server only: staleness_mean, _max
+            self.summary.update(learning_summary(self.config, self.evals))
 
     def step_stats(self) -> pd.DataFrame:
         return step_stats(self.timeline, self.steps)
@@ -262,7 +269,9 @@ class RunResult:
         over training ranks hides): rank, role, role_kind, bytes_sent_per_step over the timed steps, and
         bytes_received_per_step where the strategy counted them (NaN elsewhere), over all steps."""
         out = _bytes_per_rank(self.config, self.step_stats())
-        received = {int(r): b / self.config.steps for r, b in self.extra.get("bytes_in", {}).items()}
+        received = {
+            int(r): b / max(len(self.losses), 1) for r, b in self.extra.get("bytes_in", {}).items()
+        }  # steps run (a target may stop early)
         out["bytes_received_per_step"] = [received.get(int(r), float("nan")) for r in out["rank"]]
         return out
 
@@ -281,12 +290,16 @@ class RunResult:
         return pd.DataFrame([row])
 
     def losses_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"step": range(len(self.losses)), "loss": self.losses})
+        """step, loss and (where recorded) the step's effective learning rate lr."""
+        frame = pd.DataFrame({"step": range(len(self.losses)), "loss": self.losses})
+        if len(self.lrs) == len(self.losses):
+            frame["lr"] = self.lrs
+        return frame
 
     def chrome_trace(self) -> dict:
         """Chrome-trace JSON (open in Perfetto): one process per rank, one track per span kind."""
         events: list[dict] = []
-        tracks = {"compute": 0, "injected": 0, "comm": 1, "idle": 2, "bubble": 2}
+        tracks = {"compute": 0, "injected": 0, "eval": 0, "comm": 1, "idle": 2, "bubble": 2}
         roles = self.steps.groupby("rank").role.first().to_dict() if len(self.steps) else {}
         for rank in sorted(self.timeline["rank"].unique()) if len(self.timeline) else []:
             events.append(
@@ -348,7 +361,8 @@ class RunResult:
             ("summary.json", self.summary),
         ):
             files[name], nonfinite[name] = _write_json(folder / name, obj)
-        for name, frame in (("losses.csv", self.losses_frame()), ("timeline.csv", self.timeline), ("steps.csv", self.steps)):
+        frames = [("losses.csv", self.losses_frame()), ("timeline.csv", self.timeline), ("steps.csv", self.steps)]
+        for name, frame in [*frames, ("evals.csv", self.evals)]:
             files[name] = _write_atomic(folder / name, frame.to_csv(index=False).encode())
         buf = io.BytesIO()
         np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in self.final_state_dict.items()})  # type: ignore[arg-type]
@@ -393,9 +407,12 @@ class RunResult:
         config = parse("config.json", lambda _: RunConfig.from_dict(json_of("config.json")))
         if config.run_id() != manifest["run_id"]:
             raise ResultFolderError(folder, "config.json", f"is run {config.run_id()}, the manifest says {manifest['run_id']}")
+        losses = parse("losses.csv", pd.read_csv)
         return cls(
             config=config,
-            losses=parse("losses.csv", lambda b: pd.read_csv(b)["loss"].astype(float).tolist()),
+            losses=losses["loss"].astype(float).tolist(),
+            lrs=losses["lr"].astype(float).tolist() if "lr" in losses.columns else [],
+            evals=parse("evals.csv", pd.read_csv),
             final_state_dict=state,
             timeline=timeline,
             steps=parse("steps.csv", pd.read_csv),

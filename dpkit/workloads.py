@@ -4,6 +4,11 @@ Every model is an nn.Sequential of named blocks (input block, hidden blocks, hea
 can cut it between blocks and every strategy can name parameters exactly as the single-process
 model does. Data is a fixed set; the global batch of step s depends only on (seed, s), never on
 the world size, so every strategy sees the same samples.
+
+Held-out split (what evaluation measures, never trained on): 20% of the digits, stratified by label (the
+same share of every class, drawn with a fixed seed, so it never changes between runs or seeds), and the
+last 20% of the token sequences (every sequence is an independent draw from the same Markov chain, so the
+tail is as representative as any sample). build_dataset returns the rest; build_heldout the held-out part.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ DIGITS_FILE = "digits.csv.gz"  # package data: dpkit/data/ (provenance in the re
 VOCAB = 64
 TOKEN_SEQUENCES = 4096
 TOKEN_DATA_SEED = 1234
+HELDOUT_FRACTION = 0.2
+HELDOUT_SEED = 20170608  # fixed: the split does not depend on RunConfig.seed
 
 
 # ---- models ------------------------------------------------------------------------------
@@ -230,15 +237,46 @@ class Dataset:
         return self.x[idx], self.y[idx]
 
 
+@lru_cache(maxsize=8)
+def heldout_indices(model: str, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, held-out indices) into the full data set of `model`, both sorted.
+
+    Digits: round(20%) of each label's samples, drawn with HELDOUT_SEED (stratified: every class keeps
+    its share on both sides). Tokens: the last 20% of the sequences."""
+    if model == "transformer":
+        n = make_tokens(seq_len)[1].shape[0]
+        cut = n - round(HELDOUT_FRACTION * n)
+        return torch.arange(cut), torch.arange(cut, n)
+    _, y = load_digits()
+    g = torch.Generator().manual_seed(HELDOUT_SEED)
+    held = []
+    for label in range(10):
+        idx = (y == label).nonzero().flatten()
+        held.append(idx[torch.randperm(len(idx), generator=g)][: round(HELDOUT_FRACTION * len(idx))])
+    out = torch.zeros(len(y), dtype=torch.bool)
+    out[torch.cat(held)] = True
+    return (~out).nonzero().flatten(), out.nonzero().flatten()
+
+
+def _full_data(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.model == "transformer":
+        return make_tokens(cfg.seq_len)
+    x, y = load_digits()
+    return (x.view(-1, 1, 8, 8) if cfg.model == "cnn" else x), y
+
+
 def build_dataset(cfg: RunConfig) -> Dataset:
-    if cfg.model == "mlp":
-        x, y = load_digits()
-    elif cfg.model == "cnn":
-        x, y = load_digits()
-        x = x.view(-1, 1, 8, 8)
-    else:
-        x, y = make_tokens(cfg.seq_len)
-    return Dataset(x, y, cfg.seed)
+    """The training split: every global batch is drawn from it, never from the held-out samples."""
+    x, y = _full_data(cfg)
+    train, _ = heldout_indices(cfg.model, cfg.seq_len)
+    return Dataset(x[train], y[train], cfg.seed)
+
+
+def build_heldout(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out split (inputs, targets) that evaluation measures loss and accuracy on."""
+    x, y = _full_data(cfg)
+    _, held = heldout_indices(cfg.model, cfg.seq_len)
+    return x[held], y[held]
 
 
 def shard(t: torch.Tensor, index: int, parts: int) -> torch.Tensor:

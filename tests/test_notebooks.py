@@ -33,6 +33,7 @@ NAMES = [
     "04_model_parallel",
     "05_compare_and_choose",
     "06_memory",
+    "07_learning",
 ]
 
 # per notebook: which panels to drive and the values a learner would pick
@@ -44,6 +45,7 @@ DRIVES = {
     "04_model_parallel": {"pipe_panel": {"microbatches": 2, "schedule": "1f1b"}},
     "05_compare_and_choose": {"playground": {"world_size": 2}},
     "06_memory": {"fit_panel": {"strategy": "ZeRO-3", "budget_mb": 16}},
+    "07_learning": {"learning_panel": {"global_batch": 128}},
 }
 
 CELL_TIMEOUT_S = 120  # each cell here takes 1-30 s on 2 busy cores: one past this has hung

@@ -28,8 +28,9 @@ from ..results import STEP_COLUMNS, TIMELINE_COLUMNS, RunResult
 from ..strategies import make_strategy
 from ..strategies.base import RankContext
 from ..workloads import build_dataset
-from . import gloo_loop
+from . import gloo_loop, lr_rules
 from .cores import cores_available
+from .evaluation import HeldOutEvaluation, due, evals_frame
 from .memory import MemoryMeter
 from .profiler import finish_profiler, start_profiler
 from .recorder import CudaClock, HostClock, Recorder
@@ -155,12 +156,18 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     data = build_dataset(cfg)
     delay = cfg.straggler_delay_s if rank in cfg.straggler_ranks else 0.0
     losses: list[tuple[float, int]] = []
+    evaluation, merge, lrs = HeldOutEvaluation(cfg, rank, recorder, ctrl), type(strategy).merge_states, []
     try:
         time_base = common_time_base(rank, world, ctrl)
         clock.set_origin(time_base.origin)
         dist.barrier()
         profiler = start_profiler(cfg.profile, device, time_base.origin)  # None unless RunConfig.profile
+        stop = due(cfg, 0) and evaluation(0, strategy.owned_state(), merge)  # outside every step (kind "eval")
         for step in range(cfg.steps):
+            if stop:  # target_accuracy reached: every rank got the same decision
+                break
+            lrs.append(lr_rules.lr_at(cfg, step))
+            lr_rules.set_lr(strategy, lrs[-1])
             x, y = data.global_batch(step, cfg.global_batch)
             if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -174,6 +181,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             if group is not None:
                 comm.barrier(group, kind="idle", name="end-of-step barrier")
             recorder.end_step()
+            stop = due(cfg, step + 1) and evaluation(step + 1, strategy.owned_state(), merge)
         mine = {
             "losses": losses,
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
@@ -182,6 +190,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             "state": strategy.owned_state(),
             "link": comm.link_stats(),
             "memory": meter.report(),
+            "evals": evaluation.rows,
+            "lrs": lrs,
         }
         finish_profiler(profiler, mine)  # RunConfig.profile: torch.profiler's events into mine["extra"], in run seconds
     finally:
@@ -246,4 +256,6 @@ def assemble(cfg: RunConfig, gathered: list[dict], meta: dict, merge) -> RunResu
         steps=pd.DataFrame(steps, columns=STEP_COLUMNS),
         meta=meta,
         extra=extra,
+        evals=evals_frame(gathered[0].get("evals", [])),
+        lrs=gathered[0].get("lrs", []),
     )

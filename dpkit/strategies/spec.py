@@ -57,6 +57,7 @@ class Knob:
 BASELINE_FIELDS = (
     "global_batch", "steps", "warmup", "seed", "model", "hidden", "layers", "seq_len", "freeze", "tie_weights",
     "optimizer", "lr", "momentum", "grad_accum", "device", "backend", "threads_per_rank", "gloo_loop", "timeout_s",
+    "eval_every", "target_accuracy", "lr_scaling", "base_batch", "warmup_steps",
 )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from ..analysis.time_to_accuracy import time_to_target_frame
 from ..comm.link import link_label, link_of
 from ..config import RunConfig
 from ..results import RunResult
@@ -165,13 +166,20 @@ def scaling_warnings(data: pd.DataFrame, x: str = "world_size") -> list[str]:
     return out
 
 
-def speedup_plot(frame: pd.DataFrame, x: str = "world_size", baseline: float | None = None, hue: str | None = None) -> Figure:
+def speedup_plot(
+    frame: pd.DataFrame, x: str = "world_size", baseline: float | None = None, hue: str | None = None, metric: str = "step_time"
+) -> Figure:
     """Speedup (with the ideal line) and efficiency against `x`; one line per `hue` value.
 
     Error bars span speedup_low..speedup_high (the repeats' range, see scaling_frame); noisy points are
     ringed in red, and every scaling_warnings() sentence is printed in red under the axes, because a
     figure is copied into reports without the table that carried the caveat.
+    metric="time_to_target": speedup in time to target accuracy (a sweep(metric="time_to_target") frame).
     """
+    if metric == "time_to_target":
+        frame = time_to_target_frame(frame)  # one trained model, not a step, as the unit of work
+    elif metric != "step_time":
+        raise ValueError(f"speedup_plot: metric={metric!r} is not allowed: choose 'step_time' or 'time_to_target'")
     data = scaling_frame(frame, x, baseline, hue)
     fig = _figure((10, 3.8))
     (ax_s, ax_e) = fig.subplots(1, 2)
@@ -200,6 +208,7 @@ def speedup_plot(frame: pd.DataFrame, x: str = "world_size", baseline: float | N
     weak = data.groupby(hue)["global_batch"].nunique().max() > 1 if hue else data.global_batch.nunique() > 1
     kind = "weak scaling: per-rank batch fixed" if weak else "strong scaling: same global batch"
     spread = "bars: range over repeats" if "step_time_min_s" in data.columns else "one run per point"
+    kind = kind if metric == "step_time" else "in time to target accuracy"
     ax_s.set(xlabel=x, ylabel="speedup", title=f"Speedup ({kind})")
     top = data[["efficiency", "efficiency_high"]].max().max()
     ax_e.set(xlabel=x, ylabel="efficiency = speedup / N", title=f"Efficiency ({spread})", ylim=(0, max(1.1, top * 1.1)))
