@@ -12,9 +12,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .analysis.time_to_accuracy import summarize_time_to_target
 from .config import RunConfig
-from .measure import measured_run, repeat_name, run_row, summarize_repeats
+from .measure import measured_run, repeat_name, run_row, summarize_repeats, summarize_time_to_target
 from .results import ResultFolderError, RunResult
 from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
 from .runtime.queue import machine_turn
@@ -95,7 +94,7 @@ def sweep(
 
     metric="time_to_target" (needs base.target_accuracy and eval_every): each row also holds the median time
     to target over its repeats (training time, evaluation excluded), its range and the median steps to
-    target (dpkit.analysis.time_to_accuracy.summarize_time_to_target); speedup_plot(metric=...) reads them.
+    target (dpkit.measure.summarize_time_to_target); speedup_plot(metric=...) reads them.
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"sweep: repeats={repeats!r} is not allowed: a whole number of runs per config, at least 1")

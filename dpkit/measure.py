@@ -246,3 +246,24 @@ def flag_noise(frame: pd.DataFrame) -> pd.DataFrame:
     out["noisy"] = [bool(r) for r in reasons]
     out["noise_reason"] = reasons
     return out
+
+
+def summarize_time_to_target(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per group of repeats (rows with the summary's steps_to_target, time_to_target_s): the median time to
+    target, its range (time_to_target_min_s, _max_s), the median steps to target and how many repeats
+    reached it (target_reached_repeats). A repeat that never reached the target counts as infinitely slow."""
+    rows = []
+    for runs in groups:
+        t = pd.to_numeric(runs["time_to_target_s"], errors="coerce").fillna(math.inf)
+        s = pd.to_numeric(runs["steps_to_target"], errors="coerce").fillna(math.inf)
+        reached = int(np.isfinite(t).sum())
+        rows.append(
+            {
+                "time_to_target_s": float(np.median(t)) if reached else math.nan,
+                "time_to_target_min_s": float(t.min()) if reached else math.nan,
+                "time_to_target_max_s": float(t.max()) if reached else math.nan,
+                "steps_to_target": float(np.median(s)) if reached else math.nan,
+                "target_reached_repeats": reached,
+            }
+        )
+    return pd.DataFrame(rows)

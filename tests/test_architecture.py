@@ -201,7 +201,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("specs", ("dpkit.strategies", "dpkit.strategies.spec", "dpkit.strategies.registry", "dpkit.strategies.specs")),
     ("comm", ("dpkit.comm",)),
     ("cost", ("dpkit.cost",)),
-    ("workloads and the machine", ("dpkit.workloads", "dpkit.data", "dpkit.buffers", "dpkit.runtime.cores", "dpkit.runtime.gloo_loop")),
+    (
+        "workloads and the machine",
+        ("dpkit.workloads", "dpkit.data", "dpkit.buffers", "dpkit.runtime.cores", "dpkit.runtime.gloo_loop"),
+    ),
 )
 
 #: the only imports allowed to point up: a spec imports its algorithm inside build() (and inside the hooks that

@@ -196,7 +196,8 @@ def test_time_to_accuracy_at_scale_is_steps_times_predicted_step() -> None:
 
 
 def test_sweep_time_to_target_summary_and_speedup_frame() -> None:
-    from dpkit.analysis.time_to_accuracy import summarize_time_to_target, time_to_target_frame
+    from dpkit.analysis.time_to_accuracy import time_to_target_frame
+    from dpkit.measure import summarize_time_to_target
     from dpkit.viz.plots import scaling_frame
 
     groups = [
