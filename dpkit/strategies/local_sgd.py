@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..workloads import build_model, shard
-from .base import RankContext, Strategy, state_on_cpu, trainable
-from .data_parallel import broadcast_model
+from .base import RankContext, Strategy, broadcast_model, state_on_cpu, trainable
 
 
 class LocalSGD(Strategy):
