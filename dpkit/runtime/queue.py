@@ -41,8 +41,10 @@ except ImportError:  # Windows: no flock, so no machine queue
 QUEUE_ENV = "DPKIT_QUEUE"  # "off" (or 0, false, no): runs do not take turns
 DIR_ENV = "DPKIT_QUEUE_DIR"  # where the tickets live; default DEFAULT_DIR
 MAX_TURN_ENV = "DPKIT_QUEUE_MAX_TURN_S"
+STOPPED_ENV = "DPKIT_QUEUE_STOPPED_S"  # a holder stopped (SIGSTOP, Ctrl-Z) this long loses its turn
 DEFAULT_DIR = Path("/tmp/dpkit-queue")  # not $TMPDIR: that can differ per user, and the queue is the machine's
 DEFAULT_MAX_TURN_S = 1800.0
+DEFAULT_STOPPED_S = 10.0
 POLL_S = 0.1  # how often the next in line looks; those further back look less often (see _interval)
 PREFIX = "ticket."
 _OFF = {"off", "0", "false", "no"}
@@ -83,12 +85,22 @@ def enabled() -> bool:
     return os.environ.get(QUEUE_ENV, "on").strip().lower() not in _OFF
 
 
-def max_turn_s() -> float:
+def _seconds(env: str, default: float) -> float:
     try:
-        value = float(os.environ.get(MAX_TURN_ENV, DEFAULT_MAX_TURN_S))
+        value = float(os.environ.get(env, default))
     except ValueError:
-        return DEFAULT_MAX_TURN_S
-    return value if value > 0 else DEFAULT_MAX_TURN_S
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+def max_turn_s() -> float:
+    """The longest turn waited for ($DPKIT_QUEUE_MAX_TURN_S, default 1800 s)."""
+    return _seconds(MAX_TURN_ENV, DEFAULT_MAX_TURN_S)
+
+
+def stopped_s() -> float:
+    """How long a stopped holder keeps its turn ($DPKIT_QUEUE_STOPPED_S, default 10 s)."""
+    return _seconds(STOPPED_ENV, DEFAULT_STOPPED_S)
 
 
 _reporter: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("dpkit_queue_reporter", default=None)
@@ -189,6 +201,11 @@ def _prepare(path: Path, follow: bool) -> str | None:
         return f"cannot be read ({exc.strerror})"
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory" if not stat.S_ISLNK(st.st_mode) else "is a symbolic link"
+    if st.st_uid not in (0, os.getuid()):
+        return (
+            f"belongs to another user (uid {st.st_uid}), who could delete the tickets in it and keep a turn "
+            f"ahead of yours; only a folder of root's or your own is used"
+        )
     if not follow and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o1777)
@@ -295,50 +312,87 @@ class _Ticket:
         self.release()
 
 
+Owner = tuple[int, int | None]  # (uid, pid): one kernel of one user; pid None where it cannot be verified
+
+
 def _alive(path: Path, st: os.stat_result, my_ns: str) -> bool:
-    """Whether the ticket at `path` has a live owner: someone holds its lock, and its pid (when this process
-    can see that pid namespace) is still the process that wrote it. A file we cannot open and test is no ticket."""
+    """Whether the ticket at `path` has a live owner (see _owner)."""
+    return _owner(path, st, my_ns) is not None
+
+
+def _owner(path: Path, st: os.stat_result, my_ns: str) -> Owner | None:
+    """The live owner of the ticket at `path`, or None when it has none: someone must hold its lock, and its pid
+    (when this process can see that pid namespace) must still be the process that wrote it. A file we cannot
+    open and test is no ticket. The owner is (file's uid, pid) when that pid is a live process of that uid, else
+    (uid, None): a claim we cannot check counts once per user, so forged pids cannot multiply a user's turns."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, PermissionError):
-        return False
+        return None
     except OSError:  # out of descriptors, say: look again next time rather than pass a live ticket for good
-        return True
+        return (st.st_uid, None)
     try:
         if os.fstat(fd).st_ino != st.st_ino:
-            return False
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False  # nobody holds it: the owner is gone
+            return None  # nobody holds it: the owner is gone
         except BlockingIOError:
             pass
+        unverified = (st.st_uid, None)
         try:
             info = json.loads(os.read(fd, 4096))
             pid, start, ns = int(info["pid"]), info.get("start"), info.get("pidns")
         except Exception:  # noqa: BLE001 -- anyone can write a ticket: nothing in one may crash the waiters
-            return True  # locked but unreadable: counts as a turn, bounded by the longest turn like any other
+            return unverified  # locked but unreadable: counts as a turn, bounded by the longest turn like any other
         if not ns or ns != my_ns or start is None:
-            return True
+            return unverified
         now = _proc_start(pid)
         if now is None:  # no such process, or one /proc hides from us (hidepid): only our own uid is sure
-            return st.st_uid != os.getuid()
-        return now == start
+            return unverified if st.st_uid != os.getuid() else None
+        if now != start:
+            return None
+        return (st.st_uid, pid) if _proc_uid(pid) == st.st_uid else unverified
     finally:
         os.close(fd)
 
 
+def _proc_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, Ctrl-Z, a debugger): state T or t in /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
 class _Queue:
-    """One waiter's view of the queue folder; remembers dead tickets and how long the head has held its turn."""
+    """One waiter's view of the queue folder; remembers dead tickets and how long each owner has held the turn.
+
+    Another kernel counts once however many tickets it has ahead of ours, and its time at the head adds up
+    over all of them: one process holding six tickets delays us one turn, not six. Our own process's other
+    tickets (its other threads) count one by one, as before."""
 
     def __init__(self, ticket: _Ticket) -> None:
         self.ticket = ticket
         self.skip: set[tuple[str, int]] = set()  # (name, inode) of tickets found dead or overstaying
-        self.head_since: dict[tuple[str, int], float] = {}
+        self.skip_owners: set[Owner] = set()  # other kernels that overstayed their turn
+        self.head_since: dict[object, float] = {}
+        self.stopped_since: dict[int, float] = {}
         self.ns = _pid_ns()
         self.limit = max_turn_s()
+        self.stopped_limit = stopped_s()
+        self.me: Owner = (os.getuid(), os.getpid())
 
     def ahead(self) -> int:
-        """How many live tickets are ahead of ours (0: the turn is ours)."""
+        """How many live runs are ahead of ours (0: the turn is ours)."""
         folder = self.ticket.folder
         tickets = []
         mine = None
@@ -367,25 +421,51 @@ class _Queue:
             self.ticket.reenter()
             return self.ahead()
         count = 0
+        counted: set[Owner] = set()
         for _key, name, st in sorted(t for t in tickets if t[0] < mine):
             ident = (name, st.st_ino)
-            if not _alive(folder / name, st, self.ns):
+            owner = _owner(folder / name, st, self.ns)
+            if owner is None:
                 self.skip.add(ident)
                 if st.st_uid == os.getuid():
                     with contextlib.suppress(OSError):
                         os.unlink(folder / name)
                 continue
-            if count == 0:  # the head: holding the turn (or about to)
-                since = self.head_since.setdefault(ident, time.monotonic())
-                if time.monotonic() - since > self.limit:
+            ours = owner == self.me
+            if not ours and (owner in counted or owner in self.skip_owners):
+                continue  # another kernel counts once, and not at all once it overstayed
+            if count == 0 and self._overstays(ident if ours else owner, name, owner):
+                if ours:
                     self.skip.add(ident)
-                    _warn_once(
-                        f"dpkit: a run (ticket {name}) has held this machine for over {self.limit:g} s; "
-                        f"not waiting for it any longer (${MAX_TURN_ENV})"
-                    )
-                    continue
+                else:
+                    self.skip_owners.add(owner)
+                continue
+            counted.add(owner)
             count += 1
         return count
+
+    def _overstays(self, key: object, name: str, owner: Owner) -> bool:
+        """Whether the head (key: its ticket, or its kernel) has held the turn too long: longer than the longest
+        turn, or stopped (SIGSTOP, Ctrl-Z) for longer than $DPKIT_QUEUE_STOPPED_S."""
+        now = time.monotonic()
+        since = self.head_since.setdefault(key, now)
+        if now - since > self.limit:
+            _warn_once(
+                f"dpkit: a run (ticket {name}) has held this machine for over {self.limit:g} s; "
+                f"not waiting for it any longer (${MAX_TURN_ENV})"
+            )
+            return True
+        pid = owner[1]
+        if pid is None or not _stopped(pid):
+            self.stopped_since.pop(pid or 0, None)
+            return False
+        if now - self.stopped_since.setdefault(pid, now) > self.stopped_limit:
+            _warn_once(
+                f"dpkit: the run holding this machine (process {pid}) has been stopped for over "
+                f"{self.stopped_limit:g} s; not waiting for it any longer (${STOPPED_ENV})"
+            )
+            return True
+        return False
 
 
 def _remove_if_abandoned(entry: os.DirEntry) -> None:

@@ -1,0 +1,426 @@
+"""The fault matrix of issue 29, one test per row, each with its expected outcome.
+
+- a shared server: a queue folder of another user is refused; one kernel counts once however many tickets it
+  holds; a stopped holder loses its turn after DPKIT_QUEUE_STOPPED_S; a second user (created here when running
+  as root) can neither delete our ticket nor jump ahead of it;
+- no folder is left after kill -9 of the caller (mid-run: the forkserver's pymp-*; in the queue: dpkit-run-*);
+- Ctrl-C to the process group prints one line, leaves nothing; `dpkit run` exits 130;
+- out-of-range timeout_s and runs that cannot fit in memory are ValueErrors naming the field, before any process;
+- `dpkit run --out /proc/...` is refused (exit 2) before training.
+
+Multi-second rows (processes started, killed, interrupted) are in the slow tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import alive
+
+from dpkit.config import RunConfig
+from dpkit.runtime import memory_fit
+from dpkit.runtime import queue as q
+
+ROOT = Path(__file__).resolve().parent.parent
+LINUX = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process state from Linux /proc")
+
+
+@pytest.fixture
+def qdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "queue"
+    monkeypatch.setenv(q.DIR_ENV, str(folder))
+    for env in (q.QUEUE_ENV, q.MAX_TURN_ENV, q.STOPPED_ENV):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(q, "_warned", set())
+    return folder
+
+
+def _take_turn(within_s: float = 20) -> tuple[q.Turn, float]:
+    """machine_turn() on a helper thread, taken and given back: (the Turn, seconds waited); fails rather than hangs."""
+    out: dict = {}
+
+    def take() -> None:
+        t0 = time.monotonic()
+        with q.machine_turn() as turn:
+            out.update(turn=turn, waited=time.monotonic() - t0)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(within_s)
+    assert "turn" in out, f"no turn within {within_s:g} s"
+    return out["turn"], out["waited"]
+
+
+HOLD_TICKETS = """
+import os, sys, time
+from pathlib import Path
+from dpkit.runtime import queue as q
+folder = Path(sys.argv[1])
+tickets = [q._Ticket(folder) for _ in range(int(sys.argv[2]))]  # one process, several locked tickets
+(folder.parent / "ready").write_text("")
+time.sleep(120)
+"""
+
+
+def _start_holder(tmp_path: Path, qdir: Path, tickets: int) -> subprocess.Popen:
+    qdir.mkdir(mode=0o1777, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_TICKETS, str(qdir), str(tickets)], env=env)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists():
+        assert holder.poll() is None and time.monotonic() < deadline, "the holder did not start"
+        time.sleep(0.05)
+    return holder
+
+
+# ---- 1. a shared server ---------------------------------------------------------------------------
+@LINUX
+@pytest.mark.slow
+def test_one_kernel_with_six_tickets_delays_others_one_turn(tmp_path: Path, qdir: Path, monkeypatch) -> None:
+    """Another process holding 6 locked tickets ahead counts as 1 run ahead, and its turn (1 s here) is bounded
+    once, not six times."""
+    monkeypatch.setenv(q.MAX_TURN_ENV, "1")
+    holder = _start_holder(tmp_path, qdir, tickets=6)
+    try:
+        with pytest.warns(UserWarning, match="held this machine for over 1 s"):
+            turn, waited = _take_turn()
+        assert turn.queued and turn.ahead_at_start == 1
+        assert 0.9 < waited < 4, f"waited {waited:.1f} s behind one kernel with a 1 s turn (6 turns would be 6 s)"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@LINUX
+@pytest.mark.slow
+def test_a_stopped_holder_loses_its_turn(tmp_path: Path, qdir: Path, monkeypatch) -> None:
+    """A holder stopped with SIGSTOP is passed after DPKIT_QUEUE_STOPPED_S (1 s here), not the 30-minute turn."""
+    monkeypatch.setenv(q.STOPPED_ENV, "1")
+    holder = _start_holder(tmp_path, qdir, tickets=1)
+    try:
+        os.kill(holder.pid, signal.SIGSTOP)
+        with pytest.warns(UserWarning, match="has been stopped for over 1 s"):
+            turn, waited = _take_turn()
+        assert turn.queued and turn.ahead_at_start == 1 and 0.9 < waited < 5
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.kill()
+        holder.wait()
+
+
+@LINUX
+def test_a_running_holder_is_still_waited_for(tmp_path: Path, qdir: Path, monkeypatch) -> None:
+    """The other side of the test above: a holder that is not stopped keeps its turn."""
+    monkeypatch.setenv(q.STOPPED_ENV, "0.2")
+    holder = _start_holder(tmp_path, qdir, tickets=1)
+    try:
+        ticket = q._Ticket(qdir)
+        try:
+            waiting = q._Queue(ticket)
+            assert waiting.ahead() == 1
+            time.sleep(0.5)
+            assert waiting.ahead() == 1
+        finally:
+            ticket.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@contextlib.contextmanager
+def _other_user():
+    """A user created for this test (root only): its (uid, gid); deleted after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second user (useradd) and act as it; run the suite as root to cover it")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("useradd/userdel not installed: cannot create a second user")
+    name = f"dpkit{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+    try:
+        user = pwd.getpwnam(name)
+        yield user.pw_uid, user.pw_gid
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+def _as_user(uid: int, gid: int, job) -> object:
+    """Run job() in a forked child that has become user uid; its return value (JSON) or the error it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the other user, do the job, report, exit without any teardown
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            out = {"ok": job()}
+        except BaseException as exc:  # noqa: BLE001 -- reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = json.loads(f.read() or '{"error": "no answer"}')
+    os.waitpid(pid, 0)
+    return out
+
+
+@LINUX
+def test_a_queue_folder_of_another_user_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A 1777 folder another user made first (the attack: they could delete our tickets) is not used: a warning
+    that says to set DPKIT_QUEUE_DIR, and the run goes unqueued (nobody can hold it back)."""
+    with _other_user() as (uid, gid):
+        folder = tmp_path / "theirs"
+        folder.mkdir()
+        os.chown(folder, uid, gid)
+        folder.chmod(0o1777)
+        monkeypatch.setenv(q.DIR_ENV, str(folder))
+        monkeypatch.setattr(q, "_warned", set())
+        with pytest.warns(UserWarning, match=rf"belongs to another user \(uid {uid}\).*set {q.DIR_ENV}"):
+            turn, _ = _take_turn(within_s=2)
+        assert not turn.queued and os.listdir(folder) == []
+
+
+@LINUX
+@pytest.mark.slow
+def test_two_users_share_a_queue_neither_can_delete_or_jump(monkeypatch) -> None:
+    """Root's 1777 folder, two users: the other user cannot delete our ticket, and its ticket, made after ours,
+    is behind ours; ours, made after theirs, waits for theirs (one turn) and then runs."""
+    with _other_user() as (uid, gid):
+        base = Path(tempfile.mkdtemp(prefix="dpkit-two-users-"))
+        try:
+            base.chmod(0o755)
+            folder = base / "queue"
+            monkeypatch.setenv(q.DIR_ENV, str(folder))
+            monkeypatch.setattr(q, "_warned", set())
+            assert q.queue_dir() == folder and folder.stat().st_mode & 0o7777 == 0o1777
+            ours = q._Ticket(folder)
+
+            def attack() -> dict:
+                try:
+                    os.unlink(folder / ours.name)
+                    deleted = True
+                except PermissionError:
+                    deleted = False
+                theirs = q._Ticket(folder)
+                ahead = q._Queue(theirs).ahead()
+                theirs.release()
+                return {"deleted": deleted, "ahead": ahead}
+
+            got = _as_user(uid, gid, attack)
+            assert got == {"ok": {"deleted": False, "ahead": 1}}, got
+            assert ours.still_there()
+            ours.release()
+
+            # now they hold a turn (a child of theirs, alive 1.5 s), and we wait behind it
+            def hold() -> bool:
+                ticket = q._Ticket(folder)
+                time.sleep(1.5)
+                ticket.release()
+                return True
+
+            holder = threading.Thread(target=_as_user, args=(uid, gid, hold), daemon=True)
+            holder.start()
+            deadline = time.monotonic() + 10
+            while not [n for n in os.listdir(folder) if n.startswith(q.PREFIX)]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            turn, waited = _take_turn()
+            holder.join(10)
+            assert turn.queued and turn.ahead_at_start == 1 and 0.5 < waited < 10
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- 4. validation before any process starts --------------------------------------------------------
+@pytest.mark.parametrize("value", [86401, 1e10, 1e300])
+def test_timeout_out_of_range_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match=r"RunConfig.timeout_s=.* not allowed: .*\(0, 86400\]"):
+        RunConfig(timeout_s=value)
+
+
+def test_a_day_is_allowed() -> None:
+    assert RunConfig(timeout_s=86400).timeout_s == 86400
+
+
+def test_a_run_that_cannot_fit_is_refused_before_any_process(monkeypatch) -> None:
+    """hidden=20000 is 48 GiB of parameters: refused with the need and what is there; with freeze it is a config
+    (model_layout allocates nothing), and refused the same way. The override lets it through the check."""
+    from dpkit import run
+
+    monkeypatch.delenv(memory_fit.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory_fit, "available_bytes", lambda: 8 * 2**30)
+    started = []
+    monkeypatch.setattr("dpkit.api.launch", lambda *a, **k: started.append(a))
+    for cfg in (RunConfig(hidden=20000), RunConfig(hidden=20000, freeze=("block0",))):
+        with pytest.raises(ValueError, match=r"hidden=20000.*does not fit.*need \d+\.\d GiB.*8\.0 GiB is available"):
+            run(cfg, queue=False)
+    assert started == []
+    small = RunConfig(hidden=16, steps=2, warmup=0)
+    memory_fit.check_fits(small)  # a small run fits
+    monkeypatch.setenv(memory_fit.SKIP_ENV, "1")
+    memory_fit.check_fits(RunConfig(hidden=20000))  # the override
+
+
+def test_predicted_need_grows_with_processes_and_model() -> None:
+    one = memory_fit.predicted_bytes(RunConfig(hidden=256))
+    assert memory_fit.predicted_bytes(RunConfig(hidden=256, world_size=2, parallelism="data")) > one
+    assert memory_fit.predicted_bytes(RunConfig(hidden=512)) > one
+    assert memory_fit.available_bytes() is None or memory_fit.available_bytes() > 0
+
+
+# ---- 5. unwritable --out ------------------------------------------------------------------------
+@pytest.mark.parametrize("out", ["/proc/nope/x", "/proc/x", "/sys/x"])
+def test_out_under_proc_is_refused_before_training(out: str, capsys, monkeypatch) -> None:
+    from dpkit import cli
+
+    started = []
+    monkeypatch.setattr("dpkit.api.launch", lambda *a, **k: started.append(a))
+    assert cli.main(["run", "--steps", "2", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"dpkit: error: --out {out} cannot be created")
+    assert started == []
+
+
+def test_out_probe_leaves_nothing(tmp_path: Path) -> None:
+    from dpkit.cli import check_out
+
+    assert check_out(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert check_out(tmp_path) == tmp_path
+    assert os.listdir(tmp_path) == []
+
+
+# ---- 2, 3. kill -9 and Ctrl-C of the caller ------------------------------------------------------------
+def _leftovers(tmp: Path) -> list[str]:
+    return sorted(n for n in os.listdir(tmp) if n.startswith(("pymp-", "dpkit-run-", "dpkit-mp-")))
+
+
+CALLER = """
+import sys
+from pathlib import Path
+from dpkit import RunConfig, run
+Path(sys.argv[1], "started").write_text("")
+run(RunConfig(world_size=2, steps=2000, warmup=0, hidden=16, global_batch=8, timeout_s=120), queue=sys.argv[2] == "1")
+"""
+
+
+def _caller(tmp: Path, queued: bool, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp), q.DIR_ENV: str(tmp / "queue")}
+    return subprocess.Popen(
+        [sys.executable, "-c", CALLER, str(tmp), "1" if queued else "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+def _wait_until(cond, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+@LINUX
+@pytest.mark.slow
+def test_kill_9_mid_run_leaves_no_folder(tmp_path: Path) -> None:
+    caller = _caller(tmp_path, queued=False)
+    try:
+        assert _wait_until(lambda: len(_children_of(caller.pid)) >= 1 and list(tmp_path.glob("dpkit-run-*")), 90)
+        time.sleep(3)  # the ranks train
+        caller.kill()
+        caller.wait()
+        assert _wait_until(lambda: _leftovers(tmp_path) == [], 15), _leftovers(tmp_path)
+    finally:
+        caller.kill()
+        caller.wait()
+
+
+@LINUX
+@pytest.mark.slow
+def test_kill_9_while_waiting_in_the_queue_leaves_no_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(q.DIR_ENV, str(tmp_path / "queue"))
+    with q.machine_turn():  # we hold the turn: the caller waits behind us
+        caller = _caller(tmp_path, queued=True)
+        try:
+            assert _wait_until(lambda: len([n for n in os.listdir(tmp_path / "queue") if n.startswith(q.PREFIX)]) == 2, 90)
+            time.sleep(0.5)
+            assert _leftovers(tmp_path) == [], "the run's folder exists only once its turn came"
+            caller.kill()
+            caller.wait()
+            time.sleep(0.5)
+            assert _leftovers(tmp_path) == []
+        finally:
+            caller.kill()
+            caller.wait()
+
+
+@LINUX
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.3, 1.5, 5.0], ids=["cold-import", "cold-forkserver", "warm"])
+def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path, after_s: float) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) during a cold start or mid-run: no traceback
+    from the caller, a rank or the forkserver; nothing left running, no folder left."""
+    script = tmp_path / "cli.py"
+    script.write_text("import sys\nfrom dpkit.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path), "DPKIT_QUEUE": "off"}
+    args = ["run", "--world-size", "2", "--steps", "3000", "--warmup", "0", "--hidden", "16", "--global-batch", "8"]
+    caller = subprocess.Popen(
+        [sys.executable, str(script), *args, "--out", str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(after_s)
+        os.killpg(caller.pid, signal.SIGINT)
+        _, err = caller.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.pid, signal.SIGKILL)
+        caller.wait()
+    assert "Traceback" not in err and "Fatal Python error" not in err, err
+    assert len(err.strip().splitlines()) <= 1, err
+    assert caller.returncode == 130, (caller.returncode, err)
+    assert _wait_until(lambda: _leftovers(tmp_path) == [], 10), _leftovers(tmp_path)
+    assert _wait_until(lambda: not _group_alive(caller.pid), 10), "a process of the group survived"
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and alive(int(entry)):
+                    return True
+    return False
