@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +14,14 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .measure import measured_run, repeat_name, run_row, summarize_repeats
 from .results import ResultFolderError, RunResult
-from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
+from .runtime.launch import (
+    RankFailedError,
+    choose_backend,
+    default_start_method,
+    default_threads,
+    launch,
+    temporary_run_folder,
+)
 from .runtime.memory_fit import check_fits
 from .runtime.queue import machine_turn
 from .strategies.registry import spec_for
@@ -40,8 +46,8 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
     method = default_start_method()
     payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
     check_fits(cfg)  # a run its machine cannot hold is refused before any process starts
-    # the folder only once the turn is ours: a kill -9 while waiting in the queue leaves none behind
-    with machine_turn(queue=queue) as turn, tempfile.TemporaryDirectory(prefix="dpkit-run-") as tmp:
+    # the folder only once the turn is ours and the forkserver runs: a kill -9 before leaves none behind
+    with machine_turn(queue=queue) as turn, temporary_run_folder(method) as tmp:
         try:
             launch(
                 "dpkit.runtime.training:rank_main",

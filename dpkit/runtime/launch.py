@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -128,8 +129,7 @@ def launch(
         links: list = []  # our end of each rank's pipe
         store = _loopback_store(timeout_s)
         try:
-            if ctx.get_start_method() == "forkserver":
-                multiprocessing.forkserver.ensure_running()  # seconds on the first run: here Ctrl-C is not held back
+            start_forkserver(ctx.get_start_method())  # seconds on the first run
             with _main_not_reimported():
                 for rank in range(nprocs):
                     ours, theirs = ctx.Pipe()
@@ -162,6 +162,41 @@ def launch(
             for link in links:
                 _close_link(link)  # any rank still running, tracked or not, now exits
             del store
+
+
+def start_forkserver(method: str | None = None) -> None:
+    """Start the forkserver (and multiprocessing's resource tracker) if `method` uses one and none runs yet.
+
+    Both are started with SIGINT blocked, a mask they and every rank forked from the server inherit: a
+    terminal's Ctrl-C goes to the whole process group, and a process hit by it while starting Python dies
+    with "Fatal Python error: init_sys_streams", or a rank with a KeyboardInterrupt traceback. Only the
+    caller should answer Ctrl-C (its launch() then ends the ranks); the one it got meanwhile is delivered
+    when the block ends. Call it before making a run's temporary folder: a kill -9 during these seconds
+    then leaves no folder behind."""
+    if (method or default_start_method()) != "forkserver":
+        return
+    with sigint_blocked():
+        multiprocessing.forkserver.ensure_running()
+
+
+def temporary_run_folder(method: str | None = None) -> tempfile.TemporaryDirectory:
+    """A run's temporary result folder (dpkit-run-*), made after the forkserver is started (start_forkserver)."""
+    start_forkserver(method)
+    return tempfile.TemporaryDirectory(prefix="dpkit-run-")
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Block SIGINT in this thread for the block (processes started in it inherit the mask); a SIGINT that came
+    meanwhile is delivered at the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
@@ -264,6 +299,8 @@ def _main_not_reimported():
 
 
 def _entry(*args) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # a forkserver started elsewhere: Ctrl-C is the caller's to answer
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     from .rank import rank_entry  # preloaded in the forkserver
 
     rank_entry(*args)
