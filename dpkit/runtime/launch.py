@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
 import socket
@@ -175,6 +176,8 @@ def start_forkserver(method: str | None = None) -> None:
     then leaves no folder behind."""
     if (method or default_start_method()) != "forkserver":
         return
+    mp_context("forkserver")  # its preload: a server started without it would import torch in every rank
+    multiprocessing.resource_tracker.ensure_running()  # first: it blocks SIGINT itself, then UNblocks it (ours too)
     with sigint_blocked():
         multiprocessing.forkserver.ensure_running()
 
