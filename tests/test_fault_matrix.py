@@ -430,3 +430,187 @@ def _group_alive(pgid: int) -> bool:
                 if int(fields[2]) == pgid and alive(int(entry)):
                     return True
     return False
+
+
+# ---- 6. the exercise checker cannot be escaped ---------------------------------------------------------
+# Learner functions: module-level, self-contained (check() sends their source text to the ranks).
+def schedule_that_spins(kind, m, p, s):
+    while True:
+        pass
+
+
+def schedule_that_exits(kind, m, p, s):
+    import os
+
+    os._exit(0)
+
+
+def ring_every_rank_exits(net, t):
+    import os
+
+    os._exit(0)
+
+
+def ring_rank_1_exits(net, t):
+    import os
+
+    if net.rank == 1:
+        os._exit(3)
+    buf = torch.empty_like(t)
+    net.send(t, 1)
+    net.recv(buf, 1)
+
+
+def ring_rank_1_exits_quietly(net, t):
+    import os
+
+    if net.rank == 1:
+        os._exit(0)
+    buf = torch.empty_like(t)
+    net.recv(buf, 1)
+
+
+def ring_that_forks_a_child(net, t):
+    import os
+    import time
+
+    if os.fork() == 0:
+        time.sleep(300)
+        os._exit(0)
+    with open(f"/tmp/dpkit-fault-child-{os.getpid()}", "w") as f:
+        f.write("")
+    raise RuntimeError("gave up after forking")
+
+
+def ring_from_the_wrong_neighbour(net, t):
+    n, r = net.world_size, net.rank
+    buf = torch.empty_like(t)
+    recv = net.irecv(buf, (r + 1) % n)  # wrong: the left neighbour (r - 1) % n sends to r
+    send = net.isend(t.clone(), (r + 1) % n)
+    recv.wait()
+    send.wait()
+
+
+def ring_all_gather_that_adds(net, t):
+    n, r = net.world_size, net.rank
+    chunks = list(t.tensor_split(n))
+    buf = torch.empty_like(t)
+    for step in range(2 * (n - 1)):
+        send_c, recv_c = (r - step) % n, (r - step - 1) % n
+        out = chunks[send_c].clone()
+        inbox = buf[: chunks[recv_c].numel()]
+        req = net.irecv(inbox, (r - 1) % n)
+        net.send(out, (r + 1) % n)
+        req.wait()
+        chunks[recv_c] += inbox  # wrong in the all-gather steps: should copy
+    t.copy_(torch.cat(chunks))
+
+
+import torch  # noqa: E402  (used by the learner functions above, as in a notebook)
+
+
+def _check(*args, **kwargs):
+    from dpkit.exercises import check
+
+    return check(*args, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_spinning_schedule_is_stopped_by_the_time_limit() -> None:
+    t0 = time.monotonic()
+    report = _check("pipeline_schedule", schedule_that_spins, timeout_s=4)
+    assert not report.passed and "did not return within 4 s" in report.message
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_a_schedule_that_ends_its_process_does_not_end_the_caller() -> None:
+    report = _check("pipeline_schedule", schedule_that_exits, timeout_s=20)
+    assert not report.passed and "ended its own process" in report.message
+
+
+@pytest.mark.slow
+def test_every_rank_exiting_is_named_not_a_missing_file() -> None:
+    report = _check("ring_allreduce", ring_every_rank_exits, timing=False, timeout_s=20)
+    assert not report.passed and "ended their own process" in report.message, report.message
+    assert "FileNotFoundError" not in report.message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fn", [ring_rank_1_exits, ring_rank_1_exits_quietly], ids=["code-3", "code-0"])
+def test_rank_1_exiting_is_blamed_not_rank_0(fn) -> None:
+    report = _check("ring_allreduce", fn, timing=False, timeout_s=20)
+    assert not report.passed and report.message.startswith("Rank 1"), report.message
+    assert "Connection closed" not in report.message
+
+
+@pytest.mark.slow
+def test_a_forked_child_of_the_learner_is_killed() -> None:
+    before = set(Path("/tmp").glob("dpkit-fault-child-*"))
+    report = _check("ring_allreduce", ring_that_forks_a_child, timing=False, timeout_s=20)
+    assert not report.passed and "gave up after forking" in report.message
+    marks = set(Path("/tmp").glob("dpkit-fault-child-*")) - before
+    assert marks, "the function ran"
+    try:
+        time.sleep(0.5)
+        sleepers = [int(e) for e in os.listdir("/proc") if e.isdigit() and _in_a_rank_group(int(e), marks)]
+        assert sleepers == [], f"the learner's forked children survive: {sleepers}"
+    finally:
+        for m in marks:
+            m.unlink()
+
+
+def _in_a_rank_group(pid: int, marks: set[Path]) -> bool:
+    """A process in the process group of a rank that wrote a mark (the rank's pid is the group's id)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    groups = {int(m.name.rsplit("-", 1)[1]) for m in marks}
+    return int(fields[2]) in groups and alive(pid)
+
+
+@pytest.mark.slow
+def test_a_ring_from_the_wrong_neighbour_is_a_deadlock_named_in_seconds() -> None:
+    t0 = time.monotonic()
+    report = _check("ring_allreduce", ring_from_the_wrong_neighbour, timing=False, timeout_s=60, world_sizes=[3])
+    took = time.monotonic() - t0
+    assert not report.passed and report.message.startswith("Deadlock"), report.message
+    assert "rank 0 waits to receive from rank 1, but rank 1 sends only to rank 2" in report.message
+    assert "rank 0 is waiting for irecv from rank 1 (posted, not completed: isend to rank 1)" in report.message
+    assert "post the receive first" not in report.message.lower()
+    # "Deadlock" (not "Nothing came back within 60 s") says the watch answered before the timeout; took is
+    # start-up (a cold forkserver: 10+ s at load 13) plus STUCK_S, so no wall-clock bound is asserted here
+    assert took < 60
+
+
+def test_deadlock_description_names_the_missing_sender() -> None:
+    from dpkit.exercises.deadlock import describe
+
+    states = {
+        r: {
+            "doing": f"waiting for irecv from rank {(r + 1) % 3}",
+            "pending": [f"irecv from rank {(r + 1) % 3}", f"isend to rank {(r + 1) % 3}"],
+        }
+        for r in range(3)
+    }
+    text = describe(states)
+    assert "rank 0 waits to receive from rank 1, but rank 1 sends only to rank 2" in text
+    assert "posted, not completed: isend to rank 1" in text and "(rank - 1) % n" in text
+
+
+def test_an_over_summed_chunk_is_not_called_a_partial_sum() -> None:
+    from dpkit.exercises.ring import _what_it_holds, values
+
+    world, size = 3, 8
+    parts = [values(world, size, r) for r in range(world)]
+    over = parts[0] * 2 + parts[1] + parts[2]
+    assert "more than the full sum: rank(s) 0 counted twice" in _what_it_holds(world, size, 0, size - 1, over)
+    partial = parts[0] + parts[2]
+    assert "partial sum: the values of rank(s) 0, 2 only, rank(s) 1 missing" in _what_it_holds(world, size, 0, size - 1, partial)
+
+
+@pytest.mark.slow
+def test_an_all_gather_that_adds_is_called_over_summed() -> None:
+    report = _check("ring_allreduce", ring_all_gather_that_adds, timing=False, timeout_s=30)
+    assert not report.passed and "more than the full sum" in report.message and "partial sum" not in report.message

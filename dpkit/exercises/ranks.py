@@ -7,7 +7,10 @@ from the temporary folder check() wrote it to (dpkit.exercises.source).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -26,8 +29,24 @@ def _functions(payload: dict) -> list[Callable]:
     return [load_function(payload["folder"], module, name) for module, name in payload["functions"]]
 
 
+def own_process_group(out_dir: str, rank: int) -> None:
+    """Make this rank the leader of its own process group and say so (pid{rank}): whatever the learner's function
+    starts (a forked child, a pool) is in that group, and the checker kills the whole group after the launch."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    Path(out_dir, f"pid{rank}").write_text(str(os.getpid()))
+
+
+def kill_process_groups(out_dir: str | Path, world: int) -> None:
+    """Parent side: kill what is left of every rank's process group (the learner's children)."""
+    for rank in range(world):
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(Path(out_dir, f"pid{rank}").read_text()), signal.SIGKILL)
+
+
 def run_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: every size once; this rank's outputs, bytes and calls go to rank{rank}.pt."""
+    own_process_group(out_dir, rank)
     ex = rank_exercise(payload["exercise"])
     progress = Progress(out_dir, rank)
     progress("importing your function")
@@ -53,12 +72,14 @@ def run_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
         progress("finished this case, waiting for the other ranks to finish it")
         dist.barrier()
     torch.save(records, Path(out_dir, f"rank{rank}.pt"))
+    progress("returned")
 
 
 def time_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: the learner's version and the built-in one take turns (alternating which goes first),
     each run between barriers; per repeat the slowest rank's time counts (the operation is done when the
     last rank is done). Rank 0 writes times.json."""
+    own_process_group(out_dir, rank)
     ex = rank_exercise(payload["exercise"])
     progress = Progress(out_dir, rank)
     progress.case = {"size": payload["size"], "timing": True}
