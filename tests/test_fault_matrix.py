@@ -614,3 +614,25 @@ def test_an_over_summed_chunk_is_not_called_a_partial_sum() -> None:
 def test_an_all_gather_that_adds_is_called_over_summed() -> None:
     report = _check("ring_allreduce", ring_all_gather_that_adds, timing=False, timeout_s=30)
     assert not report.passed and "more than the full sum" in report.message and "partial sum" not in report.message
+
+
+def test_a_report_says_whose_function_it_checked() -> None:
+    from dpkit.exercises.checker import checked_what
+
+    sys.path.insert(0, str(ROOT / "exercises"))
+    try:
+        from solutions.ring_allreduce import ring_allreduce
+    finally:
+        sys.path.remove(str(ROOT / "exercises"))
+    assert checked_what([ring_allreduce]).startswith("the reference solution (exercises/solutions/ring_allreduce.py)")
+    assert checked_what([ring_from_the_wrong_neighbour]) == "your ring_from_the_wrong_neighbour (test_fault_matrix.py)"
+
+
+def test_shipped_exercise_notebooks_show_no_check_result() -> None:
+    """Saved outputs of the reference solution's check (passed=True) would read as the learner's own result."""
+    for path in sorted((ROOT / "exercises").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" not in source and "check(" in source:
+                if "report = check(" in source or "USE_SOLUTIONS" in source:
+                    assert not cell.get("outputs"), f"{path.name}: a saved check result: {source[:60]!r}"

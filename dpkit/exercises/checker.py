@@ -46,7 +46,9 @@ def check(
     ex = exercise(name)
     fns = [fn] if callable(fn) else list(fn)
     if not isinstance(ex, RankExercise):
-        return ex.check(fns[0], timeout_s=timeout_s)
+        report = ex.check(fns[0], timeout_s=timeout_s)
+        report.checked = checked_what(fns)
+        return report
     if len(fns) != len(ex.functions):
         raise TypeError(f"check({name!r}, ...) needs {len(ex.functions)} function(s): {', '.join(ex.functions)}")
     worlds = list(world_sizes or ex.world_sizes)
@@ -70,12 +72,28 @@ def check(
             timed, problem = _time(ex, folder, functions, worlds, repeats, timeout_s, rows)
     cases = pd.DataFrame(rows)
     if problem is not None:
-        return CheckReport(name, False, problem, cases, None)
+        return CheckReport(name, False, problem, cases, None, checked_what(fns))
     sizes = ", ".join(ex.size_label(s) for s in ex.sizes)
     message = f"All ranks match dpkit's reference at world sizes {', '.join(map(str, worlds))} with {sizes}."
     last = cases.iloc[-1]  # the largest world size and size
     message += f" At world size {last['world_size']} with {last['size']}, rank {last['rank']} sent {last['bytes_sent']} bytes ({last['bytes_source']})."
-    return CheckReport(name, True, message, cases, timed)
+    return CheckReport(name, True, message, cases, timed, checked_what(fns))
+
+
+def checked_what(fns: Sequence[Callable]) -> str:
+    """Whose function(s) a report is about, in words: 'the reference solution (exercises/solutions/x.py)' when they
+    come from the shipped solutions (a notebook saved with that output must not pass for the learner's), else
+    'your function(s) name (file)'."""
+    files = {Path(getattr(getattr(f, "__code__", None), "co_filename", "?")) for f in fns}
+    names = ", ".join(getattr(f, "__name__", "?") for f in fns)
+    if all(f.parent.name == "solutions" for f in files):
+        return f"the reference solution ({', '.join(sorted(f'exercises/solutions/{f.name}' for f in files))}), not yours"
+    where = (
+        "this notebook"
+        if any(f.name.startswith("<") or "ipykernel" in str(f) for f in files)
+        else ", ".join(sorted(f.name for f in files))
+    )
+    return f"your {names} ({where})"
 
 
 # ---- one launch ---------------------------------------------------------------------------------
