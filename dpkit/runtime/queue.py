@@ -12,8 +12,15 @@ time the kernel gave them on arrival (their inode change time, which no user can
 name, so nobody can jump the queue by naming a ticket; the turn belongs to the first live ticket.
 The owner's pid and process start time (/proc/<pid>/stat field 22) are in the ticket too: a lock
 kept alive by a leftover child of a dead owner does not count, nor does a reused pid.
-A turn that lasts longer than $DPKIT_QUEUE_MAX_TURN_S (default 1800 s: a stopped kernel, or a user
-holding the machine on purpose) is not waited for any longer. Threads of one process queue alike
+A turn that lasts longer than $DPKIT_QUEUE_MAX_TURN_S (default 1800 s: a user holding the machine on
+purpose) is not waited for any longer, nor one whose holder has been stopped (SIGSTOP, Ctrl-Z: state T in
+/proc/<pid>/stat) for over $DPKIT_QUEUE_STOPPED_S (default 10 s).
+
+A shared server (issue 29): nobody can delay another user's run by more than one bounded turn per kernel.
+Another process counts once however many tickets it holds ahead of ours, and its time at the head adds up
+over them (a pid that is not a live process of the ticket file's owner counts once per user); a folder
+owned by another user (not root, not us) is not used, since its owner could delete the tickets in it (a
+warning says to set $DPKIT_QUEUE_DIR); in the sticky 1777 folder of root's or ours, nobody else can. Threads of one process queue alike
 (one ticket each); a thread that already holds a turn is not queued again (run() inside a sweep).
 $DPKIT_QUEUE=off turns all of it off; a folder that cannot be used safely means a warning and no queue.
 """
