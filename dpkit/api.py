@@ -47,7 +47,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
     payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
     check_fits(cfg)  # a run its machine cannot hold is refused before any process starts
     # the folder only once the turn is ours and the forkserver runs: a kill -9 before leaves none behind
-    with machine_turn(queue=queue) as turn, temporary_run_folder(method) as tmp:
+    with machine_turn(queue=queue, cores=nprocs * threads) as turn, temporary_run_folder(method) as tmp:
         try:
             launch(
                 "dpkit.runtime.training:rank_main",

@@ -137,7 +137,7 @@ def launch(
     ctx = mp_context(start_method)
     threads = threads_per_rank or default_threads(nprocs)
     roles = roles or [f"rank {r}" for r in range(nprocs)]
-    with machine_turn(queue=queue):  # before the store: no port is held while waiting
+    with machine_turn(queue=queue, cores=nprocs * threads) as turn:  # before the store: no port held while waiting
         procs: list = []
         links: list = []  # our end of each rank's pipe
         store = _loopback_store(timeout_s)
@@ -161,6 +161,7 @@ def launch(
                         timeout_s,
                         gloo_loop,
                         out_dir_is_temporary,
+                        _rank_cores(turn.cores, rank, nprocs, threads),
                     )
                     p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)  # type: ignore[attr-defined]
                     procs.append(p)  # before start(): a Ctrl-C inside start() must not leave it untracked
@@ -212,6 +213,16 @@ def sigint_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _rank_cores(cores: list[int] | None, rank: int, nprocs: int, threads: int) -> list[int] | None:
+    """The cores rank `rank` is pinned to: its own `threads` of the run's core slot (one rank per core), or the
+    whole slot when it is smaller than processes x threads; None (not pinned) when the turn gave no cores."""
+    if not cores:
+        return None
+    if len(cores) >= nprocs * threads:
+        return cores[rank * threads : (rank + 1) * threads]
+    return list(cores)
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ except ImportError:  # Windows: no flock, so no machine queue
 QUEUE_ENV = "DPKIT_QUEUE"  # "off" (or 0, false, no): runs do not take turns
 DIR_ENV = "DPKIT_QUEUE_DIR"  # where the tickets live; default DEFAULT_DIR
 MAX_TURN_ENV = "DPKIT_QUEUE_MAX_TURN_S"
+SLOTS_ENV = "DPKIT_QUEUE_SLOTS"  # "cores": a run holds only the cores it needs; "machine" (default): all of them
 STOPPED_ENV = "DPKIT_QUEUE_STOPPED_S"  # a holder stopped (SIGSTOP, Ctrl-Z) this long loses its turn
 DEFAULT_DIR = Path("/tmp/dpkit-queue")  # not $TMPDIR: that can differ per user, and the queue is the machine's
 DEFAULT_MAX_TURN_S = 1800.0
@@ -67,6 +68,8 @@ class Turn:
     wait_s: float = 0.0
     ahead_at_start: int = 0
     loadavg_at_start: list[float] | None = field(default_factory=lambda: loadavg())
+    cores: list[int] | None = None  # the cores this run was given (its ranks' affinity); None: not queued
+    beside: int = 0  # other runs holding cores of this machine when the turn began
 
     def meta(self) -> dict:
         """queue_wait_s, queue_ahead_at_start, and the 1/5/15-minute load average now and when the turn began."""
@@ -76,6 +79,8 @@ class Turn:
             "queue_ahead_at_start": self.ahead_at_start,
             "loadavg_at_start": self.loadavg_at_start,
             "loadavg_at_end": loadavg(),
+            "queue_cores": self.cores,
+            "queue_runs_beside": self.beside,
         }
 
 
@@ -98,6 +103,12 @@ def _seconds(env: str, default: float) -> float:
     except ValueError:
         return default
     return value if 0 < value < float("inf") else default
+
+
+def core_slots() -> bool:
+    """$DPKIT_QUEUE_SLOTS=cores: runs take the cores they need (issue 31, being built); default "machine": the
+    whole machine per run, as before."""
+    return os.environ.get(SLOTS_ENV, "machine").strip().lower() == "cores"
 
 
 def max_turn_s() -> float:
@@ -130,12 +141,16 @@ _local = threading.local()  # .turn: the Turn this thread holds, if any
 
 
 @contextlib.contextmanager
-def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Iterator[Turn]:
+def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores: int | None = None) -> Iterator[Turn]:
     """Wait for this machine's turn, hold it for the block, give it up after (even on an exception).
 
     `progress(ahead)` is called with how many runs are ahead whenever that changes, last with 0.
     A thread already holding a turn gets that turn again at once; queue=False, $DPKIT_QUEUE=off or a
-    folder that cannot be used give an unqueued Turn."""
+    folder that cannot be used give an unqueued Turn.
+
+    `cores`: how many cores the run needs (processes x threads per rank): a core slot. The turn comes as soon as
+    every ticket ahead holds its cores and that many of the cores this process may use are free of them;
+    Turn.cores says which (the launcher pins the ranks there). None: the whole machine, as before."""
     held = getattr(_local, "turn", None)
     if held is not None:
         yield held
@@ -146,8 +161,10 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Ite
         return
     report = progress or _reporter.get()
     t0 = time.monotonic()
+    if not core_slots():
+        cores = None
     try:
-        ticket = _Ticket(folder)
+        ticket = _Ticket(folder, cores)
     except OSError as exc:  # a full disk or a folder changed under us: run, unqueued, rather than fail the run
         _warn_once(f"dpkit: runs on this machine do not take turns: cannot queue in {folder} ({exc})")
         ticket = None
@@ -156,8 +173,8 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Ite
         return
     try:
         try:
-            ahead = _wait_for_turn(ticket, report)
-            turn = Turn(queued=True, wait_s=time.monotonic() - t0, ahead_at_start=ahead)
+            ahead, beside = _wait_for_turn(ticket, report)
+            turn = Turn(queued=True, wait_s=time.monotonic() - t0, ahead_at_start=ahead, cores=ticket.granted, beside=beside)
         except OSError as exc:
             _warn_once(f"dpkit: stopped waiting for this machine's turn: the queue in {folder} failed ({exc})")
             turn = Turn(queued=False, wait_s=time.monotonic() - t0)
@@ -261,16 +278,37 @@ def _proc_start(pid: int) -> int | None:
 class _Ticket:
     """Our place in the queue: a locked file, renamed into the folder only once locked."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cores: int | None = None) -> None:
         self.folder = folder
         self.fd = -1
+        self.allowed = allowed_cores()
+        self.need = len(self.allowed) if cores is None else max(1, min(int(cores), len(self.allowed)))
+        self.granted: list[int] | None = None
+        self.grant_path: Path | None = None
         self._enter()
+
+    def _info(self) -> dict:
+        return {"pid": os.getpid(), "start": _proc_start(os.getpid()), "pidns": _pid_ns(), "need": self.need}
+
+    def grant(self, cores: list[int]) -> None:
+        """Say which cores we take, before the run starts: a file grant.<our ticket's name> beside the ticket (the
+        ticket itself stays untouched: writing to it would change the inode time that orders the queue)."""
+        self.granted = cores
+        path = self.folder / ("grant." + self.name[len(PREFIX) :])
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, json.dumps({"cores": cores}).encode())
+        finally:
+            os.close(fd)
+        self.grant_path = path
 
     def _enter(self) -> None:
         name = f"{time.monotonic_ns():020d}.{os.getpid()}.{secrets.token_hex(8)}"
         self.name = PREFIX + name
         tmp = self.folder / f"tmp.{name}"
-        info = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "pidns": _pid_ns()}
+        self.granted = None
+        info = self._info()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             with _own_lock:
@@ -307,6 +345,10 @@ class _Ticket:
         self._enter()
 
     def release(self) -> None:
+        if self.grant_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.grant_path)
+            self.grant_path = None
         if self.fd < 0:
             return
         if self.still_there():
@@ -328,7 +370,13 @@ def _alive(path: Path, st: os.stat_result, my_ns: str) -> bool:
 
 
 def _owner(path: Path, st: os.stat_result, my_ns: str) -> Owner | None:
-    """The live owner of the ticket at `path`, or None when it has none: someone must hold its lock, and its pid
+    state = _state(path, st, my_ns)
+    return None if state is None else state[0]
+
+
+def _state(path: Path, st: os.stat_result, my_ns: str) -> tuple[Owner, dict] | None:
+    """The live owner of the ticket at `path` and what the ticket says, or None when it has no owner: someone must
+    hold its lock, and its pid
     (when this process can see that pid namespace) must still be the process that wrote it. A file we cannot
     open and test is no ticket. The owner is (file's uid, pid) when that pid is a live process of that uid, else
     (uid, None): a claim we cannot check counts once per user, so forged pids cannot multiply a user's turns."""
@@ -337,7 +385,7 @@ def _owner(path: Path, st: os.stat_result, my_ns: str) -> Owner | None:
     except (FileNotFoundError, PermissionError):
         return None
     except OSError:  # out of descriptors, say: look again next time rather than pass a live ticket for good
-        return (st.st_uid, None)
+        return (st.st_uid, None), {}
     try:
         if os.fstat(fd).st_ino != st.st_ino:
             return None
@@ -346,20 +394,22 @@ def _owner(path: Path, st: os.stat_result, my_ns: str) -> Owner | None:
             return None  # nobody holds it: the owner is gone
         except BlockingIOError:
             pass
-        unverified = (st.st_uid, None)
+        unverified: Owner = (st.st_uid, None)
         try:
             info = json.loads(os.read(fd, 4096))
             pid, start, ns = int(info["pid"]), info.get("start"), info.get("pidns")
         except Exception:  # noqa: BLE001 -- anyone can write a ticket: nothing in one may crash the waiters
-            return unverified  # locked but unreadable: counts as a turn, bounded by the longest turn like any other
+            return unverified, {}  # locked but unreadable: a turn, bounded by the longest turn like any other
+        if not isinstance(info, dict):
+            return unverified, {}
         if not ns or ns != my_ns or start is None:
-            return unverified
+            return unverified, info
         now = _proc_start(pid)
         if now is None:  # no such process, or one /proc hides from us (hidepid): only our own uid is sure
-            return unverified if st.st_uid != os.getuid() else None
+            return (unverified, info) if st.st_uid != os.getuid() else None
         if now != start:
             return None
-        return (st.st_uid, pid) if _proc_uid(pid) == st.st_uid else unverified
+        return ((st.st_uid, pid) if _proc_uid(pid) == st.st_uid else unverified), info
     finally:
         os.close(fd)
 
@@ -397,6 +447,8 @@ class _Queue:
         self.limit = max_turn_s()
         self.stopped_limit = stopped_s()
         self.me: Owner = (os.getuid(), os.getpid())
+        self.free: list[int] = []  # the cores no ticket ahead holds (after ahead())
+        self.holders = 0  # tickets ahead holding cores (after ahead())
 
     def ahead(self) -> int:
         """How many live runs are ahead of ours (0: the turn is ours)."""
@@ -408,8 +460,10 @@ class _Queue:
         except FileNotFoundError:  # the folder was removed (a /tmp cleaner): so was our ticket
             self.ticket.reenter()
             return self.ahead()
+        grants = {e.name[len("grant.") :]: e for e in entries if e.name.startswith("grant.")}
+        names = {e.name for e in entries}
         for e in entries:
-            if e.name.startswith("tmp."):
+            if e.name.startswith("tmp.") or (e.name.startswith("grant.") and PREFIX + e.name[6:] not in names):
                 _remove_if_abandoned(e)
             if not e.name.startswith(PREFIX):
                 continue
@@ -427,29 +481,41 @@ class _Queue:
         if mine is None:
             self.ticket.reenter()
             return self.ahead()
-        count = 0
+        free = set(self.ticket.allowed)
+        waiting = holders = 0  # live tickets ahead: still waiting, or holding cores (running)
         counted: set[Owner] = set()
         for _key, name, st in sorted(t for t in tickets if t[0] < mine):
             ident = (name, st.st_ino)
-            owner = _owner(folder / name, st, self.ns)
-            if owner is None:
+            state = _state(folder / name, st, self.ns)
+            if state is None:
                 self.skip.add(ident)
                 if st.st_uid == os.getuid():
                     with contextlib.suppress(OSError):
                         os.unlink(folder / name)
                 continue
+            owner, info = state
             ours = owner == self.me
-            if not ours and (owner in counted or owner in self.skip_owners):
-                continue  # another kernel counts once, and not at all once it overstayed
-            if count == 0 and self._overstays(ident if ours else owner, name, owner):
+            if not ours and owner in self.skip_owners:
+                continue
+            cores = _cores_of(info, self.ticket.allowed, _grant(grants.get(name[len(PREFIX) :]), st.st_uid))
+            if cores is None and not ours and owner in counted:
+                continue  # another kernel's waiting tickets count once
+            if (cores is not None or waiting == 0) and self._overstays(ident if ours else owner, name, owner):
                 if ours:
                     self.skip.add(ident)
                 else:
                     self.skip_owners.add(owner)
                 continue
             counted.add(owner)
-            count += 1
-        return count
+            if cores is None:
+                waiting += 1  # first come, first served: nobody passes a run that waits ahead of it
+            else:
+                holders += 1
+                free -= cores
+        self.free, self.holders = sorted(free), holders
+        if waiting == 0 and len(free) >= self.ticket.need:
+            return 0
+        return max(1, waiting + holders)  # the runs we wait for: those waiting ahead, and those holding cores
 
     def _overstays(self, key: object, name: str, owner: Owner) -> bool:
         """Whether the head (key: its ticket, or its kernel) has held the turn too long: longer than the longest
@@ -475,6 +541,45 @@ class _Queue:
         return False
 
 
+def allowed_cores() -> list[int]:
+    """The cores this process may run on (its affinity mask: what a container or taskset grants)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def _grant(entry: os.DirEntry | None, uid: int) -> list | None:
+    """The cores a grant file lists, if it is a regular file of the ticket's own user (nobody else's counts)."""
+    if entry is None:
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            return None
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            cores = json.loads(os.read(fd, 65536))["cores"]
+        finally:
+            os.close(fd)
+        return cores if isinstance(cores, list) else None
+    except Exception:  # noqa: BLE001 -- anyone can write a file: nothing in one may crash the waiters
+        return None
+
+
+def _cores_of(info: dict, allowed: list[int], granted: list | None) -> set[int] | None:
+    """The cores a live ticket holds: those of its grant file; None while it waits. A ticket without "need" (an
+    older dpkit's, or one we cannot read) holds the whole machine while it lives, as every ticket once did."""
+    if "need" not in info:
+        return set(allowed)
+    if granted is None:
+        return None
+    try:
+        return {int(c) for c in granted}
+    except (TypeError, ValueError):
+        return set(allowed)
+
+
 def _remove_if_abandoned(entry: os.DirEntry) -> None:
     """A ticket of ours half-made by a process killed between creating and renaming it: gone after a minute."""
     with contextlib.suppress(OSError):
@@ -483,8 +588,9 @@ def _remove_if_abandoned(entry: os.DirEntry) -> None:
             os.unlink(entry.path)
 
 
-def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> int:
-    """Poll until no live ticket is ahead; returns how many were ahead at first."""
+def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> tuple[int, int]:
+    """Poll until no live ticket is ahead and enough cores are free, take them (ticket.granted); returns how many
+    runs were ahead at first, and how many hold cores beside ours now."""
     queue = _Queue(ticket)
     first = last = None
     while True:
@@ -495,5 +601,6 @@ def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> int:
             report(ahead)
         last = ahead
         if ahead == 0:
-            return first
+            ticket.grant(queue.free[: ticket.need])
+            return first, queue.holders
         time.sleep(min(1.0, POLL_S * (1 + ahead // 4)))  # those far back look less often: 30 waiters stay cheap

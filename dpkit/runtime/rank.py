@@ -143,11 +143,26 @@ def _loopback_interface() -> str | None:
 
 
 def rank_entry(
-    target, payload, rank, nprocs, port, backend, threads, out_dir, link, timeout_s, gloo_mode="idle", out_dir_is_temporary=False
+    target,
+    payload,
+    rank,
+    nprocs,
+    port,
+    backend,
+    threads,
+    out_dir,
+    link,
+    timeout_s,
+    gloo_mode="idle",
+    out_dir_is_temporary=False,
+    cores=None,
 ) -> None:
-    """Run one rank; on any exception send its traceback to the launcher through `link`, then exit 1."""
+    """Run one rank; on any exception send its traceback to the launcher through `link`, then exit 1.
+    `cores`: the cores this rank is pinned to (the run's core slot, dpkit.runtime.queue), or None."""
     _die_with_parent()
     _exit_with_caller(link, out_dir, out_dir_is_temporary)
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)  # before torch starts its threads: they inherit it
     if "GLOO_SOCKET_IFNAME" not in os.environ and (lo := _loopback_interface()):
         # all ranks are on this machine: gloo's listening sockets (any gloo group) need not be reachable from others
         os.environ["GLOO_SOCKET_IFNAME"] = lo
