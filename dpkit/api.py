@@ -66,7 +66,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
         except RankFailedError as exc:
             hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
             if hint:
-                raise RankFailedError(f"{hint}\n{exc}", exc.rank, exc.role, exc.exitcode, exc.traceback) from exc
+                raise RankFailedError(f"{hint}\n{exc}", exc.rank, exc.role, exc.exitcode, exc.traceback, exc.exitcodes) from exc
             raise
         machine = turn.meta()
         result = RunResult.load(tmp)
