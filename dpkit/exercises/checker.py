@@ -23,7 +23,7 @@ from ..runtime.launch import RankFailedError, RunStuckError, RunTimeoutError, la
 from .base import RankExercise, compare, read_progress
 from .catalog import exercise
 from .deadlock import deadlock
-from .ranks import kill_process_groups
+from .process_group import kill_process_groups
 from .report import CheckReport
 from .source import learner_lines, write_module
 

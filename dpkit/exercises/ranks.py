@@ -7,10 +7,7 @@ from the temporary folder check() wrote it to (dpkit.exercises.source).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -22,26 +19,12 @@ import torch.distributed as dist
 from .base import Progress
 from .catalog import rank_exercise
 from .net import Net
+from .process_group import own_process_group
 from .source import load_function
 
 
 def _functions(payload: dict) -> list[Callable]:
     return [load_function(payload["folder"], module, name) for module, name in payload["functions"]]
-
-
-def own_process_group(out_dir: str, rank: int) -> None:
-    """Make this rank the leader of its own process group and say so (pid{rank}): whatever the learner's function
-    starts (a forked child, a pool) is in that group, and the checker kills the whole group after the launch."""
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
-    Path(out_dir, f"pid{rank}").write_text(str(os.getpid()))
-
-
-def kill_process_groups(out_dir: str | Path, world: int) -> None:
-    """Parent side: kill what is left of every rank's process group (the learner's children)."""
-    for rank in range(world):
-        with contextlib.suppress(OSError, ValueError):
-            os.killpg(int(Path(out_dir, f"pid{rank}").read_text()), signal.SIGKILL)
 
 
 def run_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..runtime.launch import RankFailedError, RunTimeoutError, launch
 from ..strategies.pipeline import peak_in_flight, schedule
+from .process_group import kill_process_groups, own_process_group
 from .report import CheckReport
 from .source import load_function, write_module
 
@@ -138,8 +140,6 @@ def _check_one(fn: Callable, kind: str, m: int, p: int) -> dict:
 def run_in_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: check the learner's function in a process of its own, which the checker can kill (a
     function that never returns, or ends its process, must not take the notebook's kernel with it)."""
-    from .ranks import own_process_group
-
     own_process_group(out_dir, rank)
     fn = load_function(payload["folder"], *payload["function"])
     rows = [_check_one(fn, kind, m, p) for kind in KINDS for m, p in PIPELINES]
@@ -154,8 +154,6 @@ class PipelineSchedule:
     functions = ("fn",)
 
     def check(self, fn: Callable, timeout_s: float = 30.0) -> CheckReport:
-        from ..runtime.launch import RankFailedError, RunTimeoutError, launch
-        from .ranks import kill_process_groups
 
         with tempfile.TemporaryDirectory(prefix="dpkit-exercise-") as folder:
             payload = {"folder": folder, "function": [write_module(fn, folder), fn.__name__]}
