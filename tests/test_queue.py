@@ -616,3 +616,60 @@ def test_core_slots_pin_every_rank(tmp_path: Path, qdir: Path, monkeypatch: pyte
         allowed.append(status.split("Cpus_allowed_list:")[1].split()[0])
     thread.join(30)
     assert len(set(allowed)) == 2 and all("," not in a and "-" not in a for a in allowed), allowed
+
+
+HOLD_ONE_CORE = """
+import sys, time
+from pathlib import Path
+from dpkit.runtime import queue as q
+with q.machine_turn(cores=1):
+    Path(sys.argv[1], "holding").write_text("")
+    time.sleep(120)
+"""
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_a_killed_core_holder_frees_its_cores_within_3_s(tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    holder = _start(HOLD_ONE_CORE, tmp_path, home=tmp_path, name="holder", env={q.DIR_ENV: str(qdir), q.SLOTS_ENV: "cores"})
+    try:
+        _wait_for(lambda: (tmp_path / "holding").exists(), 60, "the holder's turn")
+        got: list[q.Turn] = []
+        release = threading.Event()
+        thread = _hold_cores(len(q.allowed_cores()), got, release)  # needs every core: waits for the holder
+        time.sleep(0.5)
+        assert not got
+        holder.kill()
+        t0 = time.monotonic()
+        _wait_for(lambda: bool(got), 3, "the cores of a holder killed with kill -9")
+        assert time.monotonic() - t0 < 3
+        release.set()
+        thread.join(10)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_two_runs_on_disjoint_cores_measure_as_each_alone(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 1-rank, 1-thread runs side by side on their own cores: each step time within 15% of a run alone.
+    Load guard: with other programs using the cores, no comparison is meaningful, and the test says so."""
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    busy = os.getloadavg()[0]
+    if busy > len(q.allowed_cores()) - 1.5:
+        pytest.skip(f"load average {busy:.1f} on {len(q.allowed_cores())} cores: not measurable beside other programs")
+    cfg = SMALL.replace(threads_per_rank=1, steps=40, warmup=5, hidden=256, global_batch=64)
+    alone = run(cfg).summary["step_time_s"]
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(run(cfg))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2
+    cores = [r.meta["queue_cores"] for r in results]
+    assert not set(cores[0]) & set(cores[1]) and sorted(r.meta["queue_runs_beside"] for r in results) == [0, 1]
+    for r in results:
+        assert abs(r.summary["step_time_s"] / alone - 1) < 0.15, (r.summary["step_time_s"], alone)
