@@ -122,6 +122,7 @@ def test_a_stopped_holder_loses_its_turn(tmp_path: Path, qdir: Path, monkeypatch
 
 
 @LINUX
+@pytest.mark.slow  # starts a Python process
 def test_a_running_holder_is_still_waited_for(tmp_path: Path, qdir: Path, monkeypatch) -> None:
     """The other side of the test above: a holder that is not stopped keeps its turn."""
     monkeypatch.setenv(q.STOPPED_ENV, "0.2")
