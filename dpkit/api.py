@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +14,15 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .measure import measured_run, repeat_name, run_row, summarize_repeats, summarize_time_to_target
 from .results import ResultFolderError, RunResult
-from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
+from .runtime.launch import (
+    RankFailedError,
+    choose_backend,
+    default_start_method,
+    default_threads,
+    launch,
+    temporary_run_folder,
+)
+from .runtime.memory_fit import check_fits
 from .runtime.queue import machine_turn
 from .strategies.registry import spec_for
 
@@ -38,29 +45,30 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
     threads = cfg.threads_per_rank or default_threads(nprocs)
     method = default_start_method()
     payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
-    with tempfile.TemporaryDirectory(prefix="dpkit-run-") as tmp:
-        with machine_turn(queue=queue) as turn:  # around the ranks only, not around loading the result
-            try:
-                launch(
-                    "dpkit.runtime.training:rank_main",
-                    payload,
-                    nprocs,
-                    tmp,
-                    backend=backend,
-                    threads_per_rank=threads,
-                    timeout_s=cfg.timeout_s,
-                    roles=roles_of(cfg),
-                    start_method=method,
-                    gloo_loop=cfg.gloo_loop,
-                    out_dir_is_temporary=True,  # if this process dies, its ranks remove the folder too
-                    queue=False,  # this run holds its turn already (or was told not to queue)
-                )
-            except RankFailedError as exc:
-                hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
-                if hint:
-                    raise RankFailedError(f"{hint}\n{exc}", exc.rank, exc.role, exc.exitcode, exc.traceback) from exc
-                raise
-            machine = turn.meta()
+    check_fits(cfg)  # a run its machine cannot hold is refused before any process starts
+    # the folder only once the turn is ours and the forkserver runs: a kill -9 before leaves none behind
+    with machine_turn(queue=queue, cores=nprocs * threads) as turn, temporary_run_folder(method) as tmp:
+        try:
+            launch(
+                "dpkit.runtime.training:rank_main",
+                payload,
+                nprocs,
+                tmp,
+                backend=backend,
+                threads_per_rank=threads,
+                timeout_s=cfg.timeout_s,
+                roles=roles_of(cfg),
+                start_method=method,
+                gloo_loop=cfg.gloo_loop,
+                out_dir_is_temporary=True,  # if this process dies, its ranks remove the folder too
+                queue=False,  # this run holds its turn already (or was told not to queue)
+            )
+        except RankFailedError as exc:
+            hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
+            if hint:
+                raise RankFailedError(f"{hint}\n{exc}", exc.rank, exc.role, exc.exitcode, exc.traceback, exc.exitcodes) from exc
+            raise
+        machine = turn.meta()
         result = RunResult.load(tmp)
     result.meta.update(machine)
     if out is not None:

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,19 +27,28 @@ class _Parser(argparse.ArgumentParser):
 
 def check_out(out: Path) -> Path:
     """Refuse, before anything runs, a result folder that cannot be written: found only at save time, it
-    would throw the finished run away. Returns `out`."""
+    would throw the finished run away. Permission bits do not tell (root may write anywhere by them, and
+    /proc refuses new files whatever they say), so a probe file is created and removed in the folder, or in
+    its nearest existing parent if the folder is not there yet (nothing is left behind). Returns `out`."""
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"--out {out} is an existing file, not a folder: pass a folder for the results")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise ValueError(f"--out {out} is a folder this user cannot write in")
+        _probe(out, f"--out {out} is a folder this user cannot write in")
         return out
     parent = next(p for p in out.absolute().parents if p.exists())
     if not parent.is_dir():
         raise ValueError(f"--out {out} cannot be created: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out} cannot be created: this user cannot write in {parent}")
+    _probe(parent, f"--out {out} cannot be created: this user cannot create folders in {parent}")
     return out
+
+
+def _probe(folder: Path, message: str) -> None:
+    """ValueError(message + why) unless a folder can be created (and is removed again) in `folder`."""
+    try:
+        made = tempfile.mkdtemp(prefix=".dpkit-probe-", dir=folder)
+    except OSError as exc:
+        raise ValueError(f"{message} ({exc.strerror or exc})") from None
+    os.rmdir(made)
 
 
 def _print_summary(result) -> None:
@@ -137,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """0 on success; 2 for a bad option, value or path (nothing was run); 1 when a run failed (a rank died,
     the timeout passed, a file could not be written). Either way one 'dpkit: error:' line, no Python traceback
-    (a failed rank's own traceback follows its line)."""
+    (a failed rank's own traceback follows its line); 130 after Ctrl-C, with one line."""
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # said by the subcommand's parser, which knows the options a misspelt one was meant to be
         options = [o for action in args.parser._actions for o in action.option_strings]
@@ -151,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RankFailedError, RunTimeoutError, OSError) as exc:
         print(f"dpkit: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the ranks are gone already (launch kills them); one line, no traceback
+        print("dpkit: interrupted (Ctrl-C): the run was stopped and its processes ended", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -226,7 +226,7 @@ FIELD_HELP: dict[str, str] = {
     "gloo_loop": "scheduling of gloo's busy-polling I/O thread: "
     + " | ".join(GLOO_LOOP_MODES)
     + " (default: $DPKIT_GLOO_LOOP, else low)",
-    "timeout_s": "seconds before an unfinished run is killed, a finite number > 0",
+    "timeout_s": "seconds before an unfinished run is killed, a finite number > 0 and <= 86400 (one day)",
     "link": "emulated network every message is paced by: " + " | ".join(LINK_CHOICES) + " (none: the machine as it is)",
     "link_latency_s": "link='custom': latency per message in seconds, a finite number > 0",
     "link_bandwidth_Bps": "link='custom': bandwidth per direction in bytes/s, a finite number > 0",
@@ -252,7 +252,7 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "lr": ("a finite number > 0", lambda v: v > 0),
     "momentum": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "straggler_delay_s": ("a finite number of seconds >= 0", lambda v: v >= 0),
-    "timeout_s": ("a finite number of seconds > 0", lambda v: v > 0),
+    "timeout_s": ("a finite number of seconds > 0 and <= 86400 (one day)", lambda v: 0 < v <= 86400),
     "link_latency_s": ("None, or with link='custom' a finite number of seconds > 0", lambda v: v is None or v > 0),
     "link_bandwidth_Bps": ("None, or with link='custom' a finite number of bytes/s > 0", lambda v: v is None or v > 0),
     "target_accuracy": ("None, or with eval_every a finite number in (0, 1]", lambda v: v is None or 0 < v <= 1),

@@ -323,7 +323,11 @@ class _SkipInit(TorchFunctionMode):
 @functools.lru_cache(maxsize=64)
 def _layout(shape: _ModelShape) -> ModelLayout:
     """The layout of one model shape (cached: validation asks for it on every RunConfig)."""
-    with torch.random.fork_rng(devices=[]), _SkipInit():  # build_model seeds torch's CPU generator: restored
+    with (
+        torch.random.fork_rng(devices=[]),
+        _SkipInit(),
+        torch.device("meta"),
+    ):  # meta: shapes only, nothing allocated (hidden=20000 is 48 GiB)
         model: nn.Module = build_model(shape, seed=0)  # type: ignore[arg-type]  # reads only _ModelShape's fields
     return ModelLayout(
         tuple(name for name, _ in model.named_children()), tuple((name, p.numel()) for name, p in model.named_parameters())

@@ -508,3 +508,169 @@ def test_killing_a_waiter_frees_its_place(tmp_path: Path, qdir: Path) -> None:
         waiter.kill()
         waiter.wait()
     assert _tickets(qdir) == []
+
+
+# ---- 6. core slots (issue 31, opt-in with DPKIT_QUEUE_SLOTS=cores) -----------------------------------
+needs_2_cores = pytest.mark.skipif(len(q.allowed_cores()) < 2, reason="core slots need 2 or more cores to share")
+
+
+def _hold_cores(cores: int | None, got: list, release: threading.Event) -> threading.Thread:
+    """A thread that takes a turn for `cores` cores, appends its Turn to `got`, and holds it until `release`."""
+
+    def hold() -> None:
+        with q.machine_turn(cores=cores) as turn:
+            got.append(turn)
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    return thread
+
+
+@needs_2_cores
+def test_core_slots_run_side_by_side_on_disjoint_cores(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    got: list[q.Turn] = []
+    release = threading.Event()
+    threads = [_hold_cores(1, got, release) for _ in range(2)]
+    try:
+        _wait_for(lambda: len(got) == 2, 10, "two 1-core turns at once")
+        a, b = got
+        assert a.cores and b.cores and len(a.cores) == len(b.cores) == 1 and not set(a.cores) & set(b.cores)
+        assert set(a.cores + b.cores) <= set(q.allowed_cores())
+        assert {a.beside, b.beside} == {0, 1} and a.meta()["queue_cores"] == a.cores
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    assert os.listdir(qdir) == []  # tickets and grant files gone
+
+
+@needs_2_cores
+def test_core_slots_are_first_come_first_served(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holds 1 core; B asks for all of them and waits; C, asking for 1 core that is free, must not pass B."""
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    every = len(q.allowed_cores())
+    got_a: list[q.Turn] = []
+    got_b: list[q.Turn] = []
+    got_c: list[q.Turn] = []
+    release_a, release_b, release_c = threading.Event(), threading.Event(), threading.Event()
+    threads = [_hold_cores(1, got_a, release_a)]
+    try:
+        _wait_for(lambda: bool(got_a), 10, "A's turn")
+        threads.append(_hold_cores(every, got_b, release_b))
+        _wait_for(lambda: len([n for n in os.listdir(qdir) if n.startswith(q.PREFIX)]) == 2, 10, "B's ticket")
+        threads.append(_hold_cores(1, got_c, release_c))
+        time.sleep(1.0)
+        assert not got_b and not got_c, "C passed B, or B started beside A without its cores"
+        release_a.set()
+        _wait_for(lambda: bool(got_b), 10, "B's turn after A")
+        assert sorted(got_b[0].cores or []) == q.allowed_cores() and got_b[0].beside == 0
+        time.sleep(0.5)
+        assert not got_c, "C ran beside a run that holds every core"
+        release_b.set()
+        _wait_for(lambda: bool(got_c), 10, "C's turn after B")
+    finally:
+        for e in (release_a, release_b, release_c):
+            e.set()
+        for t in threads:
+            t.join(10)
+
+
+def test_the_whole_machine_by_default_and_a_full_run_alone(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without DPKIT_QUEUE_SLOTS=cores a run holds every core whatever it asks for; with it, a run that needs them
+    all (or asks for more) still runs alone."""
+    for slots, asked in (("machine", 1), ("cores", 10_000)):
+        monkeypatch.setenv(q.SLOTS_ENV, slots)
+        got: list[q.Turn] = []
+        release = threading.Event()
+        thread = _hold_cores(asked, got, release)
+        try:
+            _wait_for(lambda got=got: bool(got), 10, "the turn")
+            assert sorted(got[0].cores or []) == q.allowed_cores()
+            waiting: list[q.Turn] = []
+            other = _hold_cores(1, waiting, release)
+            time.sleep(0.5)
+            assert not waiting, f"{slots}: a run started beside one holding every core"
+        finally:
+            release.set()
+            thread.join(10)
+            other.join(10)
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_core_slots_pin_every_rank(tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank's affinity, read back from /proc, is its own core of the run's slot."""
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    thread = threading.Thread(
+        target=launch,
+        args=("rank_targets:sleep_ranks", {"s": 3}, 2, tmp_path),
+        kwargs={"threads_per_rank": 1, "timeout_s": 60},
+        daemon=True,
+    )
+    thread.start()
+    _wait_for(lambda: all((tmp_path / f"pid{r}").exists() for r in range(2)), 60, "the ranks")
+    allowed = []
+    for r in range(2):
+        status = Path(f"/proc/{(tmp_path / f'pid{r}').read_text()}/status").read_text()
+        allowed.append(status.split("Cpus_allowed_list:")[1].split()[0])
+    thread.join(30)
+    assert len(set(allowed)) == 2 and all("," not in a and "-" not in a for a in allowed), allowed
+
+
+HOLD_ONE_CORE = """
+import sys, time
+from pathlib import Path
+from dpkit.runtime import queue as q
+with q.machine_turn(cores=1):
+    Path(sys.argv[1], "holding").write_text("")
+    time.sleep(120)
+"""
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_a_killed_core_holder_frees_its_cores_within_3_s(tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    holder = _start(HOLD_ONE_CORE, tmp_path, home=tmp_path, name="holder", env={q.DIR_ENV: str(qdir), q.SLOTS_ENV: "cores"})
+    try:
+        _wait_for(lambda: (tmp_path / "holding").exists(), 60, "the holder's turn")
+        got: list[q.Turn] = []
+        release = threading.Event()
+        thread = _hold_cores(len(q.allowed_cores()), got, release)  # needs every core: waits for the holder
+        time.sleep(0.5)
+        assert not got
+        holder.kill()
+        t0 = time.monotonic()
+        _wait_for(lambda: bool(got), 3, "the cores of a holder killed with kill -9")
+        assert time.monotonic() - t0 < 3
+        release.set()
+        thread.join(10)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_two_runs_on_disjoint_cores_measure_as_each_alone(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 1-rank, 1-thread runs side by side on their own cores: each step time within 15% of a run alone.
+    Load guard: with other programs using the cores, no comparison is meaningful, and the test says so."""
+    monkeypatch.setenv(q.SLOTS_ENV, "cores")
+    busy = os.getloadavg()[0]
+    if busy > len(q.allowed_cores()) - 1.5:
+        pytest.skip(f"load average {busy:.1f} on {len(q.allowed_cores())} cores: not measurable beside other programs")
+    cfg = SMALL.replace(threads_per_rank=1, steps=40, warmup=5, hidden=256, global_batch=64)
+    alone = run(cfg).summary["step_time_s"]
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(run(cfg))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2
+    cores = [r.meta["queue_cores"] for r in results]
+    assert not set(cores[0]) & set(cores[1]) and sorted(r.meta["queue_runs_beside"] for r in results) == [0, 1]
+    for r in results:
+        assert abs(r.summary["step_time_s"] / alone - 1) < 0.15, (r.summary["step_time_s"], alone)

@@ -43,7 +43,7 @@ PS = {"parallelism": "data", "sync": "ps", "world_size": 2}
         ({"lr": "0.1"}, "lr", "a finite number > 0, not a string"),
         ({"lr": None}, "lr", "a finite number > 0"),
         ({"momentum": "0.5"}, "momentum", "a number in [0, 1), not a string"),
-        ({"timeout_s": "60"}, "timeout_s", "a finite number of seconds > 0, not a string"),
+        ({"timeout_s": "60"}, "timeout_s", "a finite number of seconds > 0 and <= 86400 (one day), not a string"),
         # bool is an int to Python, not a number of anything here
         ({"lr": True}, "lr", "a finite number > 0"),
         ({"momentum": False}, "momentum", "a number in [0, 1)"),

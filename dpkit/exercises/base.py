@@ -113,8 +113,10 @@ class Progress:
         self.path = Path(out_dir, f"progress{rank}.json")
         self.case: dict = {}
 
-    def __call__(self, doing: str) -> None:
-        self.path.write_text(json.dumps({**self.case, "doing": doing}))
+    def __call__(self, doing: str, pending: list[str] | None = None) -> None:
+        """`doing`: what the rank does now; `pending`: its posted isend/irecv not yet completed (a deadlock report
+        says what each rank still expects). The file's time says since when (the checker's deadlock watch)."""
+        self.path.write_text(json.dumps({**self.case, "doing": doing, "pending": pending or []}))
 
 
 def read_progress(out_dir: str | Path, rank: int) -> dict:

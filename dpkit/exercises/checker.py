@@ -19,9 +19,11 @@ import pandas as pd
 import torch
 
 from ..runtime.cores import cores_available
-from ..runtime.launch import RankFailedError, RunTimeoutError, launch
+from ..runtime.launch import RankFailedError, RunStuckError, RunTimeoutError, launch
 from .base import RankExercise, compare, read_progress
 from .catalog import exercise
+from .deadlock import deadlock
+from .process_group import kill_process_groups
 from .report import CheckReport
 from .source import learner_lines, write_module
 
@@ -44,7 +46,9 @@ def check(
     ex = exercise(name)
     fns = [fn] if callable(fn) else list(fn)
     if not isinstance(ex, RankExercise):
-        return ex.check(fns[0])
+        report = ex.check(fns[0], timeout_s=timeout_s)
+        report.checked = checked_what(fns)
+        return report
     if len(fns) != len(ex.functions):
         raise TypeError(f"check({name!r}, ...) needs {len(ex.functions)} function(s): {', '.join(ex.functions)}")
     worlds = list(world_sizes or ex.world_sizes)
@@ -68,12 +72,28 @@ def check(
             timed, problem = _time(ex, folder, functions, worlds, repeats, timeout_s, rows)
     cases = pd.DataFrame(rows)
     if problem is not None:
-        return CheckReport(name, False, problem, cases, None)
+        return CheckReport(name, False, problem, cases, None, checked_what(fns))
     sizes = ", ".join(ex.size_label(s) for s in ex.sizes)
     message = f"All ranks match dpkit's reference at world sizes {', '.join(map(str, worlds))} with {sizes}."
     last = cases.iloc[-1]  # the largest world size and size
     message += f" At world size {last['world_size']} with {last['size']}, rank {last['rank']} sent {last['bytes_sent']} bytes ({last['bytes_source']})."
-    return CheckReport(name, True, message, cases, timed)
+    return CheckReport(name, True, message, cases, timed, checked_what(fns))
+
+
+def checked_what(fns: Sequence[Callable]) -> str:
+    """Whose function(s) a report is about, in words: 'the reference solution (exercises/solutions/x.py)' when they
+    come from the shipped solutions (a notebook saved with that output must not pass for the learner's), else
+    'your function(s) name (file)'."""
+    files = {Path(getattr(getattr(f, "__code__", None), "co_filename", "?")) for f in fns}
+    names = ", ".join(getattr(f, "__name__", "?") for f in fns)
+    if all(f.parent.name == "solutions" for f in files):
+        return f"the reference solution ({', '.join(sorted(f'exercises/solutions/{f.name}' for f in files))}), not yours"
+    where = (
+        "this notebook"
+        if any(f.name.startswith("<") or "ipykernel" in str(f) for f in files)
+        else ", ".join(sorted(f.name for f in files))
+    )
+    return f"your {names} ({where})"
 
 
 # ---- one launch ---------------------------------------------------------------------------------
@@ -100,17 +120,34 @@ def _where(ex: RankExercise, world: int, progress: dict) -> str:
 def _launch(
     ex: RankExercise, target: str, payload: dict, world: int, out: Path, folder: str, timeout_s: float, rows: list[dict]
 ) -> str | None:
-    """Run one launch; None if every rank finished, else what went wrong, in words (a row is added for it)."""
+    """Run one launch; None if every rank finished, else what went wrong, in words (a row is added for it).
+    Whatever the learner's function started is killed after (each rank's process group)."""
     try:
-        launch(target, payload, world, out, threads_per_rank=1, timeout_s=timeout_s, roles=ex.roles(world))
-        return None
+        launch(
+            target,
+            payload,
+            world,
+            out,
+            threads_per_rank=1,
+            timeout_s=timeout_s,
+            roles=ex.roles(world),
+            watch=lambda: deadlock(out, world),
+        )
+        left = [r for r in range(world) if not _returned(out, target, r)]
+        return _exited(ex, world, left, out, rows) if left else None
     except RankFailedError as exc:
+        early = [r for r, code in enumerate(exc.exitcodes) if code == 0 and not _returned(out, target, r)]
+        if early:  # a rank that ended itself (os._exit(0)): the others' errors ("Connection closed by peer") follow
+            return _exited(ex, world, early, out, rows, exc)
         error = (exc.traceback.strip().splitlines() or [str(exc)])[-1].replace("dpkit.exercises.net.", "")
         if "timed out" in error.lower():  # the backend's own timeout ("Timed out waiting ... for recv"): a hang as well
             return _hung(ex, world, [exc.rank], out, timeout_s, rows)
         progress = read_progress(out, exc.rank)
         lines = learner_lines(exc.traceback, folder)
-        text = f"{_who(ex, world, exc.rank)} raised {error}"
+        if exc.traceback:
+            text = f"{_who(ex, world, exc.rank)} raised {error}"
+        else:  # no traceback: the process ended itself with a code, or was killed
+            text = f"{_who(ex, world, exc.rank)} {str(exc).split(';')[0].split(') ', 1)[-1]}"
         text += f" at {lines[-1]}" if lines else ""
         text += f", in {_where(ex, world, progress)}."
         if "NotImplementedError" in error:
@@ -119,8 +156,41 @@ def _launch(
             text += " The function must be self-contained: it sees torch, dist, math and its arguments only (define helpers inside it)."
         rows.append({"world_size": world, "size": _size(ex, progress), "rank": exc.rank, "passed": False, "problem": text})
         return text
+    except RunStuckError as exc:
+        progress = read_progress(out, exc.ranks[0]) if exc.ranks else {}
+        text = f"Deadlock ({_where(ex, world, progress)}): {exc}"
+        rows.append({"world_size": world, "size": _size(ex, progress), "rank": None, "passed": False, "problem": text})
+        return text
     except RunTimeoutError as exc:
         return _hung(ex, world, exc.ranks, out, timeout_s, rows)
+    finally:
+        kill_process_groups(out, world)
+
+
+def _returned(out: Path, target: str, rank: int) -> bool:
+    """Whether the rank got to the end of the launch target (its results are written)."""
+    if target == CASES_TARGET:
+        return Path(out, f"rank{rank}.pt").exists()
+    return rank != 0 or Path(out, "times.json").exists()
+
+
+def _exited(
+    ex: RankExercise, world: int, ranks: list[int], out: Path, rows: list[dict], exc: RankFailedError | None = None
+) -> str:
+    """A report for ranks whose process ended (os._exit, sys.exit with no error) before the function returned."""
+    who = ", ".join(_who(ex, world, r) for r in ranks)
+    progress = read_progress(out, ranks[0])
+    text = (
+        f"{who} ended {'its' if len(ranks) == 1 else 'their'} own process before your function returned "
+        f"(os._exit or a similar call?), in {_where(ex, world, progress)}; it was last "
+        f"{progress.get('doing', 'starting')}. A rank's function must return: the checker reads what it ended with."
+    )
+    if exc is not None:
+        others = [r for r in range(world) if r not in ranks and exc.exitcodes[r] not in (0, None)]
+        if others:
+            text += f" The other rank(s) {others} then failed because their peer was gone (not their mistake)."
+    rows.append({"world_size": world, "size": _size(ex, progress), "rank": ranks[0], "passed": False, "problem": text})
+    return text
 
 
 def _hung(ex: RankExercise, world: int, ranks: list[int], out: Path, timeout_s: float, rows: list[dict]) -> str:

@@ -38,7 +38,7 @@ class Request:
         if not self.done:
             self._net._doing(f"waiting for {self.what}")
             self._work.wait()
-            self.done = True
+            self.done = True  # before the progress below: it lists what is still pending
             self._net._doing(f"running its own code after waiting for {self.what}")
 
     def is_completed(self) -> bool:
@@ -52,7 +52,11 @@ class Net:
     per rank by the ring formulas; `calls` how often each call was made."""
 
     def __init__(
-        self, rank: int, world_size: int, allowed: frozenset[str] = EVERYTHING, progress: Callable[[str], None] | None = None
+        self,
+        rank: int,
+        world_size: int,
+        allowed: frozenset[str] = EVERYTHING,
+        progress: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.rank, self.world_size = rank, world_size
         self.allowed = allowed
@@ -66,7 +70,7 @@ class Net:
     # ---- bookkeeping -----------------------------------------------------------------------------
     def _doing(self, text: str) -> None:
         if self.progress is not None:
-            self.progress(text)
+            self.progress(text, [r.what for r in self.requests if not r.done])
 
     def _enter(self, call: str, text: str) -> None:
         if call not in self.allowed:
@@ -130,6 +134,7 @@ class Net:
         dist.all_reduce(tensor)
         n = self.world_size
         self.formula_bytes += 2 * (n - 1) * nbytes(tensor) // n
+        self._doing("running its own code after net.all_reduce")
 
     def reduce_scatter(self, output: torch.Tensor, input: torch.Tensor) -> None:
         """output = the sum over ranks of chunk `rank` of `input` (1-D, length world_size * len(output))."""
@@ -141,6 +146,7 @@ class Net:
             )
         dist.reduce_scatter(output, list(input.reshape(-1).chunk(n)))
         self.formula_bytes += (n - 1) * nbytes(output)
+        self._doing("running its own code after net.reduce_scatter")
 
     def all_gather(self, output: torch.Tensor, input: torch.Tensor) -> None:
         """output = every rank's `input`, concatenated in rank order (1-D, length world_size * len(input))."""
@@ -152,8 +158,10 @@ class Net:
             )
         dist.all_gather(list(output.view(-1).chunk(n)), input.contiguous())
         self.formula_bytes += (n - 1) * nbytes(input)
+        self._doing("running its own code after net.all_gather")
 
     def barrier(self) -> None:
         """Wait until every rank has called barrier()."""
         self._enter("barrier", "")
         dist.barrier()
+        self._doing("running its own code after net.barrier")

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from .base import Progress
 from .catalog import rank_exercise
 from .net import Net
+from .process_group import own_process_group
 from .source import load_function
 
 
@@ -28,6 +29,7 @@ def _functions(payload: dict) -> list[Callable]:
 
 def run_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: every size once; this rank's outputs, bytes and calls go to rank{rank}.pt."""
+    own_process_group(out_dir, rank)
     ex = rank_exercise(payload["exercise"])
     progress = Progress(out_dir, rank)
     progress("importing your function")
@@ -53,12 +55,14 @@ def run_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
         progress("finished this case, waiting for the other ranks to finish it")
         dist.barrier()
     torch.save(records, Path(out_dir, f"rank{rank}.pt"))
+    progress("returned")
 
 
 def time_cases(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: the learner's version and the built-in one take turns (alternating which goes first),
     each run between barriers; per repeat the slowest rank's time counts (the operation is done when the
     last rank is done). Rank 0 writes times.json."""
+    own_process_group(out_dir, rank)
     ex = rank_exercise(payload["exercise"])
     progress = Progress(out_dir, rank)
     progress.case = {"size": payload["size"], "timing": True}

@@ -18,6 +18,7 @@ class CheckReport:
     message: str
     cases: pd.DataFrame = field(default_factory=pd.DataFrame)
     timing: dict | None = None
+    checked: str = ""  # whose function this is, in words: a saved output of the reference solution must say so
 
     @property
     def timing_text(self) -> str:
@@ -34,7 +35,7 @@ class CheckReport:
 
     def __str__(self) -> str:
         head = f"{self.exercise}: {'PASSED' if self.passed else 'FAILED'}"
-        parts = [head, self.message]
+        parts = [head + (f" (checked: {self.checked})" if self.checked else ""), self.message]
         if self.timing_text:
             parts.append(self.timing_text)
         if not self.cases.empty:
@@ -45,13 +46,14 @@ class CheckReport:
         return "\n".join(parts)
 
     def __repr__(self) -> str:
-        return f"CheckReport({self.exercise!r}, passed={self.passed})"
+        return f"CheckReport({self.exercise!r}, passed={self.passed}" + (f", checked: {self.checked})" if self.checked else ")")
 
     def _repr_html_(self) -> str:
         colour, word = ("#1a7f37", "passed") if self.passed else ("#cf222e", "failed")
         out = [
             f'<div style="border-left: 4px solid {colour}; padding-left: 8px">',
-            f'<b style="color: {colour}">{html.escape(self.exercise)}: {word}</b>',
+            f'<b style="color: {colour}">{html.escape(self.exercise)}: {word}</b>'
+            + (f" <small>(checked: {html.escape(self.checked)})</small>" if self.checked else ""),
             f"<p>{html.escape(self.message)}</p>",
         ]
         if self.timing_text:

@@ -11,6 +11,7 @@ neighbour and receives chunk (r - s - 1) mod n from its left; steps 0 .. n-2 are
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -35,6 +36,32 @@ def chunk_of(size: int, world: int, index: int) -> tuple[int, int, int]:
         bounds.append(bounds[-1] + piece.numel())
     c = max(i for i in range(world) if bounds[i] <= index)
     return c, bounds[c], bounds[c + 1] - 1
+
+
+def _what_it_holds(world: int, size: int, first: int, last: int, got: torch.Tensor) -> str:
+    """What a wrong chunk holds, in words: which ranks' values it sums, and how often each (found by trying every
+    count 0, 1 or 2 per rank: the inputs are small integers, so the sums are exact); or that it is none of these."""
+    parts = torch.stack([values(world, size, r)[first : last + 1] for r in range(world)])
+    have = got[first : last + 1].double()
+    if world <= 6:
+        for counts in itertools.product(range(3), repeat=world):
+            weights = torch.tensor(counts, dtype=torch.float64)
+            if torch.equal((weights[:, None] * parts.double()).sum(0), have):
+                return _counted(counts)
+    return "holds values that are no sum of the ranks' inputs (each taken 0, 1 or 2 times): a chunk was overwritten or mixed up"
+
+
+def _counted(counts: tuple[int, ...]) -> str:
+    ranks = lambda k: ", ".join(str(r) for r, c in enumerate(counts) if c == k)  # noqa: E731
+    if 2 in counts:
+        return (
+            f"holds more than the full sum: rank(s) {ranks(2)} counted twice"
+            + (f" and rank(s) {ranks(0)} missing" if 0 in counts else "")
+            + " (an all-gather step that adds what arrives instead of copying it, or a reduce-scatter step too many?)"
+        )
+    if 0 in counts:
+        return f"holds a partial sum: the values of rank(s) {ranks(1)} only, rank(s) {ranks(0)} missing"
+    return "holds the full sum"
 
 
 def ideal_bytes(world: int, size: int, itemsize: int = 4) -> float:
@@ -85,7 +112,7 @@ class RingAllreduce(RankExercise):
         if torch.equal(got[first : last + 1], mine[first : last + 1]):
             news = "still holds this rank's own values: nothing arrived for it"
         else:
-            news = "holds a partial sum"
+            news = _what_it_holds(world, size, first, last, got)
         if c == (rank + 1) % world:
             when = f"rank {rank} completes that chunk itself at the last reduce-scatter step (step {world - 2})"
         else:

@@ -9,13 +9,19 @@ activation peak it promises: m micro-batches in flight under GPipe, at most p - 
 
 from __future__ import annotations
 
+import json
+import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
+from ..runtime.launch import RankFailedError, RunTimeoutError, launch
 from ..strategies.pipeline import peak_in_flight, schedule
+from .process_group import kill_process_groups, own_process_group
 from .report import CheckReport
+from .source import load_function, write_module
 
 Action = tuple[str, int]
 KINDS = ("gpipe", "1f1b")
@@ -131,14 +137,50 @@ def _check_one(fn: Callable, kind: str, m: int, p: int) -> dict:
     return row
 
 
+def run_in_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: check the learner's function in a process of its own, which the checker can kill (a
+    function that never returns, or ends its process, must not take the notebook's kernel with it)."""
+    own_process_group(out_dir, rank)
+    fn = load_function(payload["folder"], *payload["function"])
+    rows = [_check_one(fn, kind, m, p) for kind in KINDS for m, p in PIPELINES]
+    Path(out_dir, "rows.json").write_text(json.dumps(rows))
+
+
 class PipelineSchedule:
-    """fn(kind, m, p, s) -> stage s's actions for kind 'gpipe' and '1f1b'; checked in this process, no ranks."""
+    """fn(kind, m, p, s) -> stage s's actions for kind 'gpipe' and '1f1b'; checked by simulation in one child
+    process, under a time limit."""
 
     name = "pipeline_schedule"
     functions = ("fn",)
 
-    def check(self, fn: Callable) -> CheckReport:
-        rows = [_check_one(fn, kind, m, p) for kind in KINDS for m, p in PIPELINES]
+    def check(self, fn: Callable, timeout_s: float = 30.0) -> CheckReport:
+
+        with tempfile.TemporaryDirectory(prefix="dpkit-exercise-") as folder:
+            payload = {"folder": folder, "function": [write_module(fn, folder), fn.__name__]}
+            try:
+                launch(f"{__name__}:run_in_rank", payload, 1, folder, threads_per_rank=1, timeout_s=timeout_s)
+                rows = json.loads(Path(folder, "rows.json").read_text()) if Path(folder, "rows.json").exists() else None
+                problem = (
+                    None
+                    if rows is not None
+                    else (
+                        "your function ended its own process (os._exit or a similar call?) instead of returning a list of actions."
+                    )
+                )
+            except RunTimeoutError:
+                rows, problem = (
+                    None,
+                    (
+                        f"your function did not return within {timeout_s:g} s: look for a loop that never ends "
+                        "(check(..., timeout_s=...) gives it longer)."
+                    ),
+                )
+            except RankFailedError as exc:
+                rows, problem = None, f"checking your function failed: {str(exc).splitlines()[0]}"
+            finally:
+                kill_process_groups(folder, 1)
+        if rows is None:
+            return CheckReport(self.name, False, f"{fn.__name__}: {problem}", pd.DataFrame(), None)
         cases = pd.DataFrame(rows)
         failed = [r for r in rows if not r["passed"]]
         if failed:

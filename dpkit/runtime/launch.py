@@ -19,13 +19,16 @@ import json
 import multiprocessing as mp
 import multiprocessing.connection
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,15 +40,19 @@ from .gloo_loop import check_mode, default_mode
 from .queue import machine_turn
 
 GRACE_S = 1.0  # after a first failure, how long to collect the other ranks' errors
+WATCH_S = 0.5  # how often launch(watch=...) is asked whether the ranks are stuck
 _PRELOAD = ["dpkit.runtime.rank", "torch._dynamo"]  # optimizers import dynamo lazily: ~1 s per rank if not preloaded
 
 
 class RankFailedError(RuntimeError):
     """A rank raised or was killed; `rank`, `role`, `exitcode` and the rank's `traceback` say which and why."""
 
-    def __init__(self, message: str, rank: int, role: str, exitcode: int | None, traceback: str) -> None:
+    def __init__(
+        self, message: str, rank: int, role: str, exitcode: int | None, traceback: str, exitcodes: list | None = None
+    ) -> None:
         super().__init__(message)
         self.rank, self.role, self.exitcode, self.traceback = rank, role, exitcode, traceback
+        self.exitcodes = exitcodes or []  # every rank's exit code (None: killed by us at the end, still running)
 
 
 class RunTimeoutError(TimeoutError):
@@ -54,6 +61,10 @@ class RunTimeoutError(TimeoutError):
     def __init__(self, message: str, ranks: list[int]) -> None:
         super().__init__(message)
         self.ranks = ranks
+
+
+class RunStuckError(RunTimeoutError):
+    """launch(watch=...) found the ranks stuck (a deadlock) before the timeout; the message says how."""
 
 
 def default_start_method() -> str:
@@ -108,6 +119,7 @@ def launch(
     gloo_loop: str | None = None,
     out_dir_is_temporary: bool = False,
     queue: bool = True,
+    watch: Callable[[], str | None] | None = None,
 ) -> None:
     """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks.
     `queue`: wait for this machine's turn first (dpkit.runtime.queue: runs from all processes on the machine
@@ -115,6 +127,8 @@ def launch(
     `gloo_loop`: how the ranks' gloo I/O threads are scheduled (dpkit.gloo_loop; default $DPKIT_GLOO_LOOP or "low").
     `out_dir_is_temporary`: out_dir is a temporary folder that the caller deletes after the run; if the
     caller dies during the run (kill -9), the ranks delete it instead, so it is not left behind.
+    `watch`: called about every WATCH_S while the ranks run; a text it returns ends the run as stuck
+    (RunStuckError with that text): the exercise checker recognises a deadlock this way, long before the timeout.
 
     Interrupt-safe: Ctrl-C is held back while a rank is being forked (a process forked but not yet
     handed its arguments dies with a traceback), every rank is tracked before it is started, and the
@@ -123,13 +137,12 @@ def launch(
     ctx = mp_context(start_method)
     threads = threads_per_rank or default_threads(nprocs)
     roles = roles or [f"rank {r}" for r in range(nprocs)]
-    with machine_turn(queue=queue):  # before the store: no port is held while waiting
+    with machine_turn(queue=queue, cores=nprocs * threads) as turn:  # before the store: no port held while waiting
         procs: list = []
         links: list = []  # our end of each rank's pipe
         store = _loopback_store(timeout_s)
         try:
-            if ctx.get_start_method() == "forkserver":
-                multiprocessing.forkserver.ensure_running()  # seconds on the first run: here Ctrl-C is not held back
+            start_forkserver(ctx.get_start_method())  # seconds on the first run
             with _main_not_reimported():
                 for rank in range(nprocs):
                     ours, theirs = ctx.Pipe()
@@ -148,6 +161,7 @@ def launch(
                         timeout_s,
                         gloo_loop,
                         out_dir_is_temporary,
+                        _rank_cores(turn.cores, rank, nprocs, threads),
                     )
                     p = ctx.Process(target=_entry, args=args, name=f"dpkit-rank{rank}", daemon=True)  # type: ignore[attr-defined]
                     procs.append(p)  # before start(): a Ctrl-C inside start() must not leave it untracked
@@ -156,12 +170,59 @@ def launch(
                             p.start()
                     finally:
                         theirs.close()  # the rank has its own copy; ours would hide the rank's exit (EOF) from us
-            _supervise(procs, links, time.monotonic() + timeout_s, roles, timeout_s)
+            _supervise(procs, links, time.monotonic() + timeout_s, roles, timeout_s, watch)
         finally:
             _kill_all(procs)
             for link in links:
                 _close_link(link)  # any rank still running, tracked or not, now exits
             del store
+
+
+def start_forkserver(method: str | None = None) -> None:
+    """Start the forkserver (and multiprocessing's resource tracker) if `method` uses one and none runs yet.
+
+    Both are started with SIGINT blocked, a mask they and every rank forked from the server inherit: a
+    terminal's Ctrl-C goes to the whole process group, and a process hit by it while starting Python dies
+    with "Fatal Python error: init_sys_streams", or a rank with a KeyboardInterrupt traceback. Only the
+    caller should answer Ctrl-C (its launch() then ends the ranks); the one it got meanwhile is delivered
+    when the block ends. Call it before making a run's temporary folder: a kill -9 during these seconds
+    then leaves no folder behind."""
+    if (method or default_start_method()) != "forkserver":
+        return
+    mp_context("forkserver")  # its preload: a server started without it would import torch in every rank
+    multiprocessing.resource_tracker.ensure_running()  # first: it blocks SIGINT itself, then UNblocks it (ours too)
+    with sigint_blocked():
+        multiprocessing.forkserver.ensure_running()
+
+
+def temporary_run_folder(method: str | None = None) -> tempfile.TemporaryDirectory:
+    """A run's temporary result folder (dpkit-run-*), made after the forkserver is started (start_forkserver)."""
+    start_forkserver(method)
+    return tempfile.TemporaryDirectory(prefix="dpkit-run-")
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Block SIGINT in this thread for the block (processes started in it inherit the mask); a SIGINT that came
+    meanwhile is delivered at the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _rank_cores(cores: list[int] | None, rank: int, nprocs: int, threads: int) -> list[int] | None:
+    """The cores rank `rank` is pinned to: its own `threads` of the run's core slot (one rank per core), or the
+    whole slot when it is smaller than processes x threads; None (not pinned) when the turn gave no cores."""
+    if not cores:
+        return None
+    if len(cores) >= nprocs * threads:
+        return cores[rank * threads : (rank + 1) * threads]
+    return list(cores)
 
 
 @contextlib.contextmanager
@@ -264,6 +325,8 @@ def _main_not_reimported():
 
 
 def _entry(*args) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # a forkserver started elsewhere: Ctrl-C is the caller's to answer
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     from .rank import rank_entry  # preloaded in the forkserver
 
     rank_entry(*args)
@@ -288,8 +351,11 @@ def _read_reports(open_links: dict, reports: dict) -> None:
             del open_links[rank]
 
 
-def _supervise(procs: list, links: list, deadline: float, roles: list[str], timeout_s: float) -> None:
+def _supervise(
+    procs: list, links: list, deadline: float, roles: list[str], timeout_s: float, watch: Callable[[], str | None] | None = None
+) -> None:
     first_failure: float | None = None
+    next_watch = time.monotonic() + WATCH_S
     reports: dict[int, dict] = {}
     open_links = dict(enumerate(links))
     while True:
@@ -313,6 +379,11 @@ def _supervise(procs: list, links: list, deadline: float, roles: list[str], time
                 "raise RunConfig.timeout_s if the run is just slow.",
                 running,
             )
+        if watch is not None and not failed and now >= next_watch:
+            next_watch = now + WATCH_S
+            stuck = watch()
+            if stuck:
+                raise RunStuckError(stuck, [r for r, c in enumerate(codes) if c is None])
         live = [p.sentinel for p in procs if p.exitcode is None]
         multiprocessing.connection.wait(live + list(open_links.values()), timeout=0.05)
 
@@ -320,11 +391,15 @@ def _supervise(procs: list, links: list, deadline: float, roles: list[str], time
 def _failure(procs: list, failed: list[int], all_reports: dict[int, dict], roles: list[str]) -> RankFailedError:
     reports = {r: all_reports[r] for r in failed if r in all_reports}
     killed = [r for r in failed if r not in reports and procs[r].exitcode < 0]
+    silent = [r for r in failed if r not in reports and procs[r].exitcode > 0]
     if killed:  # killed from outside: the others' errors are only its consequences
         root = killed[0]
         sig = signal.Signals(-procs[root].exitcode).name
         why = f"was killed by signal {sig} (no traceback: the process was stopped from outside, e.g. kill -9 or the OOM killer)"
         tb = ""
+    elif silent:  # ended itself (os._exit, a C library's exit): the peers' "connection closed" follow from it
+        root = silent[0]
+        why, tb = f"exited with code {procs[root].exitcode} without a traceback (os._exit or sys.exit in its code?)", ""
     elif reports:
         root = min(reports, key=lambda r: reports[r]["time"])
         tb = reports[root]["traceback"]
@@ -338,4 +413,4 @@ def _failure(procs: list, failed: list[int], all_reports: dict[int, dict], roles
         msg += f"; then rank(s) {others} failed too (usually a consequence: their peer went away)"
     if tb:
         msg += f"\n--- traceback of rank {root} ---\n{tb}"
-    return RankFailedError(msg, root, roles[root], procs[root].exitcode, tb)
+    return RankFailedError(msg, root, roles[root], procs[root].exitcode, tb, [p.exitcode for p in procs])

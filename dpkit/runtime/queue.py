@@ -12,8 +12,15 @@ time the kernel gave them on arrival (their inode change time, which no user can
 name, so nobody can jump the queue by naming a ticket; the turn belongs to the first live ticket.
 The owner's pid and process start time (/proc/<pid>/stat field 22) are in the ticket too: a lock
 kept alive by a leftover child of a dead owner does not count, nor does a reused pid.
-A turn that lasts longer than $DPKIT_QUEUE_MAX_TURN_S (default 1800 s: a stopped kernel, or a user
-holding the machine on purpose) is not waited for any longer. Threads of one process queue alike
+A turn that lasts longer than $DPKIT_QUEUE_MAX_TURN_S (default 1800 s: a user holding the machine on
+purpose) is not waited for any longer, nor one whose holder has been stopped (SIGSTOP, Ctrl-Z: state T in
+/proc/<pid>/stat) for over $DPKIT_QUEUE_STOPPED_S (default 10 s).
+
+A shared server (issue 29): nobody can delay another user's run by more than one bounded turn per kernel.
+Another process counts once however many tickets it holds ahead of ours, and its time at the head adds up
+over them (a pid that is not a live process of the ticket file's owner counts once per user); a folder
+owned by another user (not root, not us) is not used, since its owner could delete the tickets in it (a
+warning says to set $DPKIT_QUEUE_DIR); in the sticky 1777 folder of root's or ours, nobody else can. Threads of one process queue alike
 (one ticket each); a thread that already holds a turn is not queued again (run() inside a sweep).
 $DPKIT_QUEUE=off turns all of it off; a folder that cannot be used safely means a warning and no queue.
 """
@@ -41,8 +48,11 @@ except ImportError:  # Windows: no flock, so no machine queue
 QUEUE_ENV = "DPKIT_QUEUE"  # "off" (or 0, false, no): runs do not take turns
 DIR_ENV = "DPKIT_QUEUE_DIR"  # where the tickets live; default DEFAULT_DIR
 MAX_TURN_ENV = "DPKIT_QUEUE_MAX_TURN_S"
+SLOTS_ENV = "DPKIT_QUEUE_SLOTS"  # "cores": a run holds only the cores it needs; "machine" (default): all of them
+STOPPED_ENV = "DPKIT_QUEUE_STOPPED_S"  # a holder stopped (SIGSTOP, Ctrl-Z) this long loses its turn
 DEFAULT_DIR = Path("/tmp/dpkit-queue")  # not $TMPDIR: that can differ per user, and the queue is the machine's
 DEFAULT_MAX_TURN_S = 1800.0
+DEFAULT_STOPPED_S = 10.0
 POLL_S = 0.1  # how often the next in line looks; those further back look less often (see _interval)
 PREFIX = "ticket."
 _OFF = {"off", "0", "false", "no"}
@@ -58,6 +68,8 @@ class Turn:
     wait_s: float = 0.0
     ahead_at_start: int = 0
     loadavg_at_start: list[float] | None = field(default_factory=lambda: loadavg())
+    cores: list[int] | None = None  # the cores this run was given (its ranks' affinity); None: not queued
+    beside: int = 0  # other runs holding cores of this machine when the turn began
 
     def meta(self) -> dict:
         """queue_wait_s, queue_ahead_at_start, and the 1/5/15-minute load average now and when the turn began."""
@@ -67,6 +79,8 @@ class Turn:
             "queue_ahead_at_start": self.ahead_at_start,
             "loadavg_at_start": self.loadavg_at_start,
             "loadavg_at_end": loadavg(),
+            "queue_cores": self.cores,
+            "queue_runs_beside": self.beside,
         }
 
 
@@ -83,12 +97,28 @@ def enabled() -> bool:
     return os.environ.get(QUEUE_ENV, "on").strip().lower() not in _OFF
 
 
-def max_turn_s() -> float:
+def _seconds(env: str, default: float) -> float:
     try:
-        value = float(os.environ.get(MAX_TURN_ENV, DEFAULT_MAX_TURN_S))
+        value = float(os.environ.get(env, default))
     except ValueError:
-        return DEFAULT_MAX_TURN_S
-    return value if value > 0 else DEFAULT_MAX_TURN_S
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+def core_slots() -> bool:
+    """$DPKIT_QUEUE_SLOTS=cores: runs take the cores they need (issue 31, being built); default "machine": the
+    whole machine per run, as before."""
+    return os.environ.get(SLOTS_ENV, "machine").strip().lower() == "cores"
+
+
+def max_turn_s() -> float:
+    """The longest turn waited for ($DPKIT_QUEUE_MAX_TURN_S, default 1800 s)."""
+    return _seconds(MAX_TURN_ENV, DEFAULT_MAX_TURN_S)
+
+
+def stopped_s() -> float:
+    """How long a stopped holder keeps its turn ($DPKIT_QUEUE_STOPPED_S, default 10 s)."""
+    return _seconds(STOPPED_ENV, DEFAULT_STOPPED_S)
 
 
 _reporter: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("dpkit_queue_reporter", default=None)
@@ -111,12 +141,16 @@ _local = threading.local()  # .turn: the Turn this thread holds, if any
 
 
 @contextlib.contextmanager
-def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Iterator[Turn]:
+def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores: int | None = None) -> Iterator[Turn]:
     """Wait for this machine's turn, hold it for the block, give it up after (even on an exception).
 
     `progress(ahead)` is called with how many runs are ahead whenever that changes, last with 0.
     A thread already holding a turn gets that turn again at once; queue=False, $DPKIT_QUEUE=off or a
-    folder that cannot be used give an unqueued Turn."""
+    folder that cannot be used give an unqueued Turn.
+
+    `cores`: how many cores the run needs (processes x threads per rank): a core slot. The turn comes as soon as
+    every ticket ahead holds its cores and that many of the cores this process may use are free of them;
+    Turn.cores says which (the launcher pins the ranks there). None: the whole machine, as before."""
     held = getattr(_local, "turn", None)
     if held is not None:
         yield held
@@ -127,8 +161,10 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Ite
         return
     report = progress or _reporter.get()
     t0 = time.monotonic()
+    if not core_slots():
+        cores = None
     try:
-        ticket = _Ticket(folder)
+        ticket = _Ticket(folder, cores)
     except OSError as exc:  # a full disk or a folder changed under us: run, unqueued, rather than fail the run
         _warn_once(f"dpkit: runs on this machine do not take turns: cannot queue in {folder} ({exc})")
         ticket = None
@@ -137,8 +173,8 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True) -> Ite
         return
     try:
         try:
-            ahead = _wait_for_turn(ticket, report)
-            turn = Turn(queued=True, wait_s=time.monotonic() - t0, ahead_at_start=ahead)
+            ahead, beside = _wait_for_turn(ticket, report)
+            turn = Turn(queued=True, wait_s=time.monotonic() - t0, ahead_at_start=ahead, cores=ticket.granted, beside=beside)
         except OSError as exc:
             _warn_once(f"dpkit: stopped waiting for this machine's turn: the queue in {folder} failed ({exc})")
             turn = Turn(queued=False, wait_s=time.monotonic() - t0)
@@ -189,6 +225,11 @@ def _prepare(path: Path, follow: bool) -> str | None:
         return f"cannot be read ({exc.strerror})"
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory" if not stat.S_ISLNK(st.st_mode) else "is a symbolic link"
+    if st.st_uid not in (0, os.getuid()):
+        return (
+            f"belongs to another user (uid {st.st_uid}), who could delete the tickets in it and keep a turn "
+            f"ahead of yours; only a folder of root's or your own is used"
+        )
     if not follow and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o1777:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o1777)
@@ -237,16 +278,37 @@ def _proc_start(pid: int) -> int | None:
 class _Ticket:
     """Our place in the queue: a locked file, renamed into the folder only once locked."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cores: int | None = None) -> None:
         self.folder = folder
         self.fd = -1
+        self.allowed = allowed_cores()
+        self.need = len(self.allowed) if cores is None else max(1, min(int(cores), len(self.allowed)))
+        self.granted: list[int] | None = None
+        self.grant_path: Path | None = None
         self._enter()
+
+    def _info(self) -> dict:
+        return {"pid": os.getpid(), "start": _proc_start(os.getpid()), "pidns": _pid_ns(), "need": self.need}
+
+    def grant(self, cores: list[int]) -> None:
+        """Say which cores we take, before the run starts: a file grant.<our ticket's name> beside the ticket (the
+        ticket itself stays untouched: writing to it would change the inode time that orders the queue)."""
+        self.granted = cores
+        path = self.folder / ("grant." + self.name[len(PREFIX) :])
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, json.dumps({"cores": cores}).encode())
+        finally:
+            os.close(fd)
+        self.grant_path = path
 
     def _enter(self) -> None:
         name = f"{time.monotonic_ns():020d}.{os.getpid()}.{secrets.token_hex(8)}"
         self.name = PREFIX + name
         tmp = self.folder / f"tmp.{name}"
-        info = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "pidns": _pid_ns()}
+        self.granted = None
+        info = self._info()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             with _own_lock:
@@ -283,6 +345,10 @@ class _Ticket:
         self._enter()
 
     def release(self) -> None:
+        if self.grant_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.grant_path)
+            self.grant_path = None
         if self.fd < 0:
             return
         if self.still_there():
@@ -295,50 +361,97 @@ class _Ticket:
         self.release()
 
 
+Owner = tuple[int, int | None]  # (uid, pid): one kernel of one user; pid None where it cannot be verified
+
+
 def _alive(path: Path, st: os.stat_result, my_ns: str) -> bool:
-    """Whether the ticket at `path` has a live owner: someone holds its lock, and its pid (when this process
-    can see that pid namespace) is still the process that wrote it. A file we cannot open and test is no ticket."""
+    """Whether the ticket at `path` has a live owner (see _owner)."""
+    return _owner(path, st, my_ns) is not None
+
+
+def _owner(path: Path, st: os.stat_result, my_ns: str) -> Owner | None:
+    state = _state(path, st, my_ns)
+    return None if state is None else state[0]
+
+
+def _state(path: Path, st: os.stat_result, my_ns: str) -> tuple[Owner, dict] | None:
+    """The live owner of the ticket at `path` and what the ticket says, or None when it has no owner: someone must
+    hold its lock, and its pid
+    (when this process can see that pid namespace) must still be the process that wrote it. A file we cannot
+    open and test is no ticket. The owner is (file's uid, pid) when that pid is a live process of that uid, else
+    (uid, None): a claim we cannot check counts once per user, so forged pids cannot multiply a user's turns."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, PermissionError):
-        return False
+        return None
     except OSError:  # out of descriptors, say: look again next time rather than pass a live ticket for good
-        return True
+        return (st.st_uid, None), {}
     try:
         if os.fstat(fd).st_ino != st.st_ino:
-            return False
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False  # nobody holds it: the owner is gone
+            return None  # nobody holds it: the owner is gone
         except BlockingIOError:
             pass
+        unverified: Owner = (st.st_uid, None)
         try:
             info = json.loads(os.read(fd, 4096))
             pid, start, ns = int(info["pid"]), info.get("start"), info.get("pidns")
         except Exception:  # noqa: BLE001 -- anyone can write a ticket: nothing in one may crash the waiters
-            return True  # locked but unreadable: counts as a turn, bounded by the longest turn like any other
+            return unverified, {}  # locked but unreadable: a turn, bounded by the longest turn like any other
+        if not isinstance(info, dict):
+            return unverified, {}
         if not ns or ns != my_ns or start is None:
-            return True
+            return unverified, info
         now = _proc_start(pid)
         if now is None:  # no such process, or one /proc hides from us (hidepid): only our own uid is sure
-            return st.st_uid != os.getuid()
-        return now == start
+            return (unverified, info) if st.st_uid != os.getuid() else None
+        if now != start:
+            return None
+        return ((st.st_uid, pid) if _proc_uid(pid) == st.st_uid else unverified), info
     finally:
         os.close(fd)
 
 
+def _proc_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, Ctrl-Z, a debugger): state T or t in /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
 class _Queue:
-    """One waiter's view of the queue folder; remembers dead tickets and how long the head has held its turn."""
+    """One waiter's view of the queue folder; remembers dead tickets and how long each owner has held the turn.
+
+    Another kernel counts once however many tickets it has ahead of ours, and its time at the head adds up
+    over all of them: one process holding six tickets delays us one turn, not six. Our own process's other
+    tickets (its other threads) count one by one, as before."""
 
     def __init__(self, ticket: _Ticket) -> None:
         self.ticket = ticket
         self.skip: set[tuple[str, int]] = set()  # (name, inode) of tickets found dead or overstaying
-        self.head_since: dict[tuple[str, int], float] = {}
+        self.skip_owners: set[Owner] = set()  # other kernels that overstayed their turn
+        self.head_since: dict[object, float] = {}
+        self.stopped_since: dict[int, float] = {}
         self.ns = _pid_ns()
         self.limit = max_turn_s()
+        self.stopped_limit = stopped_s()
+        self.me: Owner = (os.getuid(), os.getpid())
+        self.free: list[int] = []  # the cores no ticket ahead holds (after ahead())
+        self.holders = 0  # tickets ahead holding cores (after ahead())
 
     def ahead(self) -> int:
-        """How many live tickets are ahead of ours (0: the turn is ours)."""
+        """How many live runs are ahead of ours (0: the turn is ours)."""
         folder = self.ticket.folder
         tickets = []
         mine = None
@@ -347,8 +460,10 @@ class _Queue:
         except FileNotFoundError:  # the folder was removed (a /tmp cleaner): so was our ticket
             self.ticket.reenter()
             return self.ahead()
+        grants = {e.name[len("grant.") :]: e for e in entries if e.name.startswith("grant.")}
+        names = {e.name for e in entries}
         for e in entries:
-            if e.name.startswith("tmp."):
+            if e.name.startswith("tmp.") or (e.name.startswith("grant.") and PREFIX + e.name[6:] not in names):
                 _remove_if_abandoned(e)
             if not e.name.startswith(PREFIX):
                 continue
@@ -366,26 +481,103 @@ class _Queue:
         if mine is None:
             self.ticket.reenter()
             return self.ahead()
-        count = 0
+        free = set(self.ticket.allowed)
+        waiting = holders = 0  # live tickets ahead: still waiting, or holding cores (running)
+        counted: set[Owner] = set()
         for _key, name, st in sorted(t for t in tickets if t[0] < mine):
             ident = (name, st.st_ino)
-            if not _alive(folder / name, st, self.ns):
+            state = _state(folder / name, st, self.ns)
+            if state is None:
                 self.skip.add(ident)
                 if st.st_uid == os.getuid():
                     with contextlib.suppress(OSError):
                         os.unlink(folder / name)
                 continue
-            if count == 0:  # the head: holding the turn (or about to)
-                since = self.head_since.setdefault(ident, time.monotonic())
-                if time.monotonic() - since > self.limit:
+            owner, info = state
+            ours = owner == self.me
+            if not ours and owner in self.skip_owners:
+                continue
+            cores = _cores_of(info, self.ticket.allowed, _grant(grants.get(name[len(PREFIX) :]), st.st_uid))
+            if cores is None and not ours and owner in counted:
+                continue  # another kernel's waiting tickets count once
+            if (cores is not None or waiting == 0) and self._overstays(ident if ours else owner, name, owner):
+                if ours:
                     self.skip.add(ident)
-                    _warn_once(
-                        f"dpkit: a run (ticket {name}) has held this machine for over {self.limit:g} s; "
-                        f"not waiting for it any longer (${MAX_TURN_ENV})"
-                    )
-                    continue
-            count += 1
-        return count
+                else:
+                    self.skip_owners.add(owner)
+                continue
+            counted.add(owner)
+            if cores is None:
+                waiting += 1  # first come, first served: nobody passes a run that waits ahead of it
+            else:
+                holders += 1
+                free -= cores
+        self.free, self.holders = sorted(free), holders
+        if waiting == 0 and len(free) >= self.ticket.need:
+            return 0
+        return max(1, waiting + holders)  # the runs we wait for: those waiting ahead, and those holding cores
+
+    def _overstays(self, key: object, name: str, owner: Owner) -> bool:
+        """Whether the head (key: its ticket, or its kernel) has held the turn too long: longer than the longest
+        turn, or stopped (SIGSTOP, Ctrl-Z) for longer than $DPKIT_QUEUE_STOPPED_S."""
+        now = time.monotonic()
+        since = self.head_since.setdefault(key, now)
+        if now - since > self.limit:
+            _warn_once(
+                f"dpkit: a run (ticket {name}) has held this machine for over {self.limit:g} s; "
+                f"not waiting for it any longer (${MAX_TURN_ENV})"
+            )
+            return True
+        pid = owner[1]
+        if pid is None or not _stopped(pid):
+            self.stopped_since.pop(pid or 0, None)
+            return False
+        if now - self.stopped_since.setdefault(pid, now) > self.stopped_limit:
+            _warn_once(
+                f"dpkit: the run holding this machine (process {pid}) has been stopped for over "
+                f"{self.stopped_limit:g} s; not waiting for it any longer (${STOPPED_ENV})"
+            )
+            return True
+        return False
+
+
+def allowed_cores() -> list[int]:
+    """The cores this process may run on (its affinity mask: what a container or taskset grants)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def _grant(entry: os.DirEntry | None, uid: int) -> list | None:
+    """The cores a grant file lists, if it is a regular file of the ticket's own user (nobody else's counts)."""
+    if entry is None:
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            return None
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            cores = json.loads(os.read(fd, 65536))["cores"]
+        finally:
+            os.close(fd)
+        return cores if isinstance(cores, list) else None
+    except Exception:  # noqa: BLE001 -- anyone can write a file: nothing in one may crash the waiters
+        return None
+
+
+def _cores_of(info: dict, allowed: list[int], granted: list | None) -> set[int] | None:
+    """The cores a live ticket holds: those of its grant file; None while it waits. A ticket without "need" (an
+    older dpkit's, or one we cannot read) holds the whole machine while it lives, as every ticket once did."""
+    if "need" not in info:
+        return set(allowed)
+    if granted is None:
+        return None
+    try:
+        return {int(c) for c in granted}
+    except (TypeError, ValueError):
+        return set(allowed)
 
 
 def _remove_if_abandoned(entry: os.DirEntry) -> None:
@@ -396,8 +588,9 @@ def _remove_if_abandoned(entry: os.DirEntry) -> None:
             os.unlink(entry.path)
 
 
-def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> int:
-    """Poll until no live ticket is ahead; returns how many were ahead at first."""
+def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> tuple[int, int]:
+    """Poll until no live ticket is ahead and enough cores are free, take them (ticket.granted); returns how many
+    runs were ahead at first, and how many hold cores beside ours now."""
     queue = _Queue(ticket)
     first = last = None
     while True:
@@ -408,5 +601,6 @@ def _wait_for_turn(ticket: _Ticket, report: Progress | None) -> int:
             report(ahead)
         last = ahead
         if ahead == 0:
-            return first
+            ticket.grant(queue.free[: ticket.need])
+            return first, queue.holders
         time.sleep(min(1.0, POLL_S * (1 + ahead // 4)))  # those far back look less often: 30 waiters stay cheap

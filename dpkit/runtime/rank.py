@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -42,19 +43,45 @@ def _die_with_parent() -> None:
 
 
 def _forkserver_exits_fast() -> None:
-    """In the forkserver (which preloads this module): exit without interpreter teardown.
+    """In the forkserver (which preloads this module): exit without interpreter teardown, and leave no folder.
 
     It exits when its last client is gone, e.g. a killed caller's ranks; tearing down torch then
-    took it 2-10 s of CPU on a busy machine, for nothing: it holds no data. Ranks, forked from it,
-    never run atexit (they end in os._exit), and other processes importing this module are left alone."""
-    if any("from multiprocessing.forkserver import main" in arg for arg in getattr(sys, "orig_argv", ())):
+    took it 2-10 s of CPU on a busy machine, for nothing: it holds no data. Its listening socket lives in the
+    caller's pymp-* temporary folder, which the caller removes when it exits; a caller killed with kill -9
+    removes nothing, so the server, outliving it, removes that folder on its way out (only when the caller,
+    its parent, is gone). Ctrl-C stays blocked here and in the ranks (see launch.start_forkserver).
+    Ranks, forked from it, never run atexit (they end in os._exit); other processes importing this module
+    are left alone."""
+    argv = " ".join(getattr(sys, "orig_argv", ()))
+    if "from multiprocessing.forkserver import main" not in argv:
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caller = os.getppid()
+    folder = _listener_folder(argv)
 
-        def exit_now() -> None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+    def exit_now() -> None:
+        if folder is not None and os.getppid() != caller:
+            shutil.rmtree(folder, ignore_errors=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
-        atexit.register(exit_now)
+    atexit.register(exit_now)
+
+
+def _listener_folder(argv: str) -> str | None:
+    """The caller's pymp-* folder holding the forkserver's socket (its fd is main()'s first argument), or None."""
+    try:
+        fd = int(argv.split("main(", 1)[1].split(",", 1)[0])
+        with socket.socket(fileno=os.dup(fd)) as listener:
+            address = listener.getsockname()
+    except (IndexError, ValueError, OSError):
+        return None
+    if not isinstance(address, str) or not address.startswith("/"):
+        return None  # an abstract socket: no file
+    folder = os.path.dirname(address)
+    return folder if os.path.basename(folder).startswith("pymp-") else None
 
 
 _forkserver_exits_fast()
@@ -79,11 +106,25 @@ def _exit_with_caller(link, out_dir: str, out_dir_is_temporary: bool) -> None:
             told = link.recv_bytes()  # the caller sends nothing else
         except (EOFError, OSError):
             told = None
-        if told is None and out_dir_is_temporary:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if told is None:
+            if out_dir_is_temporary:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_caller_mp_folder()
         os._exit(1)
 
     threading.Thread(target=watch, name="dpkit-caller-watch", daemon=True).start()
+
+
+def _remove_caller_mp_folder() -> None:
+    """The caller died without cleaning up: remove its pymp-* folder, which holds the forkserver's socket (a rank
+    forked from the forkserver knows that socket's address: the server sets it before it forks)."""
+    import multiprocessing.forkserver
+
+    address = getattr(multiprocessing.forkserver._forkserver, "_forkserver_address", None)
+    if isinstance(address, str) and address.startswith("/"):
+        folder = os.path.dirname(address)
+        if os.path.basename(folder).startswith("pymp-"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _loopback_interface() -> str | None:
@@ -102,11 +143,26 @@ def _loopback_interface() -> str | None:
 
 
 def rank_entry(
-    target, payload, rank, nprocs, port, backend, threads, out_dir, link, timeout_s, gloo_mode="idle", out_dir_is_temporary=False
+    target,
+    payload,
+    rank,
+    nprocs,
+    port,
+    backend,
+    threads,
+    out_dir,
+    link,
+    timeout_s,
+    gloo_mode="idle",
+    out_dir_is_temporary=False,
+    cores=None,
 ) -> None:
-    """Run one rank; on any exception send its traceback to the launcher through `link`, then exit 1."""
+    """Run one rank; on any exception send its traceback to the launcher through `link`, then exit 1.
+    `cores`: the cores this rank is pinned to (the run's core slot, dpkit.runtime.queue), or None."""
     _die_with_parent()
     _exit_with_caller(link, out_dir, out_dir_is_temporary)
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)  # before torch starts its threads: they inherit it
     if "GLOO_SOCKET_IFNAME" not in os.environ and (lo := _loopback_interface()):
         # all ranks are on this machine: gloo's listening sockets (any gloo group) need not be reachable from others
         os.environ["GLOO_SOCKET_IFNAME"] = lo
