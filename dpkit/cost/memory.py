@@ -194,17 +194,20 @@ def sync_buffers(cfg: RunConfig, grad_bytes: list[float], n: int, trained: list[
     else:
         largest = float(VALUE_BYTES * max(buckets(trained, cfg.bucket_mb), default=0))
         kept = total
-    return kept + scratch_bytes(cfg.allreduce_algo, largest, n)
+    return kept + scratch_bytes(cfg.allreduce_algo, largest, n, cfg.ranks_per_node)
 
 
-def scratch_bytes(algo: str, largest: float, n: int) -> float:
+def scratch_bytes(algo: str, largest: float, n: int, ranks_per_node: int = 1) -> float:
     """The hand-written all-reduces' reusable receive buffers (dpkit.comm.group.scratch_buffer) for a largest
     message of `largest` bytes: the chunked ring two chunks, the whole-tensor ring two tensors, the tree one,
-    reduce-and-broadcast's root n-1; the backend's own algorithm ('native') none that dpkit holds."""
+    reduce-and-broadcast's root n-1; the backend's own algorithm ('native') none that dpkit holds. The
+    hierarchical all-reduce's largest ring is the one inside a node, over r ranks (without nodes: the ring)."""
     if n <= 1:
         return 0.0
     elements = largest / VALUE_BYTES
+    r = ranks_per_node
     return {
+        "hierarchical": 2 * math.ceil(elements / (r if 1 < r < n and n % r == 0 else n)) * VALUE_BYTES,
         "native": 0.0,
         "ring": 2 * math.ceil(elements / n) * VALUE_BYTES,
         "ring-whole": 2 * largest,
