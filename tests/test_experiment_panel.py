@@ -207,7 +207,8 @@ def test_experiment_plot_warns_about_noise_and_refuses_frames_without_modes() ->
     frame, per_role = _hand_made({"ring": {1: 1.0, 2: 0.6}, "ps": {1: 1.0, 2: 0.7}})
     frame.loc[frame.world_size == 1, ["noisy", "noise_reason"]] = [True, "spread 80% of the median"]
     text = plots.experiment_plot(frame, per_role).get_supxlabel()
-    assert text.count("world size 1 (the baseline every speedup divides by)") == 1  # said once, not once per mode
+    assert text.count("world size 1 (the baseline)") == 1  # said once, not once per mode
+    assert text.count("not measurable now: the baseline's spread 80% of the median") == 2  # each mode's world size 2
     with pytest.raises(ValueError, match="'mode' column"):
         plots.experiment_plot(frame.drop(columns="mode"), per_role)
     with pytest.raises(ValueError, match="empty"):

@@ -194,11 +194,13 @@ def test_speedup_plot_draws_error_bars_integer_ticks_and_a_red_warning_for_noisy
     data = plots.scaling_frame(frame)
     for ax, col in zip(fig.axes, ("speedup", "efficiency"), strict=True):
         (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-        segments = bars.lines[2][0].get_segments()
-        assert [seg[0][1] for seg in segments] == pytest.approx(data[f"{col}_low"].tolist())
-        assert [seg[1][1] for seg in segments] == pytest.approx(data[f"{col}_high"].tolist())
+        segments = [seg for seg in bars.lines[2][0].get_segments() if len(seg) and np.isfinite(seg).all()]
+        shown = data[data.withheld == ""]  # the noisy point is withheld: no bar, a cross labelled 'withheld'
+        assert [seg[0][1] for seg in segments] == pytest.approx(shown[f"{col}_low"].tolist())
+        assert [seg[1][1] for seg in segments] == pytest.approx(shown[f"{col}_high"].tolist())
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
-    warned = [t for t in fig.texts if "noisy measurement at world size 2" in t.get_text()]
+        assert [t.get_text() for t in ax.texts] == ["withheld"]
+    warned = [t for t in fig.texts if "speedup withheld at world size 2, not measurable now" in t.get_text()]
     assert len(warned) == 1 and "spread 34%" in warned[0].get_text() and warned[0].get_color() == plots.WARNING_COLOR
     FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
@@ -209,43 +211,60 @@ def test_speedup_plot_draws_error_bars_integer_ticks_and_a_red_warning_for_noisy
 
 
 # ---- the demo's report ------------------------------------------------------------------------------
-DEMO_CORES = {"threads_per_rank": {1: 2, 2: 1, 4: 1}, "num_processes": {1: 1, 2: 2, 4: 4}, "cpu_count": 2, "comm_s": 0.01}
+DEMO_CORES = {"threads_per_rank": 1, "num_processes": {1: 1, 2: 2, 4: 4}, "cpu_count": 2, "comm_s": 0.01, "exposed_comm_s": 0.01}
+ALL_THREADS_BASELINE = {**DEMO_CORES, "threads_per_rank": {1: 2, 2: 1, 4: 1}}
 
 
-def test_demo_report_explains_an_efficiency_above_what_the_cores_can_give() -> None:
-    t1 = 1.0
+def test_demo_report_withholds_an_efficiency_above_what_the_cores_can_give() -> None:
     frame = _scaling(
-        {1: (t1, 0.7, 1.3), 2: (t1 / 5.08, 0.18, 0.21), 4: (0.6, 0.55, 0.65)},
+        {1: (1.0, 0.7, 1.3), 2: (1 / 5.08, 0.18, 0.21), 4: (0.6, 0.55, 0.65)},
         noisy={1: "spread 34% of the median over 3 repeats"},
         **DEMO_CORES,
     )
     text = report(frame)
-    assert "2.54" in text  # the table shows the efficiency...
-    assert (
-        "WARNING: efficiency 2.54 at world size 2 is above what 2 cores can give (speedup 5.08; the cores allow at most 1): "
-        "the measurement was noisy (world size 1: spread 34% of the median over 3 repeats)"
-    ) in text  # ...and says why it cannot be believed
-    assert "WARNING: noisy measurement at world size 1 (the baseline every speedup divides by)" in text
-    assert "limited by the cores" not in text and "cannot be read as they stand" in text
-    plot_text = " ".join(t.get_text() for t in plots.speedup_plot(frame).texts).replace("\n    ", " ")
-    assert "efficiency 2.54 at world size 2 is above what 2 cores can give" in plot_text
+    assert "2.54" not in text and "5.08" in text  # the efficiency is never printed; the reason names the speedup
+    assert "speedup withheld at world size 2, not measurable now:" in text
+    assert "speedup 5.08 is above the 2x the cores allow" in text and "the baseline's spread 34%" in text
+    assert "Fastest" not in text and "Rerun `dpkit demo` when the machine is quieter" in text
+    data = plots.scaling_frame(frame)
+    assert data.efficiency.isna().all() and (data.withheld != "").all()  # the baseline's own noise: every row
+    fig = plots.speedup_plot(frame)
+    for ax in fig.axes:  # nothing drawn above what the cores allow; a cross where each point would be
+        ys = [y for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y)]
+        assert max(ys, default=0) <= 4.0
+        assert sum(t.get_text() == "withheld" for t in ax.texts) == 3
+    plot_text = " ".join(t.get_text() for t in fig.texts).replace("\n    ", " ")
+    assert "speedup withheld at world size 2, not measurable now" in plot_text
 
 
-def test_demo_report_warns_on_superlinear_even_when_the_repeats_agree() -> None:
-    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (1 / 2.6, 0.38, 0.39), 4: (0.6, 0.59, 0.61)}, **DEMO_CORES)
+def test_a_superlinear_speedup_against_an_all_threads_baseline_is_withheld_even_when_the_repeats_agree() -> None:
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (1 / 2.6, 0.38, 0.39), 4: (0.6, 0.59, 0.61)}, **ALL_THREADS_BASELINE)
+    data = plots.scaling_frame(frame)
+    assert data.withheld.tolist()[:2] == ["", "not measurable now: speedup 2.60 is above the 1x the cores allow"]
+    assert data.speedup_measured[1] == pytest.approx(2.6) and np.isnan(data.speedup[1])
+    assert data.withheld[2] == "not measurable now: speedup 1.67 is above the 1x the cores allow"  # 4 ranks, 2 cores
     text = report(frame)
-    assert "WARNING: efficiency 1.30 at world size 2 is above what 2 cores can give" in text
-    assert "rerun with more repeats" in text and "limited by the cores" not in text
-    assert "does not come from" in text and "cannot be read as they stand" not in text  # no noise measured: say so
+    assert "speedup withheld at world size 2" in text and "the baseline's threads differ" in text
+
+
+def test_waiting_for_a_core_or_outside_load_withholds_with_the_reason() -> None:
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61)}, **DEMO_CORES)
+    frame["waiting_for_core_s"] = [0.0, 0.3]
+    frame["other_busy_processes"] = [2.0, 0.0]
+    frame["busy_processes"] = [3.0, 2.0]
+    data = plots.scaling_frame(frame)
+    assert data.withheld[0] == "not measurable now: 2 busy processes outside the run (3 busy on 2 cores)"
+    assert data.withheld[1] == ("not measurable now: the ranks waited for a core 50% of the step")
+    quiet = plots.scaling_frame(_scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61)}, **DEMO_CORES))
+    assert (quiet.withheld == "").all() and quiet.speedup[1] == pytest.approx(1 / 0.6)
 
 
 def test_demo_report_conclusion_follows_the_numbers_when_they_are_clean() -> None:
-    within = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.98, 0.97, 0.99), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
-    assert "WARNING" not in within and "speedup is limited by the cores you have" in within
+    faster = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.7, 0.69, 0.71), 4: (0.8, 0.79, 0.81)}, **DEMO_CORES))
+    assert "WARNING" not in faster and "Fastest: world size 2, 1.43x the single process" in faster
+    assert "each process: 1 core" in faster and "4 processes x 1 thread(s) share 2 cores" in faster
     slower = report(_scaling({1: (1.0, 0.99, 1.01), 2: (1.2, 1.19, 1.21), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
     assert "No world size beat the single process (best speedup 0.83, at world size 2)" in slower
-    beyond = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.7, 0.69, 0.71), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
-    assert "WARNING" not in beyond and "more than extra cores explain" in beyond and "limited by the cores" not in beyond
 
 
 def test_demo_quick_writes_spread_columns(tmp_path: Path) -> None:

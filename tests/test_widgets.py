@@ -43,8 +43,11 @@ def test_scaling_uses_the_single_process_baseline_and_adds_speedup(cache: w.RunC
     assert isinstance(fig, Figure)
     assert frame.parallelism.tolist() == ["none", "data", "data"]
     assert frame.per_rank_batch.tolist() == [24, 12, 8]
-    assert frame.speedup.iloc[0] == pytest.approx(1.0)
-    assert frame.speedup.iloc[1] == pytest.approx(frame.step_time_s.iloc[0] / frame.step_time_s.iloc[1])
+    assert frame.speedup_measured.iloc[0] == pytest.approx(1.0)  # as measured; `speedup` is NaN where withheld
+    assert frame.speedup_measured.iloc[1] == pytest.approx(frame.step_time_s.iloc[0] / frame.step_time_s.iloc[1])
+    shown = frame.withheld == ""
+    assert frame.speedup[shown].tolist() == pytest.approx(frame.speedup_measured[shown].tolist())
+    assert frame.speedup[~shown].isna().all() and frame.withheld[~shown].str.startswith("not measurable now: ").all()
 
 
 def test_compare_gives_one_row_per_value(cache: w.RunCache) -> None:

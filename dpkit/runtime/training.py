@@ -30,6 +30,7 @@ from ..strategies.base import RankContext
 from ..workloads import build_dataset
 from . import gloo_loop
 from .cores import cores_available
+from .cpu_time import StepCpuClock
 from .memory import MemoryMeter
 from .recorder import CudaClock, HostClock, Recorder
 
@@ -154,6 +155,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     data = build_dataset(cfg)
     delay = cfg.straggler_delay_s if rank in cfg.straggler_ranks else 0.0
     losses: list[tuple[float, int]] = []
+    cpu = StepCpuClock()  # CPU seconds beside wall: time lost waiting for a core shows as its own quantity
     try:
         time_base = common_time_base(rank, world, ctrl)
         clock.set_origin(time_base.origin)
@@ -163,6 +165,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
                 os.kill(os.getpid(), signal.SIGKILL)
             recorder.begin_step(step)
+            cpu.begin()
             if delay:  # injected, never counted as compute: the learner must see it is not real work
                 with recorder.span("injected", "straggler delay"):
                     time.sleep(delay)
@@ -172,6 +175,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             if group is not None:
                 comm.barrier(group, kind="idle", name="end-of-step barrier")
             recorder.end_step()
+            recorder.steps[-1]["cpu_s"] = cpu.end()
         mine = {
             "losses": losses,
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
