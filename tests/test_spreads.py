@@ -301,3 +301,85 @@ def test_widget_scaling_repeats_interleaved_and_reuses_cached_repeats() -> None:
     assert launched == [1, 2] and frame.repeats.tolist() == [3, 3]
     panel = w.scaling_panel(BASE.replace(global_batch=24, hidden=32), cache)
     assert panel.values()["repeats"] == 3
+
+
+# ---- device model, CPU time, verdicts, links the machine can honour --------------------------------
+def test_one_rank_is_one_core_by_default_and_figures_say_when_ranks_share_cores() -> None:
+    from dpkit.runtime.cores import cores_note, default_threads
+
+    assert default_threads(1) == default_threads(4) == 1
+    with pytest.raises(ValueError, match="device_model"):
+        default_threads(2, "half a core")
+    assert cores_note(2, 1, 2) == "each process: 1 core" and cores_note(1, 1, 2) == "one process: 1 core"
+    assert cores_note(4, 1, 2) == "4 processes x 1 thread(s) share 2 cores: not one core each"
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61), 4: (0.7, 0.69, 0.71)}, **DEMO_CORES)
+    title = plots.speedup_plot(frame).get_suptitle()
+    assert "each process: 1 core" in title and "4 processes x 1 thread(s) share 2 cores" in title
+
+
+def test_waiting_for_a_core_is_the_compute_the_cpu_clock_did_not_cover() -> None:
+    from dpkit.runtime.cpu_time import StepCpuClock, waiting_for_core
+
+    assert waiting_for_core(0.10, 0.06) == pytest.approx(0.04)
+    assert waiting_for_core(0.10, 0.12) == 0.0  # comm threads' CPU on top: never negative
+    assert np.isnan(waiting_for_core(0.10, float("nan")))
+    clock = StepCpuClock()
+    clock.begin()
+    deadline = time.process_time() + 0.02
+    while time.process_time() < deadline:  # busy: the CPU clock runs
+        pass
+    busy = clock.end()
+    clock.begin()
+    time.sleep(0.05)  # asleep: it does not
+    assert busy >= 0.02 and clock.end() < 0.02
+
+
+def test_verdict_says_which_is_faster_by_how_much_and_why_or_no_reliable_difference() -> None:
+    from dpkit.verdict import compare_rows, scaling_verdict
+
+    ring = pd.Series({"step_time_s": 0.010, "step_time_min_s": 0.009, "step_time_max_s": 0.011, "exposed_comm_s": 0.002,
+                      "worker_bytes_per_step": 1e5, "withheld": ""})  # fmt: skip
+    ps = pd.Series({"step_time_s": 0.020, "step_time_min_s": 0.018, "step_time_max_s": 0.022, "exposed_comm_s": 0.0058,
+                    "server_bytes_per_step": 3e5, "worker_bytes_per_step": 1e5, "server_exposed_comm_s": 0.004, "withheld": ""})  # fmt: skip
+    text = compare_rows(ring, ps, "all-reduce", "parameter server")
+    assert text.startswith("all-reduce is 2.00x faster than parameter server (10 ms against 20 ms per step): ")
+    assert "its server sends 3x a worker's bytes" in text and "exposed comm 5.8 ms per step against 2 ms" in text
+    close = ps.copy()
+    close[["step_time_s", "step_time_min_s", "step_time_max_s"]] = [0.0105, 0.0095, 0.012]
+    assert compare_rows(ring, close, "a", "b").startswith("no reliable difference between a and b")
+    busy = ps.copy()
+    busy["withheld"] = "not measurable now: 2 busy processes outside the run (4 busy on 2 cores)"
+    assert compare_rows(ring, busy, "a", "b") == "b: not measurable now: 2 busy processes outside the run (4 busy on 2 cores)."
+    frame = _scaling({1: (1.0, 0.95, 1.05), 2: (0.7, 0.68, 0.72)}, **DEMO_CORES)
+    assert scaling_verdict(plots.scaling_frame(frame)) == [
+        "2 ranks is 1.43x faster than one process (700 ms against 1e+03 ms per step)."
+    ]
+
+
+def test_a_link_the_machine_cannot_honour_is_refused_before_running_with_one_it_can() -> None:
+    from dpkit.lessons import COMM_BOUND
+    from dpkit.link_check import check_link, message_bytes
+
+    cfg = COMM_BOUND.config.replace(world_size=2)
+    size = message_bytes(cfg)
+    assert size == 4 * sum(v.numel() for v in dpkit.workloads.build_model(cfg, 0).state_dict().values()) // 2
+    quick = check_link(cfg, floors=lambda sizes: {s: 1e-4 for s in sizes})  # a 0.1 ms loopback: 1 GbE is slower
+    assert quick is not None and quick.honoured and quick.text().startswith("1GbE can be emulated here")
+    slow = check_link(cfg.replace(link="100GbE"), floors=lambda sizes: {s: 4e-4 for s in sizes})
+    assert slow is not None and not slow.honoured and slow.fastest_honoured == "1GbE"
+    assert slow.text().startswith("this machine cannot honour 100GbE for these messages") and "is 1GbE" in slow.text()
+    assert check_link(cfg.replace(link="none")) is None
+    import dpkit.link_check as lc
+
+    panel = w.experiment_panel(cfg).set(workload="comm", max_world_size=2)
+    panel.set(link="NVLink")
+    sizes = [message_bytes(w.mode_config(cfg.replace(link="NVLink"), mode, 2)) for mode in ("allreduce", "ps")]
+    saved = dict(lc._FLOORS)
+    lc._FLOORS.update({s: 4e-4 for s in sizes})  # as if calibrated: a 0.4 ms loopback
+    try:
+        panel.run()
+    finally:
+        lc._FLOORS.clear()
+        lc._FLOORS.update(saved)
+    assert isinstance(panel.error, lc.LinkNotHonourable) and "cannot honour NVLink" in str(panel.error)
+    assert "the fastest link it can honour for them is 1GbE" in panel.status.value and panel.runs == 0
