@@ -432,10 +432,10 @@ def scaling_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     """Speedup and efficiency against world size for a lesson workload (in words), with grad sync as a knob;
     one rank = one core, the baseline too (dpkit.runtime.cores), and a verdict in words under the figure."""
     controls = {
-        "workload": _workload_dropdown(),
         "max_world_size": W.IntSlider(value=2, min=2, max=4, description="largest world size"),
         "grad_sync": _dropdown(["per-tensor", "flat", "bucketed", "ddp"], base.grad_sync, "grad sync"),
         "repeats": W.IntSlider(value=2, min=1, max=5, description="runs per world size (interleaved)"),
+        "workload": _workload_dropdown(),
     }
 
     def compute(
@@ -837,7 +837,6 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     ]
     small = base.model_hidden if base.model_hidden in EXPERIMENT_HIDDEN[:2] else EXPERIMENT_HIDDEN[0]
     controls: dict[str, W.ValueWidget] = {
-        "workload": _dropdown([("as set below", "custom")] + [(w.words, k) for k, w in WORKLOADS.items()], "custom", "workload"),
         "max_world_size": W.IntSlider(value=3, min=2, max=4, description="largest world size"),
         "scaling": W.ToggleButtons(
             options=[("strong (same global batch)", "strong"), ("weak (same per-rank batch)", "weak")], description="scaling"
@@ -851,6 +850,9 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         "hidden": W.Dropdown(options=sizes, value=small, description="model size"),
         "link": _dropdown(EXPERIMENT_LINKS, base.link if base.link in EXPERIMENT_LINKS else "none", "emulated link"),
         "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per point (interleaved)"),
+        "workload": _dropdown(
+            [("as set by the controls", "custom")] + [(w.words, k) for k, w in WORKLOADS.items()], "custom", "workload"
+        ),
     }
     if len(EXPERIMENT_LINKS) < 2:  # no emulated links to offer
         del controls["link"]
