@@ -383,3 +383,15 @@ def test_a_link_the_machine_cannot_honour_is_refused_before_running_with_one_it_
         lc._FLOORS.update(saved)
     assert isinstance(panel.error, lc.LinkNotHonourable) and "cannot honour NVLink" in str(panel.error)
     assert "the fastest link it can honour for them is 1GbE" in panel.status.value and panel.runs == 0
+
+
+@pytest.mark.slow
+def test_sweep_prints_the_noisy_verdict_and_withholds_speedups_as_the_figures_do(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dpkit.cli", "sweep", "--model", "mlp", "--hidden", "16", "--layers", "1", "--global-batch", "8",
+         "--steps", "3", "--warmup", "1", "--out", str(tmp_path), "world-size=1,2"],
+        capture_output=True, text=True, timeout=400, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert {"cpu_s", "waiting_for_core_s", "speedup", "efficiency", "withheld", "noisy", "noise_reason"} <= set(header)
