@@ -25,7 +25,7 @@ class Workload:
 COMPUTE_BOUND = Workload(
     "compute",
     "a large model: compute dominates",
-    RunConfig(parallelism="data", model="mlp", hidden=128, layers=2, global_batch=1024, steps=4, warmup=1, grad_sync="bucketed"),
+    RunConfig(parallelism="data", model="mlp", hidden=128, layers=2, global_batch=960, steps=4, warmup=1, grad_sync="bucketed"),
 )
 COMM_BOUND = Workload(
     "comm",

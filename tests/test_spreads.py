@@ -395,3 +395,12 @@ def test_sweep_prints_the_noisy_verdict_and_withholds_speedups_as_the_figures_do
     assert done.returncode == 0, done.stderr
     header = done.stdout.splitlines()[0].split()
     assert {"cpu_s", "waiting_for_core_s", "speedup", "efficiency", "withheld", "noisy", "noise_reason"} <= set(header)
+
+
+def test_lesson_workloads_split_over_every_world_size_a_panel_offers_and_are_offered_by_the_experiment_panel() -> None:
+    from dpkit.lessons import WORKLOADS
+
+    for workload in WORKLOADS.values():
+        for n in (1, 2, 3, 4):
+            workload.config.replace(world_size=n)  # a batch that does not split raises ValueError
+        assert workload.config.global_batch in w.EXPERIMENT_BATCHES and workload.config.model_hidden in w.EXPERIMENT_HIDDEN

@@ -623,7 +623,7 @@ SCALINGS = ("strong", "weak")
 EXPERIMENT_LINKS: tuple[str, ...] = tuple(c for c in LINK_CHOICES if c != "custom")
 EXPERIMENT_STEPS = 4  # the panel's runs: 1 + modes x (N-1) configs x repeats of them must finish in a minute or two on 2 cores
 EXPERIMENT_HIDDEN = (32, 64, 128, 256, 512)
-EXPERIMENT_BATCHES = (12, 24, 48, 96, 192, 256, 384)  # split over 1..4 ranks where they can (strong); per-rank (weak)
+EXPERIMENT_BATCHES = (12, 24, 48, 96, 192, 384, 960)  # split over 1..4 ranks (strong); per-rank batches (weak)
 EXPERIMENT_COLUMNS = [  # compact: the figure has the spreads and the per-role comm; `withheld` says why a blank
     "mode", "world_size", "processes", "step_time_s", "step_time_iqr_s", "waiting_for_core_s", "speedup", "efficiency",
     "worker_exposed_comm_s", "server_exposed_comm_s", "worker_bytes_per_step", "server_bytes_per_step", "withheld",
