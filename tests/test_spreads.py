@@ -388,7 +388,7 @@ def test_a_link_the_machine_cannot_honour_is_refused_before_running_with_one_it_
 @pytest.mark.slow
 def test_sweep_prints_the_noisy_verdict_and_withholds_speedups_as_the_figures_do(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dpkit.cli", "sweep", "--model", "mlp", "--hidden", "16", "--layers", "1", "--global-batch", "8",
+        [sys.executable, "-m", "dpkit.cli", "sweep", "--parallelism", "data", "--model", "mlp", "--hidden", "16", "--layers", "1", "--global-batch", "8",
          "--steps", "3", "--warmup", "1", "--out", str(tmp_path), "world-size=1,2"],
         capture_output=True, text=True, timeout=400, cwd=ROOT,
     )  # fmt: skip
@@ -404,3 +404,15 @@ def test_lesson_workloads_split_over_every_world_size_a_panel_offers_and_are_off
         for n in (1, 2, 3, 4):
             workload.config.replace(world_size=n)  # a batch that does not split raises ValueError
         assert workload.config.global_batch in w.EXPERIMENT_BATCHES and workload.config.model_hidden in w.EXPERIMENT_HIDDEN
+
+
+@pytest.mark.slow
+def test_a_run_records_cpu_time_per_step_and_rank_beside_wall_time(tmp_path: Path) -> None:
+    result = dpkit.api.run(BASE.replace(world_size=2), out=tmp_path / "run")
+    stats = result.step_stats()
+    assert stats.cpu_s.notna().all() and (stats.cpu_s > 0).all()
+    assert (stats.waiting_for_core_s >= 0).all()
+    assert (stats.compute_s - stats.cpu_s).clip(lower=0).tolist() == pytest.approx(stats.waiting_for_core_s.tolist())
+    s = result.summary
+    assert s["cpu_s"] > 0 and 0 <= s["waiting_for_core_s"] <= s["step_time_s"] and s["threads_per_rank"] == 1
+    assert RunResult.load(tmp_path / "run").summary["cpu_s"] == s["cpu_s"]
