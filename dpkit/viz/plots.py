@@ -241,7 +241,8 @@ def speedup_plot(frame: pd.DataFrame, x: str = "world_size", baseline: float | N
     for ax in (ax_s, ax_e):
         ax.set_xticks(xs, [_number(v) for v in xs])  # world sizes are whole numbers: never 1.5 or 2.0
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")  # inside the axes: never over a title
+    # one legend, beside the axes: never over the data or a title (both axes share its lines)
+    ax_e.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     fig.suptitle(_subtitle(data), fontsize=9)
     warnings = scaling_warnings(data, x)
     if warnings:
