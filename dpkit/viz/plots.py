@@ -215,7 +215,7 @@ def speedup_plot(frame: pd.DataFrame, x: str = "world_size", baseline: float | N
     cols = ["speedup", "speedup_low", "speedup_high", "efficiency", "efficiency_low", "efficiency_high"]
     ringed = False
     for name, g in groups:
-        flagged = g[g.noisy.eq(True)] if "noisy" in g.columns else g.iloc[:0]
+        flagged = g[g.noisy.eq(True) & g.speedup.notna()] if "noisy" in g.columns else g.iloc[:0]  # withheld: a cross instead
         g = g.groupby(x, as_index=False)[cols].median().sort_values(x)
         label = f"{hue}={name}" if hue else name
         for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency")):
@@ -550,7 +550,7 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
     ringed = False
     for mode in modes:
         g = data[data[hue] == mode].sort_values("world_size")
-        flagged = g[g.noisy.eq(True)] if "noisy" in g.columns else g.iloc[:0]
+        flagged = g[g.noisy.eq(True) & g.speedup.notna()] if "noisy" in g.columns else g.iloc[:0]  # withheld: a cross instead
         for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency")):
             err = np.vstack([g[col] - g[f"{col}_low"], g[f"{col}_high"] - g[col]]).clip(min=0)
             bars = ax.errorbar(
