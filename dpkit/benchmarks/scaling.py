@@ -6,6 +6,8 @@ is measured beside it, where communication dominates. Each world size runs `--re
 the speedups go through dpkit.measure.withhold like every figure's, and the machine's load (processes busy
 outside the run, the load average before and after) is recorded with every number, so a ratio taken on a
 busy machine says so instead of passing for the workload's.
+cpu_speedup is the baseline's CPU seconds per step over a rank's: the speedup the ranks' own work allows with a
+core each, which other programs cannot disturb (exposed comm and waits not counted: an upper bound).
 Writes scaling.csv (one row per workload and world size).
 """
 
@@ -26,7 +28,7 @@ from ..viz.plots import scaling_frame
 BAR = 1.3  # the compute-bound default's speedup at world size 2 on a quiet 2-core machine
 COLUMNS = [
     "workload", "world_size", "step_time_s", "step_time_iqr_s", "cpu_s", "waiting_for_core_s", "exposed_comm_s",
-    "speedup", "speedup_measured", "speedup_low", "speedup_high", "withheld", "other_busy_processes", "repeats",
+    "speedup", "speedup_measured", "speedup_low", "speedup_high", "cpu_speedup", "withheld", "other_busy_processes", "repeats",
     "threads_per_rank", "cpu_count", "hidden", "layers", "global_batch", "link", "load_before", "load_after", "seconds",
 ]  # fmt: skip
 
@@ -39,6 +41,8 @@ def main(out: Path, args: argparse.Namespace) -> None:
         before, start = os.getloadavg()[0], time.perf_counter()
         frame = scaling_frame(sweep(cfg, repeats=repeats, progress=False, world_size=[1, 2]))
         frame.insert(0, "workload", key)
+        # the ranks' own CPU work against the baseline's: what one core each allows, whatever else ran (comm waits not counted)
+        frame["cpu_speedup"] = float(frame.cpu_s[frame.world_size == 1].iloc[0]) / frame.cpu_s
         frame["load_before"], frame["load_after"] = before, os.getloadavg()[0]
         frame["seconds"] = time.perf_counter() - start
         frame["hidden"], frame["layers"] = cfg.model_hidden, cfg.model_layers
