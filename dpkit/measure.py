@@ -273,7 +273,9 @@ def measurement_problems(row: dict[str, Any] | pd.Series) -> list[str]:
     out = []
     other, busy, cores = _num(row, "other_busy_processes"), _num(row, "busy_processes"), _num(row, "cpu_count")
     if cores > 0 and other >= OUTSIDE_BUSY_LIMIT and busy > cores:
-        out.append(f"{other:.2g} busy processes outside the run ({busy:.2g} busy on {cores:.0f} cores)")
+        out.append(
+            f"{other:.2g} busy process{'' if f'{other:.2g}' == '1' else 'es'} outside the run ({busy:.2g} busy on {cores:.0f} cores)"
+        )
     step, waiting = _num(row, "step_time_s"), _num(row, "waiting_for_core_s")
     if step > 0 and waiting / step > WAITING_LIMIT:
         out.append(f"the ranks waited for a core {waiting / step:.0%} of the step")
