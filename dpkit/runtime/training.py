@@ -35,7 +35,6 @@ from .cpu_time import StepCpuClock
 from .memory import MemoryMeter
 from .recorder import CudaClock, HostClock, Recorder
 
-
 # This module is preloaded into the launcher's forkserver (runtime/rank.py): parsing the shipped digits here, once,
 # lets every forked rank inherit them instead of parsing the gzip'd CSV again (70 ms of CPU per rank per run).
 with contextlib.suppress(OSError):  # a missing data file is reported where a run needs it (workloads.load_digits)
