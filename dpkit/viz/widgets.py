@@ -837,7 +837,7 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     ]
     small = base.model_hidden if base.model_hidden in EXPERIMENT_HIDDEN[:2] else EXPERIMENT_HIDDEN[0]
     controls: dict[str, W.ValueWidget] = {
-        "max_world_size": W.IntSlider(value=3, min=2, max=4, description="largest world size"),
+        "max_world_size": W.IntSlider(value=2, min=2, max=4, description="largest world size"),
         "scaling": W.ToggleButtons(
             options=[("strong (same global batch)", "strong"), ("weak (same per-rank batch)", "weak")], description="scaling"
         ),
@@ -849,7 +849,7 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         "num_servers": W.IntSlider(value=base.num_servers, min=1, max=2, description="parameter servers"),
         "hidden": W.Dropdown(options=sizes, value=small, description="model size"),
         "link": _dropdown(EXPERIMENT_LINKS, base.link if base.link in EXPERIMENT_LINKS else "none", "emulated link"),
-        "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per point (interleaved)"),
+        "repeats": W.IntSlider(value=2, min=1, max=5, description="runs per point (interleaved)"),
         "workload": _dropdown(
             [("as set by the controls", "custom")] + [(w.words, k) for k, w in WORKLOADS.items()], "custom", "workload"
         ),
