@@ -113,7 +113,9 @@ def test_the_figure_has_both_rows_and_follows_the_modes_and_the_world_sizes(cach
 @pytest.mark.slow
 def test_panel_runs_from_its_controls_reuses_the_cache_and_scales_weakly(cache, two_modes) -> None:
     panel = w.experiment_panel(BASE, cache)
-    assert panel.values()["max_world_size"] == 2 and panel.values()["repeats"] == 2 and panel.values()["hidden"] == 32  # 6 runs: quick
+    assert (
+        panel.values()["max_world_size"] == 2 and panel.values()["repeats"] == 2 and panel.values()["hidden"] == 32
+    )  # 6 runs: quick
     assert "link" in panel.controls and "1GbE" in panel.controls["link"].options
     launched = cache.launched
     panel.set(max_world_size=2, repeats=2).run()  # the defaults are two_modes' runs

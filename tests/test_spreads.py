@@ -419,3 +419,15 @@ def test_a_run_records_cpu_time_per_step_and_rank_beside_wall_time(tmp_path: Pat
     s = result.summary
     assert s["cpu_s"] > 0 and 0 <= s["waiting_for_core_s"] <= s["step_time_s"] and s["threads_per_rank"] == 1
     assert RunResult.load(tmp_path / "run").summary["cpu_s"] == s["cpu_s"]
+
+
+def test_the_all_cores_baseline_stays_available_and_is_labelled() -> None:
+    seen: list[RunConfig] = []
+    cache = w.RunCache(lambda cfg: seen.append(cfg) or dpkit.api.run(cfg))
+    base = BASE.replace(threads_per_rank=None)
+    w.scaling(base, [1, 2], cache=cache, repeats=1, device_model="all cores")
+    from dpkit.runtime.cores import cores_available
+
+    assert [c.threads_per_rank for c in seen] == [cores_available(), max(1, cores_available() // 2)]
+    with pytest.raises(ValueError, match="device_model"):
+        w.scaling(base, [1, 2], cache=w.RunCache(), repeats=1, device_model="a GPU")

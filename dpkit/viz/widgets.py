@@ -29,6 +29,7 @@ from ..lessons import WORKLOADS
 from ..link_check import LinkNotHonourable, check_link
 from ..measure import measured_run, repeat_name, run_row, summarize_repeats
 from ..results import RunResult, bytes_source, role_kind
+from ..runtime.cores import ONE_CORE, default_threads
 from ..runtime.launch import RankFailedError, RunTimeoutError
 from ..runtime.queue import reporting
 from ..strategies.registry import spec_for
@@ -127,12 +128,17 @@ def scaling(
     cache: RunCache = CACHE,
     progress: Progress | None = None,
     repeats: int = 3,
+    device_model: str = ONE_CORE,
 ) -> PanelResult:
     """Strong scaling of `base` (same global batch): world size 1 is the single-process baseline.
 
     Each world size runs `repeats` times, interleaved, and speedups are ratios of medians with error bars
-    from the repeats: a single run per point on a shared machine can show any speedup at all."""
+    from the repeats: a single run per point on a shared machine can show any speedup at all. device_model
+    ALL_CORES gives every run cores // processes threads (the baseline all of them) unless base sets
+    threads_per_rank; the figure's title then says the baseline's threads differ from the ranks'."""
     configs = [baseline_of(base) if n == 1 else base.replace(world_size=n) for n in world_sizes]
+    if device_model != ONE_CORE and base.threads_per_rank is None:
+        configs = [c.replace(threads_per_rank=default_threads(c.num_processes, device_model)) for c in configs]
     frame = plots.scaling_frame(frame_of(cache.run_repeats(configs, repeats, progress)))
     frame["per_rank_batch"] = frame.global_batch // frame.world_size
     return plots.speedup_plot(frame), frame
