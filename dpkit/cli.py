@@ -88,8 +88,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     out = check_out(Path(args.out or "results/sweep"))
     frame = sweep(cfg, out=out, **grid)
-    cols = ["run_id", *grid, "step_time_s", "samples_per_s", "comm_s", "exposed_comm_s", "final_loss"]
-    print(frame[cols].to_string(index=False))
+    if "world_size" in grid and len(set(grid["world_size"])) > 1:  # speedups follow the one rule: withheld, with the reason
+        from .viz.plots import scaling_frame
+
+        frame = scaling_frame(frame)
+    cols = ["run_id", *grid, "step_time_s", "samples_per_s", "cpu_s", "waiting_for_core_s", "exposed_comm_s", "final_loss"]
+    cols += [c for c in ("speedup", "efficiency", "withheld") if c in frame.columns] + ["noisy", "noise_reason"]
+    print(frame[[c for c in cols if c in frame.columns]].to_string(index=False, na_rep="-"))
     frame.to_csv(out / "sweep.csv", index=False)
     print(f"results: {out}/sweep.csv")
 

@@ -222,7 +222,7 @@ FIELD_HELP: dict[str, str] = {
     "fail_at_step": "the step at whose start fail_rank dies",
     "device": "where ranks compute: " + " | ".join(DEVICES) + " (auto: CUDA when there is a GPU)",
     "backend": "torch.distributed backend: " + " | ".join(BACKENDS),
-    "threads_per_rank": "torch threads per rank (default: cores / processes)",
+    "threads_per_rank": "torch threads per rank (default 1: one rank = one core)",
     "gloo_loop": "scheduling of gloo's busy-polling I/O thread: "
     + " | ".join(GLOO_LOOP_MODES)
     + " (default: $DPKIT_GLOO_LOOP, else low)",

@@ -267,3 +267,85 @@ def summarize_time_to_target(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---- withholding: a speedup that cannot be measured now is not drawn ----------------------------------
+WAITING_LIMIT = 0.25  # ranks waiting for a core (wall - CPU of compute) above this share of the step: withheld
+CORES_TOLERANCE = 1.2  # a speedup above what the cores allow by more than this factor (caches give some): withheld
+SCALED_COLUMNS = ("speedup", "speedup_low", "speedup_high", "efficiency", "efficiency_low", "efficiency_high")
+
+
+def _num(row: dict[str, Any] | pd.Series, col: str) -> float:
+    value = row.get(col)
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def cores_used(row: dict[str, Any] | pd.Series) -> float:
+    """Cores a run could keep busy: min(cores, processes x threads per process); NaN when the row does not say."""
+    cores, procs, threads = _num(row, "cpu_count"), _num(row, "num_processes"), _num(row, "threads_per_rank")
+    return math.nan if math.isnan(cores + procs + threads) else min(cores, procs * threads)
+
+
+def measurement_problems(row: dict[str, Any] | pd.Series) -> list[str]:
+    """Why one row's own step time cannot stand as a measurement now, in words ('' where it can)."""
+    out = []
+    other, busy, cores = _num(row, "other_busy_processes"), _num(row, "busy_processes"), _num(row, "cpu_count")
+    if cores > 0 and other >= OUTSIDE_BUSY_LIMIT and busy > cores:
+        out.append(
+            f"{other:.2g} busy process{'' if f'{other:.2g}' == '1' else 'es'} outside the run ({busy:.2g} busy on {cores:.0f} cores)"
+        )
+    step, waiting = _num(row, "step_time_s"), _num(row, "waiting_for_core_s")
+    if step > 0 and waiting / step > WAITING_LIMIT:
+        out.append(f"the ranks waited for a core {waiting / step:.0%} of the step")
+    median, n, spread = step, _num(row, "repeats"), _num(row, "step_time_iqr_s")
+    if median > 0 and n >= 2 and spread / median > SPREAD_LIMIT:
+        out.append(f"the repeats disagree by {spread / median:.0%} of the median")
+    run_spread = _num(row, "step_time_run_iqr_s")
+    if median > 0 and run_spread / median > RUN_SPREAD_LIMIT:
+        out.append(f"the steps of a run disagree by {run_spread / median:.0%}")
+    if not out and str(row.get("noisy")) == "True":
+        out.append(str(row.get("noise_reason") or "flagged noisy"))  # a frame that carries its verdict only
+    return out
+
+
+def withhold(frame: pd.DataFrame, x: str = "world_size", hue: str | None = None) -> pd.DataFrame:
+    """The one rule for every figure and table: a speedup and efficiency that cannot be measured now are withheld.
+
+    A row's speedup (from dpkit.viz.plots.scaling_frame) is withheld when its own measurement or its baseline's
+    has a problem (measurement_problems: outside load, waiting for a core, repeats or steps that disagree), or
+    when it exceeds what the cores allow (cores_used here over the baseline's, times CORES_TOLERANCE). Adds
+    `withheld` (the reason, 'not measurable now: ...'; '' where shown) and speedup_measured (the number as it
+    came out, for tables that say what was withheld); the SCALED_COLUMNS become NaN where withheld, so no
+    figure can draw them. Rows without the columns a rule needs are not judged by that rule.
+    """
+    out = frame.copy()
+    out["speedup_measured"] = out["speedup"] if "speedup" in out.columns else math.nan
+    reasons = [""] * len(out)
+    x0 = out[x].min()
+    groups = out.groupby(hue, sort=False, dropna=False) if hue else [(None, out)]
+    for _, g in groups:
+        base = g[g[x] == x0]
+        base = base if len(base) else out[out[x] == x0]
+        base_problems = [p for _, b in base.iterrows() for p in measurement_problems(b)]
+        base_cores = float(base.apply(cores_used, axis=1).median()) if len(base) else math.nan
+        for i in g.index:
+            row = out.loc[i]
+            problems = measurement_problems(row)[:2]  # the first two say enough; the table has every number
+            if row[x] != x0:
+                if not problems and base_problems:
+                    problems.append(f"the baseline's {base_problems[0]}")
+                limit = cores_used(row) / base_cores if base_cores > 0 else math.nan
+                speedup = _num(row, "speedup")
+                if limit > 0 and speedup > limit * CORES_TOLERANCE:
+                    problems.append(f"speedup {speedup:.2f} is above the {limit:.2g}x the cores allow")
+            if problems:
+                reasons[out.index.get_loc(i)] = "not measurable now: " + "; ".join(dict.fromkeys(problems))
+    out["withheld"] = reasons
+    hidden = out.withheld != ""
+    for col in SCALED_COLUMNS:
+        if col in out.columns:
+            out.loc[hidden, col] = math.nan
+    return out

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .runtime.cpu_time import waiting_for_core
 from .runtime.evaluation import EVAL_COLUMNS, learning_summary
 from .runtime.memory import memory_frame, memory_summary
 from .runtime.profiler import trace_events as profiler_trace_events
@@ -35,7 +36,7 @@ from .strategies.parameter_server.staleness import staleness_frame, staleness_su
 from .strategies.registry import spec_for
 
 TIMELINE_COLUMNS = ["rank", "step", "kind", "name", "start_s", "end_s", "bytes", "bytes_source", "blocking"]
-STEP_COLUMNS = ["rank", "step", "role", "start_s", "end_s"]
+STEP_COLUMNS = ["rank", "step", "role", "start_s", "end_s", "cpu_s"]
 
 # ---- result folders: what save() writes, and the manifest that load() verifies ------------
 RESULT_FORMAT = "dpkit-result"
@@ -76,6 +77,7 @@ class ResultFolderError(ValueError):
 STATES = ("injected", "blocking comm", "compute", "in-flight comm", "bubble", "idle")  # highest priority first
 STAT_COLUMNS = [
     "compute_s", "comm_s", "exposed_comm_s", "hidden_comm_s", "idle_s", "bubble_s", "injected_s", "bytes_sent",
+    "cpu_s", "waiting_for_core_s",
 ]  # fmt: skip
 
 
@@ -151,7 +153,9 @@ def step_stats(timeline: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
             bubble_s=parts["bubble"],
             injected_s=parts["injected"],
             bytes_sent=int(g.loc[g.kind == "comm", "bytes"].sum()) if len(g) else 0,
+            cpu_s=float(getattr(s, "cpu_s", math.nan)),  # this process's CPU clock (runtime.cpu_time); NaN: not recorded
         )
+        row["waiting_for_core_s"] = waiting_for_core(row["compute_s"], row["cpu_s"])
         rows.append(row)
     return pd.DataFrame(rows, columns=["rank", "step", "role", "step_time_s", *STAT_COLUMNS])
 
@@ -209,6 +213,8 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "idle_s": float(mean.idle_s),
         "bubble_s": float(mean.bubble_s),
         "injected_s": float(mean.injected_s),
+        "cpu_s": float(mean.cpu_s),
+        "waiting_for_core_s": float(mean.waiting_for_core_s),
         "bubble_fraction": float(mean.bubble_s) / step_time if step_time > 0 else float("nan"),
         "bubble_fraction_formula": expected_bubble_fraction(cfg),
         "bytes_sent_per_step": float(mean.bytes_sent),

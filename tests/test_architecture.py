@@ -191,7 +191,21 @@ def test_each_spec_lives_in_specs_apart_from_its_algorithm(spec) -> None:
 #:   a step with the cost model and name comm's collectives), with config above them;
 #: - cores and gloo_loop are facts about the machine that import nothing of dpkit; config checks values against them.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("entry points", ("dpkit", "dpkit.cli", "dpkit.demo", "dpkit.worker", "dpkit.viz", "dpkit.benchmarks", "dpkit.exercises")),
+    (
+        "entry points",
+        (
+            "dpkit",
+            "dpkit.cli",
+            "dpkit.demo",
+            "dpkit.worker",
+            "dpkit.viz",
+            "dpkit.benchmarks",
+            "dpkit.exercises",
+            "dpkit.lessons",
+            "dpkit.verdict",
+            "dpkit.link_check",
+        ),
+    ),
     ("analysis", ("dpkit.analysis",)),
     ("api", ("dpkit.api", "dpkit.measure")),
     ("runtime", ("dpkit.runtime", "dpkit.results")),

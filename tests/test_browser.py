@@ -517,23 +517,52 @@ async def _drive_all(chromium: str, server: Server, names: list[str], profile: P
     return reports
 
 
+BUSY_NOTEBOOKS = ("notebooks/00_start_here.ipynb", "notebooks/01_data_parallel.ipynb", "notebooks/03_parameter_server.ipynb")
+BUSY_PROGRAMS = 2  # `yes > /dev/null` beside JupyterLab: a learner's laptop with other programs running
+
+
+@contextlib.contextmanager
+def _busy_programs(count: int):
+    """`count` CPU-bound programs (yes > /dev/null) for the duration; each stopped by its own pid afterwards."""
+    procs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def test_notebooks_run_in_jupyterlab_in_a_browser(tmp_path: Path) -> None:
+    _run_in_browser(tmp_path, busy=0)
+
+
+def test_scaling_notebooks_stay_true_beside_two_busy_programs(tmp_path: Path) -> None:
+    """Issue 23: 00, 01 and 03 with two busy programs beside JupyterLab. Their cells assert that no speedup shown
+    exceeds what the cores allow (dpkit.measure.withhold leaves it blank, with the reason) and that their prose
+    holds, or say "not measurable now" instead of asserting; a failed assert is a traceback, which fails here."""
+    _run_in_browser(tmp_path, busy=BUSY_PROGRAMS, only=BUSY_NOTEBOOKS)
+
+
+def _run_in_browser(tmp_path: Path, busy: int, only: tuple[str, ...] | None = None) -> None:
     chromium, why = _needs()
     if not chromium:
         pytest.skip(why)
     started = time.monotonic()
-    names = _notebook_dir(tmp_path)
+    names = [n for n in _notebook_dir(tmp_path) if only is None or n in only]
     server = None
     killed: list[str] = []
-    try:
-        server = _start_server(tmp_path)
-        up = time.monotonic() - started
-        reports = asyncio.run(_drive_all(chromium, server, names, tmp_path / "chromium-profile"))
-    finally:
-        if server is not None:
-            killed = _stop_server(server)
+    with _busy_programs(busy):
+        try:
+            server = _start_server(tmp_path)
+            up = time.monotonic() - started
+            reports = asyncio.run(_drive_all(chromium, server, names, tmp_path / "chromium-profile"))
+        finally:
+            if server is not None:
+                killed = _stop_server(server)
     took = time.monotonic() - started
-    print(f"\nbrowser test: {len(names)} notebooks in {took:.0f} s ({TABS} tabs at once; server up after {up:.0f} s)")
+    print(f"\nbrowser test: {len(names)} notebooks in {took:.0f} s ({TABS} tabs at once; server up after {up:.0f} s; "
+          f"{busy} busy programs beside it)")  # fmt: skip
     for r in reports:
         times = ", ".join(f"{k} {v:.0f} s" for k, v in r.times.items())
         print(f"  {r.name}: {r.panels} panel(s); {times}{'; PROBLEMS' if r.problems else ''}")

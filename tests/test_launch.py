@@ -89,7 +89,8 @@ def test_two_runs_at_once_do_not_collide(small: RunConfig) -> None:
 
 
 def test_default_threads_count_the_cores_this_process_may_use(monkeypatch) -> None:
-    """A container granted 1 of the host's cores gets 1 thread per rank, not host cores / ranks."""
+    """One rank = one core: 1 thread per rank by default; the all-cores model splits the cores this process may
+    use (a container granted 1 of the host's cores gets 1 thread per rank, not host cores / ranks)."""
     import os
 
     from dpkit.runtime import launch as launch_module
@@ -98,6 +99,7 @@ def test_default_threads_count_the_cores_this_process_may_use(monkeypatch) -> No
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert cores_available() == 1
-    assert launch_module.default_threads(1) == 1 and launch_module.default_threads(4) == 1
+    assert launch_module.default_threads(1, "all cores") == 1 and launch_module.default_threads(4, "all cores") == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert launch_module.default_threads(2) == 4
+    assert launch_module.default_threads(2, "all cores") == 4
+    assert launch_module.default_threads(1) == 1 and launch_module.default_threads(2) == 1

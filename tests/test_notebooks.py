@@ -39,7 +39,7 @@ NAMES = [
 # per notebook: which panels to drive and the values a learner would pick
 DRIVES = {
     "00_start_here": {"panel": {"world_size": 3}},
-    "01_data_parallel": {"scaling_panel": {"max_world_size": 2, "global_batch": 96}, "ladder_panel": {"world_size": 3}},
+    "01_data_parallel": {"scaling_panel": {"grad_sync": "flat"}, "ladder_panel": {"world_size": 3}},
     "02_allreduce": {"ring_panel": {"world_size": 3}},
     "03_parameter_server": {"ps_panel": {"world_size": 2, "max_staleness": 1}},
     "04_model_parallel": {"pipe_panel": {"microbatches": 2, "schedule": "1f1b"}},

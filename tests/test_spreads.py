@@ -194,58 +194,79 @@ def test_speedup_plot_draws_error_bars_integer_ticks_and_a_red_warning_for_noisy
     data = plots.scaling_frame(frame)
     for ax, col in zip(fig.axes, ("speedup", "efficiency"), strict=True):
         (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-        segments = bars.lines[2][0].get_segments()
-        assert [seg[0][1] for seg in segments] == pytest.approx(data[f"{col}_low"].tolist())
-        assert [seg[1][1] for seg in segments] == pytest.approx(data[f"{col}_high"].tolist())
+        segments = [seg for seg in bars.lines[2][0].get_segments() if len(seg) and np.isfinite(seg).all()]
+        shown = data[data.withheld == ""]  # the noisy point is withheld: no bar, a cross labelled 'withheld'
+        assert [seg[0][1] for seg in segments] == pytest.approx(shown[f"{col}_low"].tolist())
+        assert [seg[1][1] for seg in segments] == pytest.approx(shown[f"{col}_high"].tolist())
         assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
-    warned = [t for t in fig.texts if "noisy measurement at world size 2" in t.get_text()]
+        assert [t.get_text() for t in ax.texts] == ["withheld"]
+    warned = [t for t in fig.texts if "speedup withheld at world size 2, not measurable now" in t.get_text()]
     assert len(warned) == 1 and "spread 34%" in warned[0].get_text() and warned[0].get_color() == plots.WARNING_COLOR
     FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]  # one legend, off the data
     for ax in fig.axes:
-        assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.title.get_window_extent(renderer))
+        assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+        assert not legend.get_window_extent(renderer).overlaps(ax.title.get_window_extent(renderer))
     calm = plots.speedup_plot(_scaling({1: (1.0, 0.95, 1.05), 2: (0.6, 0.58, 0.62)}))
     assert not any("Warning" in t.get_text() for t in calm.texts)
 
 
 # ---- the demo's report ------------------------------------------------------------------------------
-DEMO_CORES = {"threads_per_rank": {1: 2, 2: 1, 4: 1}, "num_processes": {1: 1, 2: 2, 4: 4}, "cpu_count": 2, "comm_s": 0.01}
+DEMO_CORES = {"threads_per_rank": 1, "num_processes": {1: 1, 2: 2, 4: 4}, "cpu_count": 2, "comm_s": 0.01, "exposed_comm_s": 0.01}
+ALL_THREADS_BASELINE = {**DEMO_CORES, "threads_per_rank": {1: 2, 2: 1, 4: 1}}
 
 
-def test_demo_report_explains_an_efficiency_above_what_the_cores_can_give() -> None:
-    t1 = 1.0
+def test_demo_report_withholds_an_efficiency_above_what_the_cores_can_give() -> None:
     frame = _scaling(
-        {1: (t1, 0.7, 1.3), 2: (t1 / 5.08, 0.18, 0.21), 4: (0.6, 0.55, 0.65)},
+        {1: (1.0, 0.7, 1.3), 2: (1 / 5.08, 0.18, 0.21), 4: (0.6, 0.55, 0.65)},
         noisy={1: "spread 34% of the median over 3 repeats"},
         **DEMO_CORES,
     )
     text = report(frame)
-    assert "2.54" in text  # the table shows the efficiency...
-    assert (
-        "WARNING: efficiency 2.54 at world size 2 is above what 2 cores can give (speedup 5.08; the cores allow at most 1): "
-        "the measurement was noisy (world size 1: spread 34% of the median over 3 repeats)"
-    ) in text  # ...and says why it cannot be believed
-    assert "WARNING: noisy measurement at world size 1 (the baseline every speedup divides by)" in text
-    assert "limited by the cores" not in text and "cannot be read as they stand" in text
-    plot_text = " ".join(t.get_text() for t in plots.speedup_plot(frame).texts).replace("\n    ", " ")
-    assert "efficiency 2.54 at world size 2 is above what 2 cores can give" in plot_text
+    assert "2.54" not in text and "5.08" in text  # the efficiency is never printed; the reason names the speedup
+    assert "speedup withheld at world size 2, not measurable now:" in text
+    assert "speedup 5.08 is above the 2x the cores allow" in text and "the baseline's spread 34%" in text
+    assert "Fastest" not in text and "Rerun `dpkit demo` when the machine is quieter" in text
+    data = plots.scaling_frame(frame)
+    assert data.efficiency.isna().all() and (data.withheld != "").all()  # the baseline's own noise: every row
+    fig = plots.speedup_plot(frame)
+    for ax in fig.axes:  # nothing drawn above what the cores allow; a cross where each point would be
+        ys = [y for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y)]
+        assert max(ys, default=0) <= 4.0
+        assert sum(t.get_text() == "withheld" for t in ax.texts) == 3
+    plot_text = " ".join(t.get_text() for t in fig.texts).replace("\n    ", " ")
+    assert "speedup withheld at world size 2, not measurable now" in plot_text
 
 
-def test_demo_report_warns_on_superlinear_even_when_the_repeats_agree() -> None:
-    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (1 / 2.6, 0.38, 0.39), 4: (0.6, 0.59, 0.61)}, **DEMO_CORES)
+def test_a_superlinear_speedup_against_an_all_threads_baseline_is_withheld_even_when_the_repeats_agree() -> None:
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (1 / 2.6, 0.38, 0.39), 4: (0.6, 0.59, 0.61)}, **ALL_THREADS_BASELINE)
+    data = plots.scaling_frame(frame)
+    assert data.withheld.tolist()[:2] == ["", "not measurable now: speedup 2.60 is above the 1x the cores allow"]
+    assert data.speedup_measured[1] == pytest.approx(2.6) and np.isnan(data.speedup[1])
+    assert data.withheld[2] == "not measurable now: speedup 1.67 is above the 1x the cores allow"  # 4 ranks, 2 cores
     text = report(frame)
-    assert "WARNING: efficiency 1.30 at world size 2 is above what 2 cores can give" in text
-    assert "rerun with more repeats" in text and "limited by the cores" not in text
-    assert "does not come from" in text and "cannot be read as they stand" not in text  # no noise measured: say so
+    assert "speedup withheld at world size 2" in text and "the baseline's threads differ" in text
+
+
+def test_waiting_for_a_core_or_outside_load_withholds_with_the_reason() -> None:
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61)}, **DEMO_CORES)
+    frame["waiting_for_core_s"] = [0.0, 0.3]
+    frame["other_busy_processes"] = [2.0, 0.0]
+    frame["busy_processes"] = [3.0, 2.0]
+    data = plots.scaling_frame(frame)
+    assert data.withheld[0] == "not measurable now: 2 busy processes outside the run (3 busy on 2 cores)"
+    assert data.withheld[1] == ("not measurable now: the ranks waited for a core 50% of the step")
+    quiet = plots.scaling_frame(_scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61)}, **DEMO_CORES))
+    assert (quiet.withheld == "").all() and quiet.speedup[1] == pytest.approx(1 / 0.6)
 
 
 def test_demo_report_conclusion_follows_the_numbers_when_they_are_clean() -> None:
-    within = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.98, 0.97, 0.99), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
-    assert "WARNING" not in within and "speedup is limited by the cores you have" in within
+    faster = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.7, 0.69, 0.71), 4: (0.8, 0.79, 0.81)}, **DEMO_CORES))
+    assert "WARNING" not in faster and "Fastest: world size 2, 1.43x the single process" in faster
+    assert "each process: 1 core" in faster and "4 processes x 1 thread(s) share 2 cores" in faster
     slower = report(_scaling({1: (1.0, 0.99, 1.01), 2: (1.2, 1.19, 1.21), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
     assert "No world size beat the single process (best speedup 0.83, at world size 2)" in slower
-    beyond = report(_scaling({1: (1.0, 0.99, 1.01), 2: (0.7, 0.69, 0.71), 4: (1.3, 1.29, 1.31)}, **DEMO_CORES))
-    assert "WARNING" not in beyond and "more than extra cores explain" in beyond and "limited by the cores" not in beyond
 
 
 @pytest.mark.slow
@@ -263,11 +284,12 @@ def test_demo_quick_writes_spread_columns(tmp_path: Path) -> None:
     assert ((frame.step_time_min_s <= frame.step_time_s) & (frame.step_time_s <= frame.step_time_max_s)).all()
     assert len(list((tmp_path / "runs").iterdir())) == 9
     assert "step_time_iqr_s" in done.stdout
+    assert {"cpu_s", "waiting_for_core_s", "withheld", "speedup_measured"} <= set(frame.columns)
     for row in frame.itertuples():
-        if row.noisy:
-            assert f"noisy measurement at world size {row.world_size}" in done.stdout
-        if row.world_size > 1 and row.efficiency > 1.2:
-            assert f"WARNING: efficiency {row.efficiency:.2f} at world size {row.world_size}" in done.stdout
+        if row.withheld:  # never printed as a result: blank in the table, the reason under it
+            assert np.isnan(row.speedup) and f"speedup withheld at world size {row.world_size}" in done.stdout
+        else:  # shown: within what the cores allow (one core per process, 2 processes at most on 2 cores...)
+            assert row.speedup <= 1.2 * min(row.world_size, row.cpu_count)
 
 
 # ---- widgets ----------------------------------------------------------------------------------------
@@ -282,4 +304,131 @@ def test_widget_scaling_repeats_interleaved_and_reuses_cached_repeats() -> None:
     _, frame = w.scaling(BASE, [1, 2], cache=cache)  # default: 3 repeats; the first two are cached
     assert launched == [1, 2] and frame.repeats.tolist() == [3, 3]
     panel = w.scaling_panel(BASE.replace(global_batch=24, hidden=32), cache)
-    assert panel.values()["repeats"] == 3
+    assert panel.values() == {"max_world_size": 2, "grad_sync": BASE.grad_sync, "repeats": 2, "workload": "compute"}
+
+
+# ---- device model, CPU time, verdicts, links the machine can honour --------------------------------
+def test_one_rank_is_one_core_by_default_and_figures_say_when_ranks_share_cores() -> None:
+    from dpkit.runtime.cores import cores_note, default_threads
+
+    assert default_threads(1) == default_threads(4) == 1
+    with pytest.raises(ValueError, match="device_model"):
+        default_threads(2, "half a core")
+    assert cores_note(2, 1, 2) == "each process: 1 core" and cores_note(1, 1, 2) == "one process: 1 core"
+    assert cores_note(4, 1, 2) == "4 processes x 1 thread(s) share 2 cores: not one core each"
+    frame = _scaling({1: (1.0, 0.99, 1.01), 2: (0.6, 0.59, 0.61), 4: (0.7, 0.69, 0.71)}, **DEMO_CORES)
+    title = plots.speedup_plot(frame).get_suptitle()
+    assert "each process: 1 core" in title and "4 processes x 1 thread(s) share 2 cores" in title
+
+
+def test_waiting_for_a_core_is_the_compute_the_cpu_clock_did_not_cover() -> None:
+    from dpkit.runtime.cpu_time import StepCpuClock, waiting_for_core
+
+    assert waiting_for_core(0.10, 0.06) == pytest.approx(0.04)
+    assert waiting_for_core(0.10, 0.12) == 0.0  # comm threads' CPU on top: never negative
+    assert np.isnan(waiting_for_core(0.10, float("nan")))
+    clock = StepCpuClock()
+    clock.begin()
+    deadline = time.process_time() + 0.02
+    while time.process_time() < deadline:  # busy: the CPU clock runs
+        pass
+    busy = clock.end()
+    clock.begin()
+    time.sleep(0.05)  # asleep: it does not
+    assert busy >= 0.02 and clock.end() < 0.02
+
+
+def test_verdict_says_which_is_faster_by_how_much_and_why_or_no_reliable_difference() -> None:
+    from dpkit.verdict import compare_rows, scaling_verdict
+
+    ring = pd.Series({"step_time_s": 0.010, "step_time_min_s": 0.009, "step_time_max_s": 0.011, "exposed_comm_s": 0.002,
+                      "worker_bytes_per_step": 1e5, "withheld": ""})  # fmt: skip
+    ps = pd.Series({"step_time_s": 0.020, "step_time_min_s": 0.018, "step_time_max_s": 0.022, "exposed_comm_s": 0.0058,
+                    "server_bytes_per_step": 3e5, "worker_bytes_per_step": 1e5, "server_exposed_comm_s": 0.004, "withheld": ""})  # fmt: skip
+    text = compare_rows(ring, ps, "all-reduce", "parameter server")
+    assert text.startswith("all-reduce is 2.00x faster than parameter server (10 ms against 20 ms per step): ")
+    assert "its server sends 3x a worker's bytes" in text and "exposed comm 5.8 ms per step against 2 ms" in text
+    close = ps.copy()
+    close[["step_time_s", "step_time_min_s", "step_time_max_s"]] = [0.0105, 0.0095, 0.012]
+    assert compare_rows(ring, close, "a", "b").startswith("no reliable difference between a and b")
+    busy = ps.copy()
+    busy["withheld"] = "not measurable now: 2 busy processes outside the run (4 busy on 2 cores)"
+    assert compare_rows(ring, busy, "a", "b") == "b: not measurable now: 2 busy processes outside the run (4 busy on 2 cores)."
+    frame = _scaling({1: (1.0, 0.95, 1.05), 2: (0.7, 0.68, 0.72)}, **DEMO_CORES)
+    assert scaling_verdict(plots.scaling_frame(frame)) == [
+        "2 ranks is 1.43x faster than one process (700 ms against 1e+03 ms per step)."
+    ]
+
+
+def test_a_link_the_machine_cannot_honour_is_refused_before_running_with_one_it_can() -> None:
+    from dpkit.lessons import COMM_BOUND
+    from dpkit.link_check import check_link, message_bytes
+
+    cfg = COMM_BOUND.config.replace(world_size=2)
+    size = message_bytes(cfg)
+    assert size == 4 * sum(v.numel() for v in dpkit.workloads.build_model(cfg, 0).state_dict().values()) // 2
+    quick = check_link(cfg, floors=lambda sizes: {s: 1e-4 for s in sizes})  # a 0.1 ms loopback: 1 GbE is slower
+    assert quick is not None and quick.honoured and quick.text().startswith("1GbE can be emulated here")
+    slow = check_link(cfg.replace(link="100GbE"), floors=lambda sizes: {s: 4e-4 for s in sizes})
+    assert slow is not None and not slow.honoured and slow.fastest_honoured == "1GbE"
+    assert slow.text().startswith("this machine cannot honour 100GbE for these messages") and "is 1GbE" in slow.text()
+    assert check_link(cfg.replace(link="none")) is None
+    import dpkit.link_check as lc
+
+    panel = w.experiment_panel(cfg).set(workload="comm", max_world_size=2)
+    panel.set(link="NVLink")
+    sizes = [message_bytes(w.mode_config(cfg.replace(link="NVLink"), mode, 2)) for mode in ("allreduce", "ps")]
+    saved = dict(lc._FLOORS)
+    lc._FLOORS.update({s: 4e-4 for s in sizes})  # as if calibrated: a 0.4 ms loopback
+    try:
+        panel.run()
+    finally:
+        lc._FLOORS.clear()
+        lc._FLOORS.update(saved)
+    assert isinstance(panel.error, lc.LinkNotHonourable) and "cannot honour NVLink" in str(panel.error)
+    assert "the fastest link it can honour for them is 1GbE" in panel.status.value and panel.runs == 0
+
+
+@pytest.mark.slow
+def test_sweep_prints_the_noisy_verdict_and_withholds_speedups_as_the_figures_do(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dpkit.cli", "sweep", "--parallelism", "data", "--model", "mlp", "--hidden", "16", "--layers", "1", "--global-batch", "8",
+         "--steps", "3", "--warmup", "1", "--out", str(tmp_path), "world-size=1,2"],
+        capture_output=True, text=True, timeout=400, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert {"cpu_s", "waiting_for_core_s", "speedup", "efficiency", "withheld", "noisy", "noise_reason"} <= set(header)
+
+
+def test_lesson_workloads_split_over_every_world_size_a_panel_offers_and_are_offered_by_the_experiment_panel() -> None:
+    from dpkit.lessons import WORKLOADS
+
+    for workload in WORKLOADS.values():
+        for n in (1, 2, 3, 4):
+            workload.config.replace(world_size=n)  # a batch that does not split raises ValueError
+        assert workload.config.global_batch in w.EXPERIMENT_BATCHES and workload.config.model_hidden in w.EXPERIMENT_HIDDEN
+
+
+@pytest.mark.slow
+def test_a_run_records_cpu_time_per_step_and_rank_beside_wall_time(tmp_path: Path) -> None:
+    result = dpkit.api.run(BASE.replace(world_size=2), out=tmp_path / "run")
+    stats = result.step_stats()
+    assert stats.cpu_s.notna().all() and (stats.cpu_s > 0).all()
+    assert (stats.waiting_for_core_s >= 0).all()
+    assert (stats.compute_s - stats.cpu_s).clip(lower=0).tolist() == pytest.approx(stats.waiting_for_core_s.tolist())
+    s = result.summary
+    assert s["cpu_s"] > 0 and 0 <= s["waiting_for_core_s"] <= s["step_time_s"] and s["threads_per_rank"] == 1
+    assert RunResult.load(tmp_path / "run").summary["cpu_s"] == s["cpu_s"]
+
+
+def test_the_all_cores_baseline_stays_available_and_is_labelled() -> None:
+    seen: list[RunConfig] = []
+    cache = w.RunCache(lambda cfg: seen.append(cfg) or dpkit.api.run(cfg))
+    base = BASE.replace(threads_per_rank=None)
+    w.scaling(base, [1, 2], cache=cache, repeats=1, device_model="all cores")
+    from dpkit.runtime.cores import cores_available
+
+    assert [c.threads_per_rank for c in seen] == [cores_available(), max(1, cores_available() // 2)]
+    with pytest.raises(ValueError, match="device_model"):
+        w.scaling(base, [1, 2], cache=w.RunCache(), repeats=1, device_model="a GPU")

@@ -43,8 +43,11 @@ def test_scaling_uses_the_single_process_baseline_and_adds_speedup(cache: w.RunC
     assert isinstance(fig, Figure)
     assert frame.parallelism.tolist() == ["none", "data", "data"]
     assert frame.per_rank_batch.tolist() == [24, 12, 8]
-    assert frame.speedup.iloc[0] == pytest.approx(1.0)
-    assert frame.speedup.iloc[1] == pytest.approx(frame.step_time_s.iloc[0] / frame.step_time_s.iloc[1])
+    assert frame.speedup_measured.iloc[0] == pytest.approx(1.0)  # as measured; `speedup` is NaN where withheld
+    assert frame.speedup_measured.iloc[1] == pytest.approx(frame.step_time_s.iloc[0] / frame.step_time_s.iloc[1])
+    shown = frame.withheld == ""
+    assert frame.speedup[shown].tolist() == pytest.approx(frame.speedup_measured[shown].tolist())
+    assert frame.speedup[~shown].isna().all() and frame.withheld[~shown].str.startswith("not measurable now: ").all()
 
 
 def test_compare_gives_one_row_per_value(cache: w.RunCache) -> None:
@@ -111,3 +114,16 @@ def test_a_dropdown_option_whose_value_is_none_shows_its_label() -> None:
     bound.index = 0  # what the browser sends when the learner picks "unbounded" again
     assert (bound.index, bound.label, bound.value) == (0, "unbounded", None)
     assert panel.set(max_staleness=None).values()["max_staleness"] is None and bound.label == "unbounded"
+
+
+def test_a_panel_shows_its_verdict_in_words_under_the_figure() -> None:
+    import pandas as pd
+    from matplotlib.figure import Figure as _Figure
+
+    frame = pd.DataFrame({"world_size": [1, 2], "step_time_s": [1.0, 0.5]})
+    panel = w.Panel("t", {}, lambda progress=None: (_Figure(), frame), ["world_size"], verdict=lambda f: [f"{len(f)} rows"])
+    panel.run()
+    assert panel.error is None and panel.verdict == ["2 rows"]  # shown as an HTML list between figure and table
+    plain = w.Panel("t", {}, lambda progress=None: (_Figure(), frame))
+    plain.run()
+    assert plain.verdict == []

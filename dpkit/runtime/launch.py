@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .cores import cores_available
+from .cores import default_threads
 from .gloo_loop import check_mode, default_mode
 from .queue import machine_turn
 
@@ -97,12 +97,6 @@ def choose_backend(device: str, backend: str, nprocs: int) -> tuple[str, str]:
     if backend == "gloo":
         return "gloo", kind
     return ("nccl" if kind == "cuda" and gpus >= nprocs else "gloo"), kind
-
-
-def default_threads(nprocs: int) -> int:
-    """cores / ranks, at least 1: ranks on one machine share its cores (those this process may use: a JupyterHub
-    container granted 2 of a host's 64 cores has 2)."""
-    return max(1, cores_available() // nprocs)
 
 
 def launch(

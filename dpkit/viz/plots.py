@@ -23,7 +23,9 @@ from matplotlib.patches import Patch, Rectangle
 from ..analysis.time_to_accuracy import time_to_target_frame
 from ..comm.link import link_label, link_of
 from ..config import RunConfig
+from ..measure import cores_used, withhold
 from ..results import RunResult
+from ..runtime.cores import cores_note
 
 KIND_COLORS = {"compute": "#4C72B0", "comm": "#DD8452", "idle": "#C8C8C8", "bubble": "#C44E52", "injected": "#8172B3"}
 INJECTED_LABEL = "injected delay (straggler)"
@@ -57,12 +59,43 @@ def run_labels(frame: pd.DataFrame, by: Iterable[str] | None = None) -> list[str
     return [", ".join(f"{c}={row[c]}" for c in cols) for _, row in frame.iterrows()]
 
 
+def device_note(frame: pd.DataFrame) -> str:
+    """The device model of a frame's runs, in words: 'each process: 1 core' (the baseline's threads too when they
+    differ), or which runs' processes shared cores; '' when the frame does not say."""
+    need = {"num_processes", "threads_per_rank", "cpu_count"}
+    if not need <= set(frame.columns) or frame[list(need)].isna().all().any():
+        return ""
+    rows = frame.dropna(subset=list(need)).drop_duplicates(subset=list(need)).sort_values("num_processes")
+    notes = [cores_note(int(r.num_processes), int(r.threads_per_rank), int(r.cpu_count)) for r in rows.itertuples()]
+    shared = [n for n in notes if "share" in n]
+    own = sorted({n.split(": ", 1)[1] for n in notes if "share" not in n})
+    text = "each process: " + " or ".join(own) if own else ""
+    if len(own) > 1:
+        text += " (the baseline's threads differ from the ranks': not one device against N)"
+    return "; ".join([t for t in [text, *shared] if t])
+
+
 def _subtitle(frame: pd.DataFrame) -> str:
     parts = []
     for col, fmt in (("device", "{}"), ("backend", "{}"), ("threads_per_rank", "{} thread(s)/rank")):
         if col in frame.columns and frame[col].notna().any():
             parts.append(fmt.format("/".join(str(v) for v in pd.unique(frame[col].dropna()))))
-    return ", ".join(parts)
+    note = device_note(frame)
+    return ", ".join(parts) + (f"\n{note}" if note else "")
+
+
+def _mark_withheld(ax, rows: pd.DataFrame, x: str, color: str | None = None) -> bool:
+    """A grey cross on the axis where a withheld point would be, labelled: the reason is under the figure."""
+    if "withheld" not in rows.columns:
+        return False
+    gone = rows[rows.withheld.fillna("") != ""]
+    if gone.empty:
+        return False
+    xs = pd.unique(gone[x])
+    ax.scatter(xs, np.zeros(len(xs)), marker="x", s=80, color=color or "#777777", zorder=5, clip_on=False)
+    for v in xs:
+        ax.annotate("withheld", (v, 0), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7, color="#555555")
+    return True
 
 
 # ---- speedup and efficiency ---------------------------------------------------------------
@@ -117,19 +150,14 @@ def scaling_frame(
     out["ideal"] = out[x] / (1.0 if baseline is not None else x0)
     for col in ("", "_low", "_high"):
         out[f"efficiency{col}"] = out[f"speedup{col}"] / out.ideal
-    return out
+    return withhold(out, x, hue)  # the one rule (dpkit.measure): what cannot be measured now is not drawn
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _cores_used(row: pd.Series) -> float:
-    """Cores a run could keep busy: min(cores, processes x threads); NaN when the row does not say."""
-    try:
-        return min(float(row["cpu_count"]), float(row["num_processes"]) * float(row["threads_per_rank"]))
-    except (KeyError, TypeError, ValueError):
-        return math.nan
+_cores_used = cores_used
 
 
 def scaling_warnings(data: pd.DataFrame, x: str = "world_size") -> list[str]:
@@ -141,7 +169,11 @@ def scaling_warnings(data: pd.DataFrame, x: str = "world_size") -> list[str]:
     noisy = data.noisy.eq(True) if "noisy" in data.columns else pd.Series(False, index=data.index)  # NaN: not flagged
     reason = data.noise_reason.fillna("") if "noise_reason" in data.columns else pd.Series("", index=data.index)
     out = []
-    for i in data.index[noisy]:
+    withheld = data.withheld.fillna("") if "withheld" in data.columns else pd.Series("", index=data.index)
+    for i in data.index[withheld != ""]:
+        role = " (the baseline)" if data.at[i, x] == x0 else ""
+        out.append(f"speedup withheld at {name} {_number(data.at[i, x])}{role}, {withheld[i]}")
+    for i in data.index[noisy & (withheld == "")]:
         role = " (the baseline every speedup divides by)" if data.at[i, x] == x0 else ""
         out.append(f"noisy measurement at {name} {_number(data.at[i, x])}{role}: {reason[i] or 'flagged noisy'}")
     base = data[data[x] == x0]
@@ -191,7 +223,7 @@ def speedup_plot(
     cols = ["speedup", "speedup_low", "speedup_high", "efficiency", "efficiency_low", "efficiency_high"]
     ringed = False
     for name, g in groups:
-        flagged = g[g.noisy.eq(True)] if "noisy" in g.columns else g.iloc[:0]
+        flagged = g[g.noisy.eq(True) & g.speedup.notna()] if "noisy" in g.columns else g.iloc[:0]  # withheld: a cross instead
         g = g.groupby(x, as_index=False)[cols].median().sort_values(x)
         label = f"{hue}={name}" if hue else name
         for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency")):
@@ -205,17 +237,21 @@ def speedup_plot(
                 ax.scatter(ys.index, ys, s=140, facecolors="none", edgecolors=WARNING_COLOR, lw=1.5, zorder=4,
                            label=None if ringed else "noisy")  # fmt: skip
         ringed = ringed or bool(len(flagged))
+        for ax in (ax_s, ax_e):
+            _mark_withheld(ax, data if not hue else data[data[hue] == name], x)
     weak = data.groupby(hue)["global_batch"].nunique().max() > 1 if hue else data.global_batch.nunique() > 1
     kind = "weak scaling: per-rank batch fixed" if weak else "strong scaling: same global batch"
     spread = "bars: range over repeats" if "step_time_min_s" in data.columns else "one run per point"
     kind = kind if metric == "step_time" else "in time to target accuracy"
     ax_s.set(xlabel=x, ylabel="speedup", title=f"Speedup ({kind})")
     top = data[["efficiency", "efficiency_high"]].max().max()
+    top = 1.0 if pd.isna(top) else top
     ax_e.set(xlabel=x, ylabel="efficiency = speedup / N", title=f"Efficiency ({spread})", ylim=(0, max(1.1, top * 1.1)))
     for ax in (ax_s, ax_e):
         ax.set_xticks(xs, [_number(v) for v in xs])  # world sizes are whole numbers: never 1.5 or 2.0
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")  # inside the axes: never over a title
+    # one legend, beside the axes: never over the data or a title (both axes share its lines)
+    ax_e.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     fig.suptitle(_subtitle(data), fontsize=9)
     warnings = scaling_warnings(data, x)
     if warnings:
@@ -523,7 +559,7 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
     ringed = False
     for mode in modes:
         g = data[data[hue] == mode].sort_values("world_size")
-        flagged = g[g.noisy.eq(True)] if "noisy" in g.columns else g.iloc[:0]
+        flagged = g[g.noisy.eq(True) & g.speedup.notna()] if "noisy" in g.columns else g.iloc[:0]  # withheld: a cross instead
         for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency")):
             err = np.vstack([g[col] - g[f"{col}_low"], g[f"{col}_high"] - g[col]]).clip(min=0)
             bars = ax.errorbar(
@@ -535,11 +571,14 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
                 ax.scatter(flagged.world_size, flagged[col], s=140, facecolors="none", edgecolors=WARNING_COLOR, lw=1.5, zorder=4,
                            label=None if ringed else "noisy")  # fmt: skip
         ringed = ringed or bool(len(flagged))
+        for ax in (ax_s, ax_e):
+            _mark_withheld(ax, g, "world_size", colors[mode])
     weak = bool(data.groupby(hue)["global_batch"].nunique().max() > 1)
     kind = "weak scaling: per-rank batch fixed" if weak else "strong scaling: same global batch"
     spread = "bars: range over repeats" if "step_time_min_s" in data.columns else "one run per point"
     ax_s.set(ylabel="speedup", title=f"Speedup ({kind})")
     top = data[["efficiency", "efficiency_high"]].max().max()
+    top = 1.0 if pd.isna(top) else top
     ax_e.set(ylabel="efficiency = speedup / N", title=f"Efficiency ({spread})", ylim=(0, max(1.1, top * 1.1)))
 
     # the single process (world size 1) sends nothing: drawn as the first point of the worker line, where comm starts
@@ -593,7 +632,7 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
     warnings: list[str] = []
     for mode in modes:
         for w in scaling_warnings(data[data[hue] == mode]):
-            text = w if "the baseline every speedup divides by" in w else f"{mode}: {w}"
+            text = w if "(the baseline" in w else f"{mode}: {w}"
             if text not in warnings:
                 warnings.append(text)
     if warnings:

@@ -9,6 +9,7 @@ imported here only: dpkit itself never needs it.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,11 +25,15 @@ from ..api import run
 from ..comm.link import LINK_CHOICES, describe
 from ..config import ALLREDUCE_ALGOS, RunConfig
 from ..cost.model import PRESETS, HostModel, Link
+from ..lessons import WORKLOADS
+from ..link_check import LinkNotHonourable, check_link
 from ..measure import measured_run, repeat_name, run_row, summarize_repeats
 from ..results import RunResult, bytes_source, role_kind
+from ..runtime.cores import ONE_CORE, default_threads
 from ..runtime.launch import RankFailedError, RunTimeoutError
 from ..runtime.queue import reporting
 from ..strategies.registry import spec_for
+from ..verdict import experiment_verdict, scaling_verdict
 from . import memory_plots, plots
 from . import ps_tables as ps
 from .ringtrace import trace_ring
@@ -123,12 +128,17 @@ def scaling(
     cache: RunCache = CACHE,
     progress: Progress | None = None,
     repeats: int = 3,
+    device_model: str = ONE_CORE,
 ) -> PanelResult:
     """Strong scaling of `base` (same global batch): world size 1 is the single-process baseline.
 
     Each world size runs `repeats` times, interleaved, and speedups are ratios of medians with error bars
-    from the repeats: a single run per point on a shared machine can show any speedup at all."""
+    from the repeats: a single run per point on a shared machine can show any speedup at all. device_model
+    ALL_CORES gives every run cores // processes threads (the baseline all of them) unless base sets
+    threads_per_rank; the figure's title then says the baseline's threads differ from the ranks'."""
     configs = [baseline_of(base) if n == 1 else base.replace(world_size=n) for n in world_sizes]
+    if device_model != ONE_CORE and base.threads_per_rank is None:
+        configs = [c.replace(threads_per_rank=default_threads(c.num_processes, device_model)) for c in configs]
     frame = plots.scaling_frame(frame_of(cache.run_repeats(configs, repeats, progress)))
     frame["per_rank_batch"] = frame.global_batch // frame.world_size
     return plots.speedup_plot(frame), frame
@@ -252,11 +262,18 @@ class Panel(W.VBox):
     """
 
     def __init__(
-        self, title: str, controls: dict[str, W.ValueWidget], compute: Callable[..., PanelResult], columns: Sequence[str] = ()
+        self,
+        title: str,
+        controls: dict[str, W.ValueWidget],
+        compute: Callable[..., PanelResult],
+        columns: Sequence[str] = (),
+        verdict: Callable[[pd.DataFrame], list[str]] | None = None,
     ) -> None:
         self.controls = controls
         self.compute = compute
         self.columns = list(columns)
+        self.verdict_of = verdict
+        self.verdict: list[str] = []  # the sentences under the figure after a run (dpkit.verdict)
         self.figure: Figure | None = None
         self.frame: pd.DataFrame | None = None
         self.error: Exception | None = None
@@ -269,8 +286,12 @@ class Panel(W.VBox):
         self.button.on_click(lambda _button: self.run())
         for name, control in controls.items():
             control.description = control.description or name
-            control.style = {"description_width": "initial"}
-        box = W.GridBox(list(controls.values()), layout=W.Layout(grid_template_columns="repeat(2, 360px)"))
+            if isinstance(control, W.ToggleButtons):  # whole labels, never 'strong (same glo...'
+                control.style = {"description_width": "initial", "button_width": "auto"}
+            else:  # a long description must not squash its slider: the control takes its cell's width
+                control.style = {"description_width": "initial"}
+                control.layout.width = "98%"
+        box = W.GridBox(list(controls.values()), layout=W.Layout(grid_template_columns="repeat(2, minmax(380px, max-content))"))
         super().__init__([W.HTML(f"<b>{title}</b>"), box, W.HBox([self.button, self.bar, self.status]), self.output])
 
     def values(self) -> dict[str, Any]:
@@ -313,10 +334,14 @@ class Panel(W.VBox):
         finally:
             self.button.disabled = False
         self.figure, self.frame = fig, frame
+        self.verdict = self.verdict_of(frame) if self.verdict_of is not None else []
         self.runs += 1
         with self.output:
             clear_output(wait=True)
             display(fig)
+            if self.verdict:
+                items = "".join(f"<li>{html.escape(line)}</li>" for line in self.verdict)
+                display(W.HTML(f"<b>Verdict (from these runs)</b><ul style='margin-top:2px'>{items}</ul>"))
             cols = [c for c in self.columns if c in frame.columns]
             display(frame[cols] if cols else frame)
 
@@ -358,19 +383,17 @@ SUMMARY_COLUMNS = [
     "noisy",
     "noise_reason",
 ]
-SCALING_COLUMNS = [
+SCALING_COLUMNS = [  # compact: the spread's bounds are the figure's bars; the reason for a blank is `withheld`
     "world_size",
     "per_rank_batch",
     "step_time_s",
     "step_time_iqr_s",
+    "cpu_s",
+    "waiting_for_core_s",
+    "exposed_comm_s",
     "speedup",
-    "speedup_low",
-    "speedup_high",
     "efficiency",
-    "comm_s",
-    "repeats",
-    "noisy",
-    "noise_reason",
+    "withheld",
 ]
 
 
@@ -388,28 +411,47 @@ def run_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     return Panel("One run: per-rank timeline", controls, compute, SUMMARY_COLUMNS)
 
 
+def _workload_dropdown(value: str = "compute") -> W.Dropdown:
+    """The lesson workloads offered in words (dpkit.lessons), not as parameter counts."""
+    return _dropdown([(w.words, k) for k, w in WORKLOADS.items()], value, "workload")
+
+
+def lesson_config(base: RunConfig, workload: str) -> RunConfig:
+    """`base` with the model, batch and link of a lesson workload (dpkit.lessons.WORKLOADS)."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload={workload!r} is not allowed: choose one of {', '.join(map(repr, WORKLOADS))}")
+    w = WORKLOADS[workload].config
+    return base.replace(
+        model=w.model, hidden=w.model_hidden, layers=w.model_layers, global_batch=w.global_batch,
+        link=w.link, link_latency_s=None, link_bandwidth_Bps=None,
+    )  # fmt: skip
+
+
+def check_link_before_running(cfg: RunConfig) -> None:
+    """Refuse, before any run, an emulated link this machine cannot honour for cfg's messages, offering one it can."""
+    verdict = check_link(cfg)
+    if verdict is not None and not verdict.honoured:
+        raise LinkNotHonourable(verdict.text())
+
+
 def scaling_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
-    """Speedup and efficiency against world size, with batch, grad sync and model width as knobs."""
+    """Speedup and efficiency against world size for a lesson workload (in words), with grad sync as a knob;
+    one rank = one core, the baseline too (dpkit.runtime.cores), and a verdict in words under the figure."""
     controls = {
-        "max_world_size": W.IntSlider(value=4, min=2, max=4, description="largest world size"),
-        "global_batch": _dropdown([24, 48, 96, 192], base.global_batch, "global batch"),
+        "max_world_size": W.IntSlider(value=2, min=2, max=4, description="largest world size"),
         "grad_sync": _dropdown(["per-tensor", "flat", "bucketed", "ddp"], base.grad_sync, "grad sync"),
-        "hidden": _dropdown([32, 128, 512], base.model_hidden, "model width (hidden)"),
-        "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per world size (interleaved)"),
+        "repeats": W.IntSlider(value=2, min=1, max=5, description="runs per world size (interleaved)"),
+        "workload": _workload_dropdown(),
     }
 
     def compute(
-        max_world_size: int, global_batch: int, grad_sync: str, hidden: int, repeats: int = 3, progress: Progress | None = None
+        workload: str, max_world_size: int, grad_sync: str, repeats: int = 2, progress: Progress | None = None
     ) -> PanelResult:
-        cfg = base.replace(global_batch=global_batch, grad_sync=grad_sync, hidden=hidden)
+        cfg = lesson_config(base, workload).replace(grad_sync=grad_sync)
+        check_link_before_running(cfg.replace(world_size=max_world_size))
         return scaling(cfg, list(range(1, max_world_size + 1)), cache, progress, repeats=repeats)
 
-    return Panel(
-        "Scaling: speedup and efficiency",
-        controls,
-        compute,
-        SCALING_COLUMNS,
-    )
+    return Panel("Scaling: speedup and efficiency", controls, compute, SCALING_COLUMNS, verdict=scaling_verdict)
 
 
 def compare_panel(
@@ -586,13 +628,11 @@ SCALINGS = ("strong", "weak")
 #: links a dropdown can offer: "custom" needs numbers a dropdown has no room for
 EXPERIMENT_LINKS: tuple[str, ...] = tuple(c for c in LINK_CHOICES if c != "custom")
 EXPERIMENT_STEPS = 4  # the panel's runs: 1 + modes x (N-1) configs x repeats of them must finish in a minute or two on 2 cores
-EXPERIMENT_HIDDEN = (32, 64, 128, 256)
-EXPERIMENT_BATCHES = (12, 24, 48, 96)  # global batches that split over 1..4 ranks (strong); per-rank batches (weak)
-EXPERIMENT_COLUMNS = [
-    "mode", "world_size", "processes", "global_batch", "per_rank_batch", "step_time_s", "step_time_iqr_s",
-    "speedup", "speedup_low", "speedup_high", "efficiency", "comm_s", "exposed_comm_s",
-    "worker_comm_s", "worker_exposed_comm_s", "server_comm_s", "server_exposed_comm_s",
-    "worker_bytes_per_step", "server_bytes_per_step", "bytes_source", "repeats", "noisy", "noise_reason",
+EXPERIMENT_HIDDEN = (32, 64, 128, 256, 512)
+EXPERIMENT_BATCHES = (12, 24, 48, 96, 192, 384, 960)  # split over 1..4 ranks (strong); per-rank batches (weak)
+EXPERIMENT_COLUMNS = [  # compact: the figure has the spreads and the per-role comm; `withheld` says why a blank
+    "mode", "world_size", "processes", "step_time_s", "step_time_iqr_s", "waiting_for_core_s", "speedup", "efficiency",
+    "worker_exposed_comm_s", "server_exposed_comm_s", "worker_bytes_per_step", "server_bytes_per_step", "withheld",
 ]  # fmt: skip
 ROLE_COLUMNS = ["role", "processes", "comm_s", "exposed_comm_s", "comm_iqr_s", "bytes_sent_per_step", "bytes_source", "repeats"]
 ROLE_SLUGS = {"parameter server": "server"}  # the wide columns' prefix per role kind; training roles are "worker"
@@ -803,7 +843,7 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
     ]
     small = base.model_hidden if base.model_hidden in EXPERIMENT_HIDDEN[:2] else EXPERIMENT_HIDDEN[0]
     controls: dict[str, W.ValueWidget] = {
-        "max_world_size": W.IntSlider(value=3, min=2, max=4, description="largest world size"),
+        "max_world_size": W.IntSlider(value=2, min=2, max=4, description="largest world size"),
         "scaling": W.ToggleButtons(
             options=[("strong (same global batch)", "strong"), ("weak (same per-rank batch)", "weak")], description="scaling"
         ),
@@ -815,7 +855,10 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         "num_servers": W.IntSlider(value=base.num_servers, min=1, max=2, description="parameter servers"),
         "hidden": W.Dropdown(options=sizes, value=small, description="model size"),
         "link": _dropdown(EXPERIMENT_LINKS, base.link if base.link in EXPERIMENT_LINKS else "none", "emulated link"),
-        "repeats": W.IntSlider(value=3, min=1, max=5, description="runs per point (interleaved)"),
+        "repeats": W.IntSlider(value=2, min=1, max=5, description="runs per point (interleaved)"),
+        "workload": _dropdown(
+            [("as set by the controls", "custom")] + [(w.words, k) for k, w in WORKLOADS.items()], "custom", "workload"
+        ),
     }
     if len(EXPERIMENT_LINKS) < 2:  # no emulated links to offer
         del controls["link"]
@@ -830,15 +873,22 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         hidden: int,
         repeats: int,
         link: str = "none",
+        workload: str = "custom",
         progress: Progress | None = None,
     ) -> PanelResult:
         cfg = quick.replace(global_batch=batch, hidden=hidden, allreduce_algo=allreduce_algo, num_servers=num_servers)
         if link != cfg.link:
             cfg = cfg.replace(link=link, link_latency_s=None, link_bandwidth_Bps=None)
+        for mode in sync_modes:  # before any run: a link this machine cannot honour is refused, with one it can
+            check_link_before_running(mode_config(cfg, mode, max_world_size))
         return experiment(cfg, range(1, max_world_size + 1), list(sync_modes), scaling, repeats, cache, progress)
 
     panel = Panel(
-        "Experiment: world size, batch and sync mode against speedup and communication", controls, compute, EXPERIMENT_COLUMNS
+        "Experiment: world size, batch and sync mode against speedup and communication",
+        controls,
+        compute,
+        EXPERIMENT_COLUMNS,
+        verdict=experiment_verdict,
     )
     note = W.HTML()
     panel.batch_note = note  # type: ignore[attr-defined]
@@ -851,6 +901,16 @@ def experiment_panel(base: RunConfig, cache: RunCache = CACHE) -> Panel:
         c["allreduce_algo"].disabled = "allreduce" not in chosen_modes
         c["num_servers"].disabled = not chosen_modes & {"ps", "ps-async"}
 
+    def choose_workload(change: Any) -> None:
+        """A lesson workload in words sets the model size, batch and link controls (dpkit.lessons)."""
+        if change["new"] in WORKLOADS:
+            w = WORKLOADS[change["new"]].config
+            c = panel.controls
+            c["hidden"].value, c["batch"].value = w.model_hidden, w.global_batch
+            if "link" in c:
+                c["link"].value = w.link
+
+    controls["workload"].observe(choose_workload, names="value")
     for name in ("batch", "scaling", "max_world_size", "sync_modes"):
         controls[name].observe(update, names="value")
     update()
