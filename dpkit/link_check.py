@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import RunConfig
 from .analysis import memory_compare
+from .config import RunConfig
 from .cost.model import PRESETS, Link
 from .strategies.registry import spec_for
 
