@@ -20,6 +20,7 @@ from dpkit import RunConfig, RunResult, run
 from dpkit.viz import plots
 from dpkit.viz.lesson_checks import assert_bars_add_up, bar_gaps, has_stacked_step_bars
 from dpkit.viz.lesson_figures import (
+    in_words,
     microbatch_label,
     pipeline_timeline_plot,
     slowest_rank_parts,
@@ -186,3 +187,12 @@ def test_real_runs_add_up_and_name_their_micro_batches() -> None:
     timeline = pipeline_timeline_plot(results["pipeline, 2 stages"])
     texts = [t.get_text() for t in timeline.axes[0].texts]
     assert sorted(texts) == sorted([f"{d}{i}" for d in "FB" for i in range(4)] * 2)  # 2 stages x (F0..F3, B0..B3)
+
+
+def test_in_words_shows_seconds_as_milliseconds_under_word_headers() -> None:
+    frame = pd.DataFrame({"label": ["a"], "step_time_s": [0.01234], "bubble_fraction": [0.25]})
+    table = in_words(frame, {"label": "run", "step_time_s": "step (ms)", "bubble_fraction": "bubble, share of step"})
+    assert table.columns.tolist() == ["run", "step (ms)", "bubble, share of step"]
+    assert table.iloc[0].tolist() == ["a", 12.3, 0.25]
+    with pytest.raises(ValueError, match="no column"):
+        in_words(frame, {"nope": "x"})

@@ -150,3 +150,17 @@ def pipeline_timeline_plot(result: RunResult, step: int | None = None) -> Figure
         " (F3 = forward of micro-batch 3, B3 = its backward)"
     )
     return fig
+
+
+# ---- tables a learner reads -------------------------------------------------------------------------
+def in_words(frame: pd.DataFrame, columns: Mapping[str, str], digits: int = 1) -> pd.DataFrame:
+    """The `columns` of `frame` under the headers given (column -> header, in that order); a column whose
+    name ends in `_s` is shown in milliseconds, rounded to `digits` decimals (say "ms" in its header)."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"in_words: no column(s) {missing} in the frame; it has {list(frame.columns)}")
+    out = frame[list(columns)].copy()
+    for col in columns:
+        if col.endswith("_s"):
+            out[col] = (out[col].astype(float) * 1e3).round(digits)
+    return out.rename(columns=dict(columns)).reset_index(drop=True)
