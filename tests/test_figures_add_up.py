@@ -196,3 +196,16 @@ def test_in_words_shows_seconds_as_milliseconds_under_word_headers() -> None:
     assert table.iloc[0].tolist() == ["a", 12.3, 0.25]
     with pytest.raises(ValueError, match="no column"):
         in_words(frame, {"nope": "x"})
+
+
+def test_bench_plot_draws_the_spread_of_repeats() -> None:
+    """02's benchmark figure: error bars from the fastest to the slowest repeat (measure stores them as text)."""
+    from dpkit.viz.cost_plots import allreduce_bench_plot
+
+    frame = pd.DataFrame(
+        {"world_size": [2, 2], "algo": ["ring", "ring"], "size_bytes": [4096, 65536], "time_s": [1e-3, 2e-3],
+         "times_s": ["0.0009 0.001 0.0013", "0.0019 0.002 0.0021"], "busbw_GBps": [0.1, 0.2]}
+    )  # fmt: skip
+    bars = allreduce_bench_plot(frame).axes[0].collections[0]
+    (low0, high0), (low1, high1) = (seg[:, 1] for seg in bars.get_segments())
+    assert (low0, high0, low1, high1) == pytest.approx((0.0009, 0.0013, 0.0019, 0.0021))
