@@ -137,14 +137,16 @@ def pipeline_timeline_plot(result: RunResult, step: int | None = None) -> Figure
     tl = result.timeline[result.timeline.step == step]
     t0 = tl.start_s.min()  # as timeline_plot: one origin, lanes in rank order
     lanes = sorted(pd.unique(tl["rank"]))
+    forwards = set()
     for span in tl[tl.kind == "compute"].itertuples(index=False):
         label = microbatch_label(span.name)
         if label is None:
             continue
+        forwards |= {label} if label.startswith("F") else set()
         middle = ((span.start_s + span.end_s) / 2 - t0) * 1e3
         ax.text(middle, lanes.index(span.rank) - 0.2, label, ha="center", va="center", fontsize=7, color="white", clip_on=True)
     schedule = {"gpipe": "GPipe", "1f1b": "1F1B", "naive": "one batch at a time"}.get(cfg.schedule, cfg.schedule)
-    micro = 1 if cfg.schedule == "naive" else cfg.microbatches
+    micro = len(forwards)  # as drawn: the naive schedule runs the whole batch as one micro-batch
     ax.set_title(
         f"Pipeline of {cfg.world_size} stages, {micro} micro-batch{'es' if micro != 1 else ''}, {schedule}: step {step}"
         " (F3 = forward of micro-batch 3, B3 = its backward)"
