@@ -13,6 +13,11 @@ from matplotlib.figure import Figure
 _STYLES = ["-", "--", ":", "-."]
 
 
+def _repeat_times(value: object) -> list[float]:
+    """A row's repeat times: a list, or the space-separated string dpkit.benchmarks.allreduce.measure stores."""
+    return [float(v) for v in (value.split() if isinstance(value, str) else value)]  # type: ignore[attr-defined]
+
+
 def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
     """Log-log time and busbw against message size: a colour per algorithm, a line style per world size."""
     fig = Figure(figsize=(12, 4.5))
@@ -23,8 +28,13 @@ def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
         for algo in algos:
             g = frame[(frame.world_size == n) & (frame.algo == algo)].sort_values("size_bytes")
             style = dict(color=colours[algo], linestyle=_STYLES[j % len(_STYLES)], marker="o", markersize=3)
-            ax_t.plot(g.size_bytes, g.time_s, label=f"{algo}, n={n} measured", **style)
-            ax_b.plot(g.size_bytes, g.busbw_GBps, label=f"{algo}, n={n}", **style)
+            ax_t.plot(g.size_bytes, g.time_s, label=f"{algo}, {n} ranks, measured", **style)
+            if "times_s" in g.columns:  # error bar: fastest to slowest repeat
+                repeats = g.times_s.map(_repeat_times)
+                low = (g.time_s - repeats.map(min)).clip(lower=0)
+                high = (repeats.map(max) - g.time_s).clip(lower=0)
+                ax_t.errorbar(g.size_bytes, g.time_s, yerr=[low, high], fmt="none", ecolor=colours[algo], alpha=0.5, capsize=2)
+            ax_b.plot(g.size_bytes, g.busbw_GBps, label=f"{algo}, {n} ranks", **style)
             if "predicted_s" in g.columns:  # the model beside the measurement, never in its place
                 ax_t.plot(g.size_bytes, g.predicted_s, color=colours[algo], linestyle=":", alpha=0.6)
     for ax in (ax_t, ax_b):
@@ -33,12 +43,15 @@ def allreduce_bench_plot(frame: pd.DataFrame) -> Figure:
         ax.set_xlabel("message size (bytes)")
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_ylabel(
-        "time per all-reduce (s, median)" + (": dotted = predicted by the model" if "predicted_s" in frame.columns else "")
+        "time per all-reduce (s, median of repeats)"
+        + (": dotted = predicted by the model" if "predicted_s" in frame.columns else "")
     )
     ax_b.set_ylabel("bus bandwidth (GB/s) = S/t * 2(n-1)/n")
     ax_b.legend(fontsize=7, ncol=2)
     fig.suptitle(
-        "all-reduce algorithms: measured" + (" (points) and predicted (dotted)" if "predicted_s" in frame.columns else "")
+        "All-reduce algorithms: measured"
+        + (" (points) and predicted (dotted)" if "predicted_s" in frame.columns else "")
+        + ("; bars: fastest to slowest repeat" if "times_s" in frame.columns else "")
     )
     fig.tight_layout()
     return fig
