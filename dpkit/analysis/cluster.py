@@ -49,6 +49,7 @@ from ..cost.model import (
     reduce_scatter_terms,
 )
 from ..cost.step_model import ComputeProfile, slowest_rank_slowdown
+from ..strategies.registry import spec_for
 from .time_to_accuracy import steps_to_target_at
 
 SYNCS = ("ring", "tree", "hierarchical", "ps", "zero")
@@ -134,7 +135,7 @@ class Cluster:
     devices_per_node: int = 8
     intra: Link = PRESETS["NVLink"]
     inter: Link = PRESETS["100GbE"]
-    sync: str = "ring"
+    method: str = "ring"  # the sync method: one of METHODS
     servers: int = 1  # sync='ps': parameter servers, on nodes of their own
     zero_stage: int = 1  # sync='zero': 1, 2 or 3
     bucket_mb: float = 25.0  # 0: one flat buffer
@@ -152,8 +153,8 @@ class Cluster:
             raise _bad("per_device_batch", self.per_device_batch, "an integer >= 1")
         if self.devices_per_node < 1:
             raise _bad("devices_per_node", self.devices_per_node, "an integer >= 1")
-        if self.sync not in SYNCS:
-            raise _bad("sync", self.sync, f"choose one of {', '.join(map(repr, SYNCS))}")
+        if self.method not in SYNCS:
+            raise _bad("method", self.method, f"choose one of {', '.join(map(repr, SYNCS))}")
         if self.servers < 1:
             raise _bad("servers", self.servers, "an integer >= 1")
         if self.zero_stage not in (1, 2, 3):
@@ -170,9 +171,9 @@ class Cluster:
         return self.params * self.grad_bytes_per_param
 
     def describe(self) -> str:
-        knob = {"ps": f" k={self.servers}", "zero": f" stage {self.zero_stage}"}.get(self.sync, "")
+        knob = {"ps": f" k={self.servers}", "zero": f" stage {self.zero_stage}"}.get(self.method, "")
         return (
-            f"{human_count(self.params)} parameters, {self.per_device_batch} samples per device, {self.sync}{knob}, "
+            f"{human_count(self.params)} parameters, {self.per_device_batch} samples per device, {self.method}{knob}, "
             f"nodes of {self.devices_per_node} ({self.intra.name} within, {self.inter.name} between), "
             f"compute {self.compute.label}"
         )
@@ -279,14 +280,14 @@ def step_at(c: Cluster, n: int) -> dict[str, float]:
     across = 0.0
     if n == 1:
         comm = exposed = sent = 0.0
-    elif c.sync == "ps":
+    elif c.method == "ps":
         comm = exposed = ps_time(size, n, c.servers, c.inter)  # servers on nodes of their own
         opt, extra = 0.0, opt / c.servers  # the servers step, each on its shard, after the pushes
         sent = across = size
         server_bytes = n * size / c.servers
         p, g, _ = memory.STATE_BYTES[c.precision]
         state = p + g  # a worker keeps no optimizer state
-    elif c.sync == "zero":
+    elif c.method == "zero":
         state = memory.state_bytes_per_param(c.zero_stage, n, c.precision)
         opt = opt / n
         rs = m * shard_on_nodes("reduce-scatter", each, nodes, r, c.intra, c.inter)
@@ -303,13 +304,13 @@ def step_at(c: Cluster, n: int) -> dict[str, float]:
         sent = (len(ZERO_COLLECTIVES[c.zero_stage])) * (n - 1) / n * size
         across = sent if nodes > 1 else 0.0
     else:
-        one = allreduce_on_nodes(c.sync, each, nodes, r, c.intra, c.inter)
+        one = allreduce_on_nodes(c.method, each, nodes, r, c.intra, c.inter)
         comm = m * one
         exposed = overlapped_exposed(m, one, t_backward) if c.overlap else comm
-        if c.sync == "ring":
+        if c.method == "ring":
             sent = 2 * (n - 1) / n * size
             across = sent if nodes > 1 else 0.0
-        elif c.sync == "hierarchical":
+        elif c.method == "hierarchical":
             across = 2 * (nodes - 1) / nodes * size / r
             sent = 2 * (r - 1) / r * size + across
         else:
@@ -357,9 +358,9 @@ def scale(
         if convergence is not None:
             steps, source = steps_to_target_at(convergence, row["global_batch"])
             row.update(steps_to_target=steps, steps_source=source, time_to_target_s=steps * row["step_time_s"])
-        err = (errors or {}).get(c.sync)
+        err = (errors or {}).get(c.method)
         row["measured_error"] = err if err is not None and n <= VALIDATED_UP_TO else float("nan")
-        row["sync"] = c.sync
+        row["sync"] = c.method
         row["compute_source"] = c.compute.label
         row["kind"] = "predicted"
         rows.append(row)
@@ -372,7 +373,7 @@ VALIDATED_UP_TO = 4  # the largest world size the emulated runs on this machine 
 
 def sync_of(cfg) -> str:  # noqa: ANN001  (a RunConfig; imported lazily: the api layer below is not needed to price)
     """The Cluster sync method a RunConfig runs: ps, zero, or its all-reduce algorithm (ring, tree, hierarchical)."""
-    if cfg.sync == "ps":
+    if spec_for(cfg).name == "parameter-server":
         return "ps"
     if cfg.zero_stage:
         return "zero"
@@ -406,7 +407,7 @@ def cluster_of(cfg, compute: Compute) -> Cluster:  # noqa: ANN001
         devices_per_node=r,
         intra=intra,
         inter=inter,
-        sync=sync_of(cfg),
+        method=sync_of(cfg),
         servers=cfg.num_servers,
         zero_stage=max(1, cfg.zero_stage),
         bucket_mb=0.0 if flat else cfg.bucket_mb,
@@ -420,7 +421,7 @@ def predict_config(cfg, profile: ComputeProfile, cores: int | None = None) -> di
     compute = measured_compute(profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
     c = cluster_of(cfg, compute)
     n = cfg.world_size
-    if c.sync != "ps" and n > c.devices_per_node and n % c.devices_per_node:
+    if c.method != "ps" and n > c.devices_per_node and n % c.devices_per_node:
         raise ValueError(f"RunConfig.world_size={n} does not fill nodes of {c.devices_per_node}")
     return step_at(c, n)
 
@@ -454,6 +455,12 @@ def topology_label(cfg) -> str:  # noqa: ANN001
     return f"{cfg.num_processes} processes on {cfg.link}"
 
 
+def inter_node_bytes_per_step(result) -> float:  # noqa: ANN001  (a RunResult)
+    """Bytes the busiest process took in from other nodes per step (emulated nodes count them; NaN on one link)."""
+    per_process = result.meta.get("link", {}).get("inter_node_bytes_in")
+    return max(per_process) / result.config.steps if per_process else float("nan")
+
+
 def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
     """Run every config `repeats` times (the configs taking turns), measure each model's compute once per round,
     and set the measured median step beside predict_config's: one row per config with the relative error, the
@@ -466,6 +473,7 @@ def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
         raise ValueError(f"repeats={repeats} is not allowed: at least 1 run per config")
     runs: list[list] = [[] for _ in configs]
     late: list[int] = [0 for _ in configs]
+    paced: list[int] = [0 for _ in configs]
     singles = {id(cfg): _single(cfg, profile_batch(cfg), 1, 8) for cfg in configs}
     profiles: dict[str, list[ComputeProfile]] = {s.run_id(): [] for s in singles.values()}
     loads = [os.getloadavg()[0]]
@@ -474,24 +482,27 @@ def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
             result = run(cfg)
             runs[i].append(result)
             late[i] += int((result.meta.get("link_not_honoured") or {}).get("messages", 0))
+            info = result.meta.get("link", {})
+            paced[i] += int(info.get("messages", 0)) + int(info.get("collectives", 0))
         for key, single in {s.run_id(): s for s in singles.values()}.items():
             profiles[key].append(profile_once(single))
         loads.append(os.getloadavg()[0])
     rows = []
-    for cfg, mine, bad in zip(configs, runs, late, strict=True):
+    for cfg, mine, bad, of in zip(configs, runs, late, paced, strict=True):
         profile = median_profile(profiles[singles[id(cfg)].run_id()])
         pred = predict_config(cfg, profile)
         measured = statistics.median(float(r.summary["step_time_s"]) for r in mine)
         comm = statistics.median(float(r.summary["comm_s"]) for r in mine)
-        key = "bytes_sent_per_step" if cfg.sync == "ps" else "bytes_sent_per_step_busiest"  # a worker; the tree's root
+        key = "bytes_sent_per_step" if sync_of(cfg) == "ps" else "bytes_sent_per_step_busiest"  # a worker; the tree's root
         sent = statistics.median(float(r.summary[key]) for r in mine)
+        across = [inter_node_bytes_per_step(r) for r in mine]
         rows.append(
             {
                 "sync": sync_of(cfg),
                 "topology": topology_label(cfg),
                 "world_size": cfg.world_size,
                 "processes": cfg.num_processes,
-                "servers": cfg.num_servers if cfg.sync == "ps" else 0,
+                "servers": cfg.num_servers if sync_of(cfg) == "ps" else 0,
                 "predicted_step_time_s": pred["step_time_s"],
                 "measured_step_time_s": measured,
                 "rel_error": (pred["step_time_s"] - measured) / measured,
@@ -500,8 +511,10 @@ def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
                 "predicted_bytes_per_rank": pred["bytes_per_device"],
                 "measured_bytes_per_rank": sent,
                 "predicted_inter_node_bytes_per_rank": pred["inter_node_bytes_per_device"],
+                "measured_inter_node_bytes_per_rank": statistics.median(across),
                 "runs": len(mine),
                 "link_not_honoured": bad,
+                "paced_messages": of,
                 "load_1min_start": loads[0],
                 "load_1min_end": loads[-1],
                 "cpu_count": os.cpu_count(),
@@ -509,6 +522,29 @@ def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+BUSY_PER_CORE = 1.5  # load average per core above which the real transfers, not the emulated links, set the step
+LATE_SHARE = 0.1  # more than this share of paced messages late: the machine did not keep up with the links
+
+
+def links_honoured(table: pd.DataFrame, cores: int | None = None) -> tuple[bool, str]:
+    """Whether a validate() table's times measure the emulated links (and not this machine's load): the load
+    average stayed at most BUSY_PER_CORE per core and at most LATE_SHARE of the paced messages were late."""
+    cores = cores or os.cpu_count() or 1
+    load = float(max(table.load_1min_start.max(), table.load_1min_end.max()))
+    late, of = int(table.link_not_honoured.sum()), int(table.paced_messages.sum())
+    if load > BUSY_PER_CORE * cores:
+        return False, f"load average {load:.1f} on {cores} cores (above {BUSY_PER_CORE} per core)"
+    if late > LATE_SHARE * max(of, 1):
+        return False, f"{late} of {of} paced messages late (link_not_honoured): the machine could not keep up"
+    return True, f"links honoured: load average {load:.1f} on {cores} cores, {late} of {of} messages late"
+
+
+def two_node_configs(steps: int = 6) -> list:
+    """The lesson's pair: 2 nodes x 2 ranks, NVLink within, 1 GbE between, the flat ring and the hierarchical one."""
+    nodes = [c for c in validation_configs() if c.ranks_per_node == 2 and c.allreduce_algo in ("ring", "hierarchical")]
+    return [c.replace(steps=steps) for c in nodes]
 
 
 def error_by_sync(table: pd.DataFrame) -> dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.cluster import error_by_sync, validate, validation_configs
+from ..analysis.cluster import error_by_sync, links_honoured, validate, validation_configs
 
 
 def main(out: Path, args: argparse.Namespace) -> None:
@@ -35,6 +35,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
         pred_kB=table.predicted_bytes_per_rank / 1e3,
         meas_kB=table.measured_bytes_per_rank / 1e3,
         inter_kB=table.predicted_inter_node_bytes_per_rank / 1e3,
+        meas_inter_kB=table.measured_inter_node_bytes_per_rank / 1e3,
     )
     cols = [
         "sync",
@@ -52,6 +53,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
         f"started {started:%Y-%m-%d %H:%M} UTC, {repeats} run(s) per config, load average {table.load_1min_start.iloc[0]:.2f} -> {table.load_1min_end.iloc[0]:.2f}"
     )
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(links_honoured(table)[1])
     print("median |relative error| of the step per sync method (predicted vs measured, emulated links):")
     for sync, err in error_by_sync(table).items():
         print(f"  {sync:13s} {err:.1%}")

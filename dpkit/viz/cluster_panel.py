@@ -109,7 +109,7 @@ def cluster_figure(frame: pd.DataFrame, c: cluster.Cluster, chosen: int | None =
     note = (
         f"model error {err.iloc[0]:.0%} (median, measured at n <= {cluster.VALIDATED_UP_TO} on emulated links)"
         if len(err)
-        else f"model error: not measured for {c.sync} (beyond n = {cluster.VALIDATED_UP_TO} nothing is)"
+        else f"model error: not measured for {c.method} (beyond n = {cluster.VALIDATED_UP_TO} nothing is)"
     )
     fig.suptitle(f"Predicted: {c.describe()}\n{note}", fontsize=9)
     fig.tight_layout()
@@ -141,7 +141,7 @@ def cluster_scale(
         raise ValueError(f"nodes={nodes} is not allowed: at least 1, and nodes x devices per node <= {cluster.MAX_DEVICES}")
     c = cluster.Cluster(
         params=params, per_device_batch=per_device_batch, compute=compute, devices_per_node=devices_per_node,
-        intra=PRESETS[intra], inter=PRESETS[inter], sync=sync, servers=servers, zero_stage=zero_stage,
+        intra=PRESETS[intra], inter=PRESETS[inter], method=sync, servers=servers, zero_stage=zero_stage,
         bucket_mb=bucket_mb, overlap=overlap, device_memory_bytes=device_memory_gb * 1e9,
     )  # fmt: skip
     chosen = nodes * devices_per_node
@@ -181,3 +181,24 @@ def cluster_panel(
         return cluster_scale(model, compute=c, convergence=convergence, errors=errs, **values)
 
     return Panel("Past one machine: predicted scaling to 1,024 devices", controls, compute, COLUMNS)
+
+
+def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
+    """Measured beside predicted for runs on emulated nodes (a dpkit.analysis.cluster.validate table): the step
+    time per sync method, and the bytes the busiest rank took in across nodes per step."""
+    labels = list(table.sync)
+    x = range(len(labels))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    a.bar([i - 0.2 for i in x], table.predicted_step_time_s * 1e3, 0.4, label="predicted", color="tab:gray")
+    a.bar([i + 0.2 for i in x], table.measured_step_time_s * 1e3, 0.4, label="measured (median of runs)", color="tab:blue")
+    a.set(xticks=list(x), xticklabels=labels, ylabel="ms per step", title="step: measured and predicted")
+    a.legend(fontsize=7)
+    b.bar([i - 0.2 for i in x], table.predicted_inter_node_bytes_per_rank / 1e6, 0.4, label="predicted", color="tab:gray")
+    b.bar(
+        [i + 0.2 for i in x], table.measured_inter_node_bytes_per_rank / 1e6, 0.4, label="measured (counted)", color="tab:orange"
+    )
+    b.set(xticks=list(x), xticklabels=labels, ylabel="MB per step", title="bytes across nodes (busiest rank)")
+    b.legend(fontsize=7)
+    fig.suptitle(f"{table.topology.iloc[0]}, emulated; {why}", fontsize=9)
+    fig.tight_layout()
+    return fig
