@@ -168,8 +168,8 @@ def test_the_panel_draws_and_tabulates_up_to_1024_devices() -> None:
     with pytest.raises(ValueError, match="nodes="):
         cluster_panel.cluster_scale(1e9, 8, cluster.assumed_compute("H100-class", 1e9), nodes=256)
     panel = cluster_panel.cluster_panel(errors={"ring": 0.1})
-    panel.set(sync="hierarchical", nodes=4).run()
-    assert panel.error is None and panel.frame is not None and panel.frame.kind.eq("predicted").all()
+    panel.set(sync="hierarchical", nodes=4)  # every change redraws (nothing runs: the prediction is instant)
+    assert panel.runs == 2 and panel.error is None and panel.frame is not None and panel.frame.kind.eq("predicted").all()
     panel.set(compute_choice="this machine (measured)").run()
     assert isinstance(panel.error, ValueError)  # no profile given: said, not raised into the notebook
 
@@ -205,7 +205,10 @@ def test_predictions_match_emulated_runs_within_25_percent_median() -> None:
     assert (table.predicted_bytes_per_rank - table.measured_bytes_per_rank).abs().max() <= 8  # float32 padding
     on_nodes = table.dropna(subset=["measured_inter_node_bytes_per_rank"])
     assert len(on_nodes) == 4
-    assert (on_nodes.predicted_inter_node_bytes_per_rank - on_nodes.measured_inter_node_bytes_per_rank).abs().max() <= 8
+    gap = (on_nodes.predicted_inter_node_bytes_per_rank - on_nodes.measured_inter_node_bytes_per_rank).abs()
+    assert gap[on_nodes.sync != "ps"].max() <= 8
+    # a server owns whole tensors, so the shards are not exactly S/k: the busiest server takes in a little more
+    assert (gap / on_nodes.measured_inter_node_bytes_per_rank)[on_nodes.sync == "ps"].max() <= 0.02
     honoured, why = cluster.links_honoured(table)
     if not honoured:
         pytest.skip(f"step times not asserted: {why}")

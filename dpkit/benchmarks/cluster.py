@@ -47,7 +47,9 @@ def main(out: Path, args: argparse.Namespace) -> None:
         "pred_kB",
         "meas_kB",
         "inter_kB",
+        "meas_inter_kB",
         "link_not_honoured",
+        "paced_messages",
     ]
     print(
         f"started {started:%Y-%m-%d %H:%M} UTC, {repeats} run(s) per config, load average {table.load_1min_start.iloc[0]:.2f} -> {table.load_1min_end.iloc[0]:.2f}"

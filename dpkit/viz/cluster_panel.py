@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -46,11 +45,14 @@ def recorded_errors(path: Path = RECORD) -> dict[str, float]:
     return cluster.error_by_sync(pd.read_csv(path))
 
 
-def compute_for(choice: str, params: float, profile: ComputeProfile | None, profile_params: float) -> cluster.Compute:
-    """The compute a panel choice means: an accelerator's assumed throughput, or this machine's measured profile
-    (of a model of `profile_params` parameters) scaled to `params` (compute grows with the parameters)."""
+def compute_for(
+    choice: str, params: float, profile: ComputeProfile | None, profile_params: float, tokens_per_sample: int = 1
+) -> cluster.Compute:
+    """The compute a panel choice means: an accelerator's assumed throughput (samples of `tokens_per_sample`
+    tokens), or this machine's measured profile (of a model of `profile_params` parameters, one digit image per
+    sample) scaled to `params` (compute grows with the parameters)."""
     if choice in cluster.ACCELERATORS:
-        return cluster.assumed_compute(choice, params)
+        return cluster.assumed_compute(choice, params, tokens_per_sample)
     if choice != COMPUTE_CHOICES[0]:
         raise ValueError(f"compute {choice!r} is not allowed: choose one of {list(COMPUTE_CHOICES)}")
     if profile is None:
@@ -68,7 +70,8 @@ def compute_for(choice: str, params: float, profile: ComputeProfile | None, prof
 def cluster_figure(frame: pd.DataFrame, c: cluster.Cluster, chosen: int | None = None) -> Figure:
     """Step time by part, speedup and efficiency, bytes and memory per device (time to accuracy if in `frame`)."""
     has_tta = "time_to_target_s" in frame.columns
-    fig, axes = plt.subplots(1, 4 if has_tta else 3, figsize=(16 if has_tta else 13, 3.8))
+    fig = Figure(figsize=(16 if has_tta else 13, 3.8))
+    axes = fig.subplots(1, 4 if has_tta else 3)
     x = frame.devices
     ax = axes[0]
     parts = [frame.compute_s * 1e3, frame.exposed_comm_s * 1e3, frame.server_s * 1e3]
@@ -165,6 +168,7 @@ def cluster_panel(
         "model": _dropdown(list(MODEL_SIZES.items()), MODEL_SIZES["1B parameters"], "model size"),
         "per_device_batch": _dropdown([1, 2, 4, 8, 16, 32, 64, 128], 8, "samples per device"),
         "compute_choice": _dropdown(COMPUTE_CHOICES, "H100-class", "compute per sample"),
+        "tokens": _dropdown([1, 128, 512, 2048, 8192], 2048, "tokens per sample (assumed compute)"),
         "nodes": _dropdown([1, 2, 4, 8, 16, 32, 64, 128], 8, "nodes"),
         "devices_per_node": _dropdown([1, 2, 4, 8], 8, "devices per node"),
         "intra": _dropdown(links, "NVLink", "within a node"),
@@ -176,11 +180,16 @@ def cluster_panel(
         "overlap": W.Checkbox(value=True, description="overlap with the backward"),
     }
 
-    def compute(model: float, compute_choice: str, progress: Callable[..., Any] | None = None, **values: Any) -> PanelResult:
-        c = compute_for(compute_choice, model, profile, profile_params)
+    def compute(
+        model: float, compute_choice: str, tokens: int, progress: Callable[..., Any] | None = None, **values: Any
+    ) -> PanelResult:
+        c = compute_for(compute_choice, model, profile, profile_params, tokens)
         return cluster_scale(model, compute=c, convergence=convergence, errors=errs, **values)
 
-    return Panel("Past one machine: predicted scaling to 1,024 devices", controls, compute, COLUMNS)
+    panel = Panel("Past one machine: predicted scaling to 1,024 devices", controls, compute, COLUMNS)
+    for control in controls.values():  # nothing runs, the prediction is instant: redraw on every change
+        control.observe(lambda _change: panel.run(), names="value")
+    return panel
 
 
 def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
@@ -188,7 +197,8 @@ def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
     time per sync method, and the bytes the busiest rank took in across nodes per step."""
     labels = list(table.sync)
     x = range(len(labels))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig = Figure(figsize=(10, 3.4))
+    a, b = fig.subplots(1, 2)
     a.bar([i - 0.2 for i in x], table.predicted_step_time_s * 1e3, 0.4, label="predicted", color="tab:gray")
     a.bar([i + 0.2 for i in x], table.measured_step_time_s * 1e3, 0.4, label="measured (median of runs)", color="tab:blue")
     a.set(xticks=list(x), xticklabels=labels, ylabel="ms per step", title="step: measured and predicted")
