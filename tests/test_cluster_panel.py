@@ -214,3 +214,17 @@ def test_predictions_match_emulated_runs_within_25_percent_median() -> None:
         pytest.skip(f"step times not asserted: {why}")
     assert table.rel_error.abs().median() <= 0.25, table
     assert math.isfinite(table.load_1min_end.iloc[0])
+
+
+@pytest.mark.slow
+def test_bench_cluster_quick_records_predicted_beside_measured(tmp_path) -> None:
+    """`dpkit bench cluster --quick`: a row per config with both steps, the load and the late messages; bytes exact."""
+    from dpkit.cli import main as cli_main
+
+    assert cli_main(["bench", "cluster", "--quick", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "cluster.csv")
+    assert len(table) == len(cluster.validation_configs(quick=True))
+    assert {"predicted_step_time_s", "measured_step_time_s", "link_not_honoured", "load_1min_start", "measured_at"} <= set(
+        table.columns
+    )
+    assert (table.predicted_bytes_per_rank - table.measured_bytes_per_rank).abs().max() <= 8
