@@ -33,7 +33,7 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -144,7 +144,6 @@ class Cluster:
     precision: str = "fp32 adam"  # memory: cost.memory.STATE_BYTES
     device_memory_bytes: float = 80e9
     activation_bytes_per_sample: float = 0.0
-    label: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.params > 0:
