@@ -147,6 +147,8 @@ def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
     if isinstance(network, Nodes):
         intra = network.intra or UNPACED
         out["link"]["nodes"] = {"ranks_per_node": network.ranks_per_node, "intra_node_link": cfg.intra_node_link}
+        # per process, over the whole run: payload bytes its paced receives took in from other nodes
+        out["link"]["inter_node_bytes_in"] = [int(s.get("inter_node_bytes_in", 0)) for s in stats]
         out["link"]["description"] += (
             f"; nodes of {network.ranks_per_node} ranks, within a node {link_label(intra).removeprefix('emulated link: ')}"
         )

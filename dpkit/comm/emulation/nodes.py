@@ -63,7 +63,8 @@ class NodesTransport(Transport):
     def stats(self) -> dict:
         """Both links' counts together (paced receives, held collectives, not honoured, worst lateness)."""
         a, b = self.intra.stats(), self.inter.stats()
-        return {k: max(a[k], b[k]) if k == "worst_late_s" else a[k] + b[k] for k in a}
+        both = {k: max(a[k], b[k]) if k == "worst_late_s" else a[k] + b[k] for k in a}
+        return both | {"inter_node_bytes_in": b["bytes_in"]}  # what crossed between nodes into this rank
 
     def reset_counts(self) -> None:
         self.intra.reset_counts()

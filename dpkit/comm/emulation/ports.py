@@ -177,6 +177,7 @@ class LinkEmulator(Transport):
         self.out_free = self.in_free = 0.0
         self._lock = threading.Lock()
         self.messages = self.collectives = self.late = 0
+        self.bytes_in = 0  # payload bytes of the paced receives (held collectives are not counted)
         self.worst_late_s = 0.0
         self._agreed: dict[tuple[int, ...], int] = {}  # held collectives agreed so far, per group
 
@@ -265,12 +266,13 @@ class LinkEmulator(Transport):
         return float(stamp.item())
 
     # -- honesty ------------------------------------------------------------------------------------
-    def _count(self, late: float, collective: bool) -> None:
+    def _count(self, late: float, collective: bool, size: int = 0) -> None:
         with self._lock:
             if collective:
                 self.collectives += 1
             else:
                 self.messages += 1
+                self.bytes_in += size
             if late > 0:
                 self.late += 1
                 self.worst_late_s = max(self.worst_late_s, late)
@@ -278,7 +280,7 @@ class LinkEmulator(Transport):
     def reset_counts(self) -> None:
         """Start counting afresh (a benchmark measures its repeats apart from its warm-up)."""
         with self._lock:
-            self.messages = self.collectives = self.late = 0
+            self.messages = self.collectives = self.late = self.bytes_in = 0
             self.worst_late_s = 0.0
 
     def stats(self) -> dict:
@@ -289,6 +291,7 @@ class LinkEmulator(Transport):
                 "collectives": self.collectives,
                 "late": self.late,
                 "worst_late_s": self.worst_late_s,
+                "bytes_in": self.bytes_in,
             }
 
 
@@ -328,7 +331,7 @@ def complete_paced(works: list) -> None:
             if after - before > LATE_SLACK_S:  # the payload was not there when the link had delivered it
                 late = after - arrival
         w._done, w.late_s = True, late
-        w.emulator._count(late, collective=False)
+        w.emulator._count(late, collective=False, size=w.size)
     for w in works:
         if not isinstance(w, PacedRecv):
             w.wait()
