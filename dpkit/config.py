@@ -31,8 +31,8 @@ from .comm.link import LINK_CHOICES, validate_link
 from .runtime.cores import cores_available
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
 from .strategies import registry
-from .strategies.registry import PARALLELISMS, SPECS, spec_for
 from .strategies.precision import validate as validate_precision
+from .strategies.registry import PARALLELISMS, SPECS, spec_for
 from .strategies.spec import Knob, StrategySpec, config_error
 
 # the choices of some strategies' knobs, importable from here as before (their specs declare them)
