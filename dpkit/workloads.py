@@ -194,6 +194,20 @@ def _checkpointed(forward: Any, x: torch.Tensor) -> torch.Tensor:
     return checkpoint(forward, _KeptInput.apply(x), use_reentrant=False, context_fn=_recompute_contexts)
 
 
+def step_flops(cfg: RunConfig, samples: int) -> int:
+    """Floating-point operations of one forward and backward of the model `cfg` builds on `samples` samples, as
+    torch.utils.flop_counter counts them (matrix multiplies and convolutions): a checkpointed model's recompute
+    included. A count, not a timing: the extra compute of checkpointing, free of a shared machine's noise."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg, cfg.seed)
+    x, y = _full_data(cfg)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model(x[:samples]), y[:samples]).backward()
+    return int(counter.get_total_flops())
+
+
 class _KeptInput(torch.autograd.Function):
     """The identity, saving its input for the backward: the one tensor a checkpointed block keeps (torch's
     checkpoint holds it out of sight of saved-tensor hooks; saved here, a memory meter counts it, once)."""

@@ -10,7 +10,7 @@ from dpkit import RunConfig, run
 from dpkit.cost.memory import activation_bytes
 from dpkit.runtime.memory import SavedTensors
 from dpkit.strategies.registry import spec_for
-from dpkit.workloads import build_model, loss_fn, model_layout
+from dpkit.workloads import build_model, loss_fn, model_layout, step_flops
 
 ACT = "mem_activations_peak_bytes"
 BASE = RunConfig(model="mlp", hidden=32, layers=3, global_batch=24, steps=3, warmup=1, threads_per_rank=1, timeout_s=120)
@@ -87,3 +87,12 @@ def test_checkpointing_is_refused_where_it_does_not_apply(fields: dict) -> None:
 def test_run_ids_do_not_change_for_the_defaults() -> None:
     assert BASE.replace(checkpoint_activations=False, precision="fp32").run_id() == BASE.run_id()
     assert BASE.replace(checkpoint_activations=True).run_id() != BASE.run_id()
+
+
+def test_the_recompute_costs_part_of_a_forward_of_the_hidden_blocks() -> None:
+    cfg = BASE.replace(hidden=64, layers=4)
+    plain, ck = step_flops(cfg, 16), step_flops(cfg.replace(checkpoint_activations=True), 16)
+    h, samples = 64, 16
+    # torch stops a recompute once every tensor the backward needs is back (early stop): in each of the 4 blocks
+    # the up-projection (h x 4h, 2 flops per multiply-add) and the GELU; the down-projection's output is not needed
+    assert ck - plain == 4 * (2 * samples * h * 4 * h)
