@@ -31,13 +31,13 @@ from .comm.link import LINK_CHOICES, validate_link
 from .runtime.cores import cores_available
 from .runtime.gloo_loop import GLOO_LOOP_MODES, default_mode
 from .strategies import registry
-from .strategies.precision import validate as validate_precision
 from .strategies.registry import PARALLELISMS, SPECS, spec_for
 from .strategies.spec import Knob, StrategySpec, config_error
 
 # the choices of some strategies' knobs, importable from here as before (their specs declare them)
 from .strategies.specs.data_parallel import ALLREDUCE_ALGOS, GRAD_SYNCS, SYNCS
 from .strategies.specs.pipeline import SCHEDULES
+from .strategies.specs.precision import validate as validate_precision
 from .workloads import model_layout, trainable_names
 
 __all__ = ["ALLREDUCE_ALGOS", "GRAD_SYNCS", "SCHEDULES", "SYNCS", "RunConfig", "register_strategy", "strategy_registered"]
@@ -126,7 +126,7 @@ class RunConfig:
     momentum: float = 0.9
     grad_accum: int = 1
     # (here: each registered strategy's knobs, from its spec)
-    # mixed precision and activation checkpointing, where they apply (dpkit/strategies/precision.py)
+    # mixed precision and activation checkpointing (dpkit/strategies/precision.py; where: specs/precision.py)
     precision: str = "fp32"
     checkpoint_activations: bool = False
     # stragglers (any strategy)

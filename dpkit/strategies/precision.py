@@ -17,7 +17,7 @@ Activation checkpointing (`checkpoint_activations=True`) recomputes each hidden 
 (dpkit.workloads.checkpoint_blocks). It applies where a block is run by its own module: one process, data
 parallelism without parameter sharding (ZeRO 0-2, the parameter servers' workers) and pipelines (a stage runs its
 blocks). ZeRO-3 and FSDP2 gather a block's parameters around its forward, which a recompute would run without;
-tensor parallelism and the hybrid rebuild or regroup the blocks: refused there.
+tensor parallelism and the hybrid rebuild or regroup the blocks: refused there (dpkit/strategies/specs/precision.py).
 """
 
 from __future__ import annotations
@@ -27,40 +27,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .spec import config_error
-
 if TYPE_CHECKING:
     from ..config import RunConfig
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def precision_applies(cfg: RunConfig) -> bool:
-    """Whether this run's ranks run the whole model's forward through Strategy.forward_backward."""
-    return cfg.parallelism in ("none", "data")
-
-
-def checkpointing_applies(cfg: RunConfig) -> bool:
-    """Whether each hidden block of this run is run by its own, unsharded module."""
-    if cfg.parallelism == "pipeline" or cfg.parallelism == "none":
-        return True
-    return cfg.parallelism == "data" and cfg.zero_stage in (0, 1, 2) and cfg.grad_sync != "fsdp"
-
-
-def validate(cfg: RunConfig) -> None:
-    """ValueError naming the field, before any process starts, where precision or checkpointing does not apply."""
-    if cfg.precision not in PRECISIONS:
-        raise config_error("precision", cfg.precision, "choose one of " + ", ".join(map(repr, PRECISIONS)))
-    if cfg.precision != "fp32" and not precision_applies(cfg):
-        raise config_error(
-            "precision", cfg.precision, "'fp32' unless parallelism is 'none' or 'data' (pipelines and tensor parallelism)"
-        )
-    if cfg.checkpoint_activations and not checkpointing_applies(cfg):
-        raise config_error(
-            "checkpoint_activations",
-            cfg.checkpoint_activations,
-            "False unless parallelism is 'none', 'pipeline' or 'data' without zero_stage=3 or grad_sync='fsdp'",
-        )
 
 
 def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
