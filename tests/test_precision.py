@@ -51,6 +51,9 @@ def test_fp32_runs_no_autocast() -> None:
         pytest.param({"grad_sync": "per-tensor"}, id="per-tensor"),
         pytest.param({"grad_sync": "ddp"}, id="ddp"),
         pytest.param({"zero_stage": 1}, id="zero1"),
+        pytest.param({"zero_stage": 3}, id="zero3"),
+        pytest.param({"zero_stage": 3, "grad_sync": "fsdp"}, id="fsdp2"),
+        pytest.param({"sync": "ps"}, id="parameter-server"),
     ],
 )
 def test_bf16_data_parallel_equals_bf16_single_process(fields: dict) -> None:
