@@ -14,6 +14,9 @@ forward sees (the rules below: which tensors each block saves), times the micro-
 keeps in flight. Buffers are the communication buffers a strategy keeps (gradient-sync flat or bucket
 buffers, parameter-server inboxes and outboxes) and the hand-written collectives' scratch space.
 
+precision='bf16' (autocast, fp32 master weights) and checkpoint_activations change the activations only: see
+"mixed precision and activation checkpointing" below (docs/formulas.md, the section of that name).
+
 The cluster-scale what-if (dpkit.analysis.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
 and an fp32 master copy with Adam's two moments (4 + 4 + 4 = 12), 16 bytes per parameter.
 """
