@@ -37,6 +37,7 @@ from .strategies.spec import Knob, StrategySpec, config_error
 # the choices of some strategies' knobs, importable from here as before (their specs declare them)
 from .strategies.specs.data_parallel import ALLREDUCE_ALGOS, GRAD_SYNCS, SYNCS
 from .strategies.specs.pipeline import SCHEDULES
+from .strategies.specs.precision import validate as validate_precision
 from .workloads import model_layout, trainable_names
 
 __all__ = ["ALLREDUCE_ALGOS", "GRAD_SYNCS", "SCHEDULES", "SYNCS", "RunConfig", "register_strategy", "strategy_registered"]
@@ -125,6 +126,9 @@ class RunConfig:
     momentum: float = 0.9
     grad_accum: int = 1
     # (here: each registered strategy's knobs, from its spec)
+    # mixed precision and activation checkpointing (dpkit/strategies/precision.py; where: specs/precision.py)
+    precision: str = "fp32"
+    checkpoint_activations: bool = False
     # stragglers (any strategy)
     straggler_ranks: tuple[int, ...] = ()
     straggler_delay_s: float = 0.0
@@ -193,7 +197,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
-        d = {k: v for k, v in self.to_dict().items() if not (k == "profile" and v is False)}  # ids from before profile
+        later = {"profile": False, "precision": "fp32", "checkpoint_activations": False}  # fields added later, at default
+        d = {k: v for k, v in self.to_dict().items() if not (k in later and v == later[k])}  # ids as before them
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
@@ -216,6 +221,8 @@ FIELD_HELP: dict[str, str] = {
     "lr": "learning rate, a finite number > 0",
     "momentum": "SGD momentum, in [0, 1)",
     "grad_accum": "micro-steps whose gradients are accumulated per optimizer step",
+    "precision": "fp32 | bf16 (autocast, fp32 master weights; parallelism none or data)",
+    "checkpoint_activations": "recompute each hidden block in the backward instead of keeping its activations",
     "straggler_ranks": "ranks slowed down at every step, comma-separated",
     "straggler_delay_s": "seconds each straggler waits per step, a finite number >= 0",
     "fail_rank": "fault injection: this rank kills itself (SIGKILL) when step fail_at_step begins (none: no fault)",
@@ -489,6 +496,7 @@ def validate(cfg: RunConfig) -> None:
         _fail("target_accuracy", cfg.target_accuracy, "None unless eval_every is set (the target is checked at evaluations)")
     validate_link(cfg)
     _validate_model(cfg)
+    validate_precision(cfg)
     spec.validate(cfg)
 
 

@@ -13,10 +13,12 @@ tail is as representative as any sample). build_dataset returns the rest; build_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -168,7 +171,77 @@ def build_model(cfg: RunConfig, seed: int) -> nn.Sequential:
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)
+    return checkpoint_blocks(model) if getattr(cfg, "checkpoint_activations", False) else model
+
+
+# ---- activation checkpointing ----------------------------------------------------------------------
+def checkpoint_blocks(model: nn.Sequential) -> nn.Sequential:
+    """Activation checkpointing: each hidden block (block0, block1, ...) keeps only its input for the backward
+    and runs its forward again there (torch.utils.checkpoint, non-reentrant), trading compute for memory.
+
+    Each block's forward is wrapped in place: the modules stay where they were, so parameter names and
+    state_dict keys do not change, and a pipeline stage that takes some of the blocks takes them checkpointed.
+    The recompute runs the same operations on the same values: training is bitwise what it is without."""
+    for name, block in model.named_children():
+        if name.startswith("block"):
+            block.forward = functools.partial(_checkpointed, block.forward)  # type: ignore[method-assign]
     return model
+
+
+def _checkpointed(forward: Any, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # evaluation: nothing is saved, nothing to recompute
+        return forward(x)
+    return checkpoint(forward, _KeptInput.apply(x), use_reentrant=False, context_fn=_recompute_contexts)
+
+
+def step_flops(cfg: RunConfig, samples: int) -> int:
+    """Floating-point operations of one forward and backward of the model `cfg` builds on `samples` samples, as
+    torch.utils.flop_counter counts them (matrix multiplies and convolutions): a checkpointed model's recompute
+    included. A count, not a timing: the extra compute of checkpointing, free of a shared machine's noise."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cfg, cfg.seed)
+    x, y = _full_data(cfg)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model(x[:samples]), y[:samples]).backward()
+    return int(counter.get_total_flops())
+
+
+class _KeptInput(torch.autograd.Function):
+    """The identity, saving its input for the backward: the one tensor a checkpointed block keeps (torch's
+    checkpoint holds it out of sight of saved-tensor hooks; saved here, a memory meter counts it, once)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def _recompute_contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    return contextlib.nullcontext(), _recompute_seen_outside()
+
+
+@contextlib.contextmanager
+def _recompute_seen_outside() -> Iterator[None]:
+    """Inside the backward's recompute: show what it saves also to the saved-tensor hooks active outside the
+    checkpoint (a memory meter's), which torch's recomputation hook hides. They see each recomputed tensor
+    until the recompute ends, when the block's recomputed activations are alive together: its peak."""
+    hooks = torch._C._autograd
+    inner = hooks._top_saved_tensors_default_hooks(False)  # torch's recomputation hook
+    hooks._pop_saved_tensors_default_hooks()
+    outer = hooks._top_saved_tensors_default_hooks(False)
+    hooks._push_saved_tensors_default_hooks(*inner)
+    if outer is None or inner is None:
+        yield
+        return
+    pack, unpack = outer[0], inner[1]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (pack(t), inner[0](t)), lambda p: unpack(p[1])):
+        yield
 
 
 def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

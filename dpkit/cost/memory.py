@@ -14,6 +14,9 @@ forward sees (the rules below: which tensors each block saves), times the micro-
 keeps in flight. Buffers are the communication buffers a strategy keeps (gradient-sync flat or bucket
 buffers, parameter-server inboxes and outboxes) and the hand-written collectives' scratch space.
 
+precision='bf16' (autocast, fp32 master weights) and checkpoint_activations change the activations only: see
+"mixed precision and activation checkpointing" below (docs/formulas.md, the section of that name).
+
 The cluster-scale what-if (dpkit.analysis.memory_compare.whatif) uses STATE_BYTES: mixed precision keeps fp16 parameters and gradients (2 + 2)
 and an fp32 master copy with Adam's two moments (4 + 4 + 4 = 12), 16 bytes per parameter.
 """
@@ -268,18 +271,61 @@ def loss_saves(cfg: RunConfig) -> float:
 
 def activation_bytes(cfg: RunConfig, blocks: Sequence[str], samples: int, tp: int = 1, in_flight: int = 1) -> float:
     """Bytes saved for backward by one rank running `blocks` (consecutive) on `samples` samples per forward,
-    with `in_flight` forwards alive at once (a pipeline stage's micro-batches); the loss where 'head' is here."""
+    with `in_flight` forwards alive at once (a pipeline stage's micro-batches); the loss where 'head' is here.
+    Mixed precision and activation checkpointing change it (precision_terms below)."""
     saves = block_saves(cfg, tp)
+    scale = activation_value_bytes(cfg) / VALUE_BYTES
     trained = {name.split(".")[0] for name in trainable_names(cfg)}
-    per_sample, previous = 0.0, None
+    per_sample, per_forward, recompute, head, previous = 0.0, 0.0, 0.0, 0.0, None
     for i, name in enumerate(blocks):
         if name == model_layout(cfg).blocks[i] and not trained & set(blocks[: i + 1]):
             continue  # the model's first blocks, all frozen: nothing before them needs a gradient, so nothing is saved
         s = saves[name]
-        per_sample += s.inner + (0.0 if previous is not None and saves[previous].output_saved else s.input)
+        kept_input = 0.0 if previous is not None and saves[previous].output_saved else s.input * scale
+        # a first linear layer needs no weight copy (its input needs no gradient); a convolution saves it anyway
+        copies = weight_copy_bytes(cfg, name) if previous is not None or name != "embed" or cfg.model == "cnn" else 0.0
+        if cfg.checkpoint_activations and name.startswith("block"):  # keeps its input; the rest comes back in the backward
+            per_sample += kept_input
+            recompute = max(recompute, s.inner * scale * samples + copies)
+        else:
+            per_sample += kept_input + s.inner * scale
+            per_forward += copies
+        if name == "head":  # its saves are freed before the first recompute, with the loss's
+            head = (kept_input + s.inner * scale) * samples + copies
         previous = name
-    loss = loss_saves(cfg) * samples + LOSS_SCALAR_BYTES if "head" in blocks else 0.0
-    return in_flight * (per_sample * samples + loss)
+    loss = loss_saves(cfg) * samples + LOSS_SCALAR_BYTES if "head" in blocks else 0.0  # fp32 under autocast too
+    forward = per_sample * samples + per_forward + loss
+    return in_flight * forward + max(0.0, recompute - head - loss)
+
+
+# ---- mixed precision and activation checkpointing -------------------------------------------------------
+# precision='bf16' is autocast with fp32 master weights (dpkit/strategies/precision.py): parameters, gradients
+# and optimizer state stay fp32; the forward saves bf16 activations (the loss's log-probabilities stay fp32) and a
+# bf16 copy of each weight matrix whose input needs a gradient (every one but the first layer's), freed in the
+# backward. checkpoint_activations: each hidden block keeps its input; its other activations (and weight copies)
+# come back in the backward, one block at a time, after the head's and the loss's are freed.
+BF16_BYTES = 2
+
+
+def activation_value_bytes(cfg: RunConfig) -> int:
+    """Bytes of one saved activation value: 2 under bf16 autocast, else 4."""
+    return BF16_BYTES if cfg.precision == "bf16" else VALUE_BYTES
+
+
+def weight_copy_bytes(cfg: RunConfig, block: str) -> float:
+    """bf16 autocast's copies of this block's weight matrices (linear and convolution weights; not layer norms'
+    or the embedding table), which the forward saves for the input's gradient; 0 in fp32. Exact for the MLP and
+    the CNN (tests/test_precision.py); the transformer saves more than this rule says (layer norms run in fp32)."""
+    if cfg.precision != "bf16":
+        return 0.0
+    names = [
+        (name, n)
+        for name, n in model_layout(cfg).params
+        if name.split(".")[0] == block
+        and name.endswith(".weight")
+        and not any(p.startswith(("ln", "tok")) for p in name.split("."))
+    ]
+    return float(BF16_BYTES * sum(n for _, n in names))
 
 
 # ---- cluster scale: the what-if -------------------------------------------------------------------------

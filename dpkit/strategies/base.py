@@ -14,6 +14,7 @@ from ..comm import Comm, Group
 from ..runtime.memory import Held, held_by, held_memory
 from ..runtime.recorder import Recorder
 from ..workloads import loss_fn, shard
+from .precision import autocast
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -101,8 +102,9 @@ class Strategy:
         return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
 
     def forward_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
-        """Forward and backward of one micro-batch; the loss is scaled so accumulated grads average."""
-        with self.rec.compute("forward"):
+        """Forward and backward of one micro-batch; the loss is scaled so accumulated grads average. The forward
+        runs in cfg.precision (bf16: under autocast; the backward follows the forward's dtypes, outside it)."""
+        with self.rec.compute("forward"), autocast(self.cfg, self.ctx.device):
             loss = loss_fn(model(x.to(self.ctx.device)), y.to(self.ctx.device))
         self.backward(model, loss * scale)
         return float(loss.detach())
