@@ -174,7 +174,9 @@ def test_launches_from_threads_take_turns_unless_off(
         t.join(120)
     assert not errors, errors
     ranks = [[json.loads((tmp_path / f"{i}-rank{r}.json").read_text()) for r in range(2)] for i in range(2)]
-    spans = sorted((min(r["start"] for r in run), max(r["end"] for r in run), {c for r in run for c in r["cores"]}) for run in ranks)
+    spans = sorted(
+        (min(r["start"] for r in run), max(r["end"] for r in run), {c for r in run for c in r["cores"]}) for run in ranks
+    )
     (a, b) = spans
     if queue == "off" or len(q.allowed_cores()) < 4:
         assert (b[0] < a[1]) == (queue == "off"), f"runs (start, end, cores): {a}, {b}"
