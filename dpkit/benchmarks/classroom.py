@@ -186,8 +186,10 @@ def rooms(runs: pd.DataFrame, cores: int, panel: tuple[int, ...]) -> tuple[pd.Da
     rows = []
     for mode, group in per_learner.groupby("slots"):
         stats = pd.DataFrame([room(g) for _, g in group.groupby("round")]).median()
+        load = runs[runs.slots == mode].loadavg.map(lambda text: float(str(text).split()[0]))
         rows.append({"source": "measured", "learners": group.learner.nunique(), "cores": cores, "slots": mode,
-                     "rounds": group["round"].nunique(), **stats.round(2).to_dict()})  # fmt: skip
+                     "rounds": group["round"].nunique(), **stats.round(2).to_dict(),
+                     "load_1min": f"{load.min():.1f}-{load.max():.1f}"})  # fmt: skip
     alone = runs[runs.slots == "machine"].groupby("world_size").run_s.median()
     model_panel = [(w * (LESSON.threads_per_rank or 1), float(alone[w])) for w in panel]
     learners = int(per_learner.learner.nunique())
@@ -198,13 +200,39 @@ def rooms(runs: pd.DataFrame, cores: int, panel: tuple[int, ...]) -> tuple[pd.Da
     return pd.DataFrame(rows), model_panel
 
 
+def verdicts(summary: pd.DataFrame) -> list[str]:
+    """The issue's two bars, each met or not, with the numbers: the measured room's total wait with core slots
+    against the whole-machine queue, and the predicted 30 learners on 32 cores against the serial queue."""
+
+    def pick(source: str, n: int | None, c: int | None, mode: str) -> pd.Series | None:
+        rows = summary[(summary.source == source) & (summary.slots == mode)]
+        if n is not None:
+            rows = rows[(rows.learners == n) & (rows.cores == c)]
+        return rows.iloc[0] if len(rows) else None
+
+    lines = []
+    slots, machine = pick("measured", None, None, "cores"), pick("measured", None, None, "machine")
+    if slots is not None and machine is not None:
+        ok = slots.total_wait_s <= machine.total_wait_s
+        lines.append(f"measured, {slots.learners} learners on {slots.cores} cores: total wait {slots.total_wait_s:g} s with core "
+                     f"slots against {machine.total_wait_s:g} s with the whole-machine queue: {'met' if ok else 'NOT met'}")  # fmt: skip
+    slots, serial = pick("predicted", 30, 32, "cores"), pick("predicted", 30, 32, "machine")
+    if slots is not None and serial is not None:
+        ratio = serial.worst_answer_s / max(slots.worst_answer_s, 1e-9)
+        lines.append(f"predicted, 30 learners on 32 cores: last answer after {slots.worst_answer_s:g} s with core slots, "
+                     f"{serial.worst_answer_s:g} s with the serial queue ({ratio:.1f}x shorter; bar 8x): "
+                     f"{'met' if ratio >= 8 else 'NOT met'}")  # fmt: skip
+    return lines
+
+
 def classroom_plot(summary: pd.DataFrame) -> Figure:
     """Worst answer time per room: core slots beside the whole-machine queue, measured and predicted."""
     fig = Figure(figsize=(7.5, 4))
     ax = fig.add_subplot()
     labels = []
     for k, ((source, n, c), group) in enumerate(summary.groupby(["source", "learners", "cores"], sort=False)):
-        labels.append(f"{n} learners, {c} cores\n({source})")
+        load = f", load {group.load_1min.iloc[0]}" if source == "measured" and "load_1min" in group else ""
+        labels.append(f"{n} learners, {c} cores\n({source}{load})")
         for j, mode in enumerate(MODES):
             row = group[group.slots == mode]
             if len(row):
@@ -235,5 +263,7 @@ def main(out: Path, args: argparse.Namespace) -> None:
     classroom_plot(summary).savefig(out / "classroom.png", dpi=110)
     print("the model's panel (cores needed, median seconds alone):", [(c, round(s, 3)) for c, s in model_panel])
     print(summary.to_string(index=False))
+    for line in verdicts(summary):
+        print(line)
     print(f"end {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, load {_load()}")
     print(f"wrote {out / 'classroom.csv'}")
