@@ -287,3 +287,22 @@ def test_a_real_run_records_what_ran_on_reads(qdir: Path) -> None:
     meta = result.meta
     assert meta["queued"] and len(meta["queue_cores"]) == SMALL.num_processes and meta["queue_runs_beside"] == 0
     assert ran_on(meta).startswith("ran on core")
+
+
+def test_a_panel_learns_where_its_runs_ran(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """queue.turns_taken() collects the turns a block takes (a nested turn once, an unqueued one too), so a Panel
+    can print ran_on_all() under its figure without the compute functions handing their results back."""
+    with q.turns_taken() as turns:
+        with q.machine_turn(cores=1), q.machine_turn(cores=1):  # run() inside measured_run(): one turn
+            pass
+        with q.machine_turn(cores=1):
+            pass
+    assert len(turns) == 2 and all(t.queued and len(t.cores or []) == 1 for t in turns)
+    assert ran_on_all(t.meta() for t in turns).startswith("2 runs on core")
+    monkeypatch.setenv(q.QUEUE_ENV, "off")
+    with q.turns_taken() as turns, q.machine_turn(cores=1):
+        pass
+    assert ran_on_all(t.meta() for t in turns).startswith("ran unqueued")
+    with q.machine_turn(cores=1):
+        pass  # outside the block: nothing collected
+    assert len(turns) == 1

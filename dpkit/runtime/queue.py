@@ -146,6 +146,29 @@ def reporting(progress: Progress) -> Iterator[None]:
         _reporter.reset(token)
 
 
+_taken: contextvars.ContextVar[list[Turn] | None] = contextvars.ContextVar("dpkit_queue_taken", default=None)
+
+
+@contextlib.contextmanager
+def turns_taken() -> Iterator[list[Turn]]:
+    """Within the block, every turn this thread takes is appended to the list it yields (a nested turn once).
+
+    Why: a Panel says where its runs ran ("ran on cores 4–7 beside 3 other runs", dpkit.viz.run_notes) without
+    the compute functions between its Run button and run() handing the results back."""
+    turns: list[Turn] = []
+    token = _taken.set(turns)
+    try:
+        yield turns
+    finally:
+        _taken.reset(token)
+
+
+def _noted(turn: Turn) -> Turn:
+    if (taken := _taken.get()) is not None:
+        taken.append(turn)
+    return turn
+
+
 _local = threading.local()  # .turn: the Turn this thread holds, if any
 
 
@@ -166,7 +189,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
         return
     folder = queue_dir() if queue and enabled() and fcntl is not None else None
     if folder is None:
-        yield Turn(queued=False)
+        yield _noted(Turn(queued=False))
         return
     report = progress or _reporter.get()
     t0 = time.monotonic()
@@ -178,7 +201,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
         _warn_once(f"dpkit: runs on this machine do not take turns: cannot queue in {folder} ({exc})")
         ticket = None
     if ticket is None:
-        yield Turn(queued=False)
+        yield _noted(Turn(queued=False))
         return
     try:
         try:
@@ -189,7 +212,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
             turn = Turn(queued=False, wait_s=time.monotonic() - t0)
         _local.turn = turn
         try:
-            yield turn
+            yield _noted(turn)
         finally:
             _local.turn = None
     finally:
