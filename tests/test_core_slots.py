@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import SMALL
 from test_queue import _start, _wait_for
@@ -306,3 +307,29 @@ def test_a_panel_learns_where_its_runs_ran(qdir: Path, monkeypatch: pytest.Monke
     with q.machine_turn(cores=1):
         pass  # outside the block: nothing collected
     assert len(turns) == 1
+
+
+@needs_2_cores
+@pytest.mark.slow
+def test_bench_classroom_quick_measures_both_queues_and_predicts(tmp_path: Path) -> None:
+    """`dpkit bench classroom --quick`: 2 learner processes click a 2-run panel twice (core slots, whole machine);
+    every run is recorded with its cores, and the rooms measured here and predicted elsewhere are written."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dpkit.cli", "bench", "classroom", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = pd.read_csv(tmp_path / "classroom_runs.csv")
+    assert len(runs) == 2 * 2 * 2 and set(runs.slots) == {"cores", "machine"}
+    machine = runs[runs.slots == "machine"]
+    assert (machine.runs_beside == 0).all(), "the whole-machine queue ran a run beside another"
+    summary = pd.read_csv(tmp_path / "classroom.csv")
+    assert set(zip(summary.source, summary.learners, summary.cores, strict=True)) >= {
+        ("measured", 2, 2),
+        ("predicted", 30, 32),
+        ("predicted", 30, 64),
+    }
+    assert "predicted, 30 learners on 32 cores" in done.stdout and (tmp_path / "classroom.png").exists()
