@@ -19,6 +19,7 @@ import pandas as pd
 from .config import RunConfig
 from .results import RunResult
 from .runtime.cores import cores_available
+from .runtime.launch import run_cores
 from .runtime.queue import machine_turn
 
 SPREAD_LIMIT = 0.2  # repeats' IQR (max-min below 3 repeats) over their median above this: noisy
@@ -122,7 +123,7 @@ def measured_run(cfg: RunConfig, runner: Callable[[RunConfig], RunResult], queue
     """runner(cfg), with the machine's load while it ran recorded in result.meta['load'] (saved with the result,
     so a resumed run keeps the load it was measured under). The machine's turn is taken first (a run() inside
     keeps it), so the load is sampled while the run runs, not while it waits for other kernels' runs."""
-    with machine_turn(queue=queue), LoadSampler() as load:
+    with machine_turn(queue=queue, cores=run_cores(cfg)), LoadSampler() as load:  # the run's core slot, not the machine
         result = runner(cfg)
     result.meta["load"] = {"busy_outside": round(load.mean, 2), "samples": len(load.samples), "cpu_count": cores_available()}
     return result

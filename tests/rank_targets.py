@@ -66,11 +66,12 @@ def sleep_ranks(payload: dict, rank: int, world: int, out_dir: str) -> None:
 
 def record_span(payload: dict, rank: int, world: int, out_dir: str) -> None:
     """launch() target: sleep payload["s"] seconds; write when this rank began and ended, on the machine's
-    CLOCK_MONOTONIC (shared by every process), to payload["log"]/<payload["run"]>-rank<rank>.json."""
+    CLOCK_MONOTONIC (shared by every process), and the cores it may run on, to payload["log"]/<payload["run"]>-rank<rank>.json."""
     start = time.clock_gettime(time.CLOCK_MONOTONIC)
     time.sleep(payload["s"])
     end = time.clock_gettime(time.CLOCK_MONOTONIC)
-    Path(payload["log"], f"{payload['run']}-rank{rank}.json").write_text(json.dumps({"start": start, "end": end}))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None  # its core slot, if pinned
+    Path(payload["log"], f"{payload['run']}-rank{rank}.json").write_text(json.dumps({"start": start, "end": end, "cores": cores}))
 
 
 def background_held(payload: dict, rank: int, world: int, out_dir: str) -> None:

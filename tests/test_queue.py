@@ -1,6 +1,7 @@
-"""Runs on one machine take turns (issue 16): several processes launching at once never overlap, a killed
-holder does not block the others, arrival order is kept, DPKIT_QUEUE=off lets runs overlap, and the
-"runs ahead" callback counts down to the Panel's status.
+"""Runs on one machine take turns for its cores (issues 16, 31): runs from several processes at once overlap only on
+disjoint cores (on this 2-core machine a 2-rank run needs both, so they take turns), a killed holder does not block
+the others, arrival order is kept, DPKIT_QUEUE=off lets runs overlap, and the "runs ahead" callback counts down to
+the Panel's status. Core slots themselves (runs side by side, pinning, no starvation): tests/test_core_slots.py.
 
 Every test queues in its own folder (DPKIT_QUEUE_DIR under tmp_path), never in the machine's. Rank start
 and end times are read from CLOCK_MONOTONIC, which every process on the machine shares.
@@ -39,6 +40,7 @@ def qdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(q.DIR_ENV, str(folder))
     monkeypatch.delenv(q.QUEUE_ENV, raising=False)
     monkeypatch.delenv(q.MAX_TURN_ENV, raising=False)
+    monkeypatch.delenv(q.SLOTS_ENV, raising=False)  # the default: core slots
     return folder
 
 
@@ -97,8 +99,8 @@ for t in threads:
 """
 
 
-def _runs_at_once(home: Path, procs: int, runs_each: int, sleep_s: float, env: dict[str, str]) -> list[tuple[float, float]]:
-    """`procs` processes start `runs_each` 2-rank runs each at the same moment; (start, end) of every run."""
+def _runs_at_once(home: Path, procs: int, runs_each: int, sleep_s: float, env: dict[str, str]) -> list:
+    """`procs` processes start `runs_each` 2-rank runs each at the same moment; (start, end, cores) of every run."""
     log, go = home / "log", home / "go"
     log.mkdir()
     names = [f"caller{p}" for p in range(procs)]
@@ -112,18 +114,30 @@ def _runs_at_once(home: Path, procs: int, runs_each: int, sleep_s: float, env: d
     for p in range(procs):
         for i in range(runs_each):
             ranks = [json.loads((log / f"{p}.{i}-rank{r}.json").read_text()) for r in range(2)]  # none lost
-            spans.append((min(r["start"] for r in ranks), max(r["end"] for r in ranks)))
-    return sorted(spans)
+            cores = frozenset(c for r in ranks for c in r["cores"] or ())
+            spans.append((min(r["start"] for r in ranks), max(r["end"] for r in ranks), cores))
+    return sorted(spans, key=lambda span: span[:2])
+
+
+def _overlapping(spans: list) -> list:
+    """Pairs of runs (start, end, cores) that ran at the same time."""
+    return [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1] and a[0] < b[1]]
 
 
 @pytest.mark.slow
-def test_runs_from_four_processes_take_turns(tmp_path: Path, qdir: Path) -> None:
-    """4 processes x 2 runs (2 threads each), all started at once: every rank of every run ran, and each
-    run's ranks began only after every rank of the run before had ended."""
-    spans = _runs_at_once(tmp_path, 4, 2, 0.3, {q.DIR_ENV: str(qdir)})
+@pytest.mark.parametrize("slots", ["cores", "machine"])
+def test_runs_from_four_processes_take_turns(tmp_path: Path, qdir: Path, slots: str) -> None:
+    """4 processes x 2 runs (2 threads each) of 2 ranks x 1 thread, all started at once: every rank of every run
+    ran, pinned to a core of its own; runs that overlapped held disjoint cores (core slots; on 2 cores none can
+    overlap), and with DPKIT_QUEUE_SLOTS=machine each run's ranks began only after the run before had ended."""
+    spans = _runs_at_once(tmp_path, 4, 2, 0.3, {q.DIR_ENV: str(qdir), q.SLOTS_ENV: slots})
     assert len(spans) == 8
-    overlaps = [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
-    assert not overlaps, f"runs overlapped (start, end on CLOCK_MONOTONIC): {overlaps}"
+    overlaps = _overlapping(spans)
+    if slots == "machine" or len(q.allowed_cores()) < 4:
+        assert not overlaps, f"runs overlapped (start, end on CLOCK_MONOTONIC, cores): {overlaps}"
+    assert all(not a[2] & b[2] for a, b in overlaps), f"runs side by side shared cores: {overlaps}"
+    if slots == "cores":
+        assert all(len(span[2]) == 2 for span in spans), f"each run: 2 ranks on a core each: {spans}"
     assert _tickets(qdir) == [], "a ticket was left in the queue"
 
 
@@ -131,7 +145,8 @@ def test_runs_from_four_processes_take_turns(tmp_path: Path, qdir: Path) -> None
 def test_queue_off_lets_runs_overlap(tmp_path: Path, qdir: Path) -> None:
     """The same harness with DPKIT_QUEUE=off: runs started at once do overlap (so the test above can fail)."""
     spans = _runs_at_once(tmp_path, 2, 1, 1.0, {q.DIR_ENV: str(qdir), q.QUEUE_ENV: "off"})
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), f"no two runs overlapped: {spans}"
+    assert _overlapping(spans), f"no two runs overlapped: {spans}"
+    assert all(span[2] == frozenset(q.allowed_cores()) for span in spans), f"unqueued ranks are not pinned: {spans}"
     assert not qdir.exists() or _tickets(qdir) == []
 
 
@@ -140,7 +155,8 @@ def test_queue_off_lets_runs_overlap(tmp_path: Path, qdir: Path) -> None:
 def test_launches_from_threads_take_turns_unless_off(
     tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch, queue: str
 ) -> None:
-    """Two launch() calls from two threads of this process at once: one after the other, or (off) side by side."""
+    """Two 2-rank launch() calls from two threads of this process at once: one after the other (on fewer than 4
+    cores; on more, side by side on disjoint cores), or (off) side by side."""
     monkeypatch.setenv(q.QUEUE_ENV, queue)
     errors: list[BaseException] = []
 
@@ -158,16 +174,23 @@ def test_launches_from_threads_take_turns_unless_off(
         t.join(120)
     assert not errors, errors
     ranks = [[json.loads((tmp_path / f"{i}-rank{r}.json").read_text()) for r in range(2)] for i in range(2)]
-    (a, b) = sorted((min(r["start"] for r in run), max(r["end"] for r in run)) for run in ranks)
-    assert (b[0] < a[1]) == (queue == "off"), f"runs (start, end): {a}, {b}"
+    spans = sorted(
+        (min(r["start"] for r in run), max(r["end"] for r in run), {c for r in run for c in r["cores"]}) for run in ranks
+    )
+    (a, b) = spans
+    if queue == "off" or len(q.allowed_cores()) < 4:
+        assert (b[0] < a[1]) == (queue == "off"), f"runs (start, end, cores): {a}, {b}"
+    if queue == "on":
+        assert b[0] >= a[1] or not a[2] & b[2], f"runs side by side shared cores: {a}, {b}"
     assert _tickets(qdir) == []
 
 
 # ---- 2. a holder killed with kill -9 blocks nobody --------------------------------------------------
 HOLDER = """
-import sys
+import os, sys
 from dpkit.runtime.launch import launch
-launch("rank_targets:sleep_ranks", {"s": 120}, 2, sys.argv[1], threads_per_rank=1, timeout_s=300, start_method="fork")
+threads = max(1, len(os.sched_getaffinity(0)) // 2)  # every core: the waiter's run cannot start beside it
+launch("rank_targets:sleep_ranks", {"s": 120}, 2, sys.argv[1], threads_per_rank=threads, timeout_s=300, start_method="fork")
 """
 WAITER = """
 import json, sys, time
@@ -508,169 +531,3 @@ def test_killing_a_waiter_frees_its_place(tmp_path: Path, qdir: Path) -> None:
         waiter.kill()
         waiter.wait()
     assert _tickets(qdir) == []
-
-
-# ---- 6. core slots (issue 31, opt-in with DPKIT_QUEUE_SLOTS=cores) -----------------------------------
-needs_2_cores = pytest.mark.skipif(len(q.allowed_cores()) < 2, reason="core slots need 2 or more cores to share")
-
-
-def _hold_cores(cores: int | None, got: list, release: threading.Event) -> threading.Thread:
-    """A thread that takes a turn for `cores` cores, appends its Turn to `got`, and holds it until `release`."""
-
-    def hold() -> None:
-        with q.machine_turn(cores=cores) as turn:
-            got.append(turn)
-            release.wait(30)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    return thread
-
-
-@needs_2_cores
-def test_core_slots_run_side_by_side_on_disjoint_cores(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(q.SLOTS_ENV, "cores")
-    got: list[q.Turn] = []
-    release = threading.Event()
-    threads = [_hold_cores(1, got, release) for _ in range(2)]
-    try:
-        _wait_for(lambda: len(got) == 2, 10, "two 1-core turns at once")
-        a, b = got
-        assert a.cores and b.cores and len(a.cores) == len(b.cores) == 1 and not set(a.cores) & set(b.cores)
-        assert set(a.cores + b.cores) <= set(q.allowed_cores())
-        assert {a.beside, b.beside} == {0, 1} and a.meta()["queue_cores"] == a.cores
-    finally:
-        release.set()
-        for t in threads:
-            t.join(10)
-    assert os.listdir(qdir) == []  # tickets and grant files gone
-
-
-@needs_2_cores
-def test_core_slots_are_first_come_first_served(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A holds 1 core; B asks for all of them and waits; C, asking for 1 core that is free, must not pass B."""
-    monkeypatch.setenv(q.SLOTS_ENV, "cores")
-    every = len(q.allowed_cores())
-    got_a: list[q.Turn] = []
-    got_b: list[q.Turn] = []
-    got_c: list[q.Turn] = []
-    release_a, release_b, release_c = threading.Event(), threading.Event(), threading.Event()
-    threads = [_hold_cores(1, got_a, release_a)]
-    try:
-        _wait_for(lambda: bool(got_a), 10, "A's turn")
-        threads.append(_hold_cores(every, got_b, release_b))
-        _wait_for(lambda: len([n for n in os.listdir(qdir) if n.startswith(q.PREFIX)]) == 2, 10, "B's ticket")
-        threads.append(_hold_cores(1, got_c, release_c))
-        time.sleep(1.0)
-        assert not got_b and not got_c, "C passed B, or B started beside A without its cores"
-        release_a.set()
-        _wait_for(lambda: bool(got_b), 10, "B's turn after A")
-        assert sorted(got_b[0].cores or []) == q.allowed_cores() and got_b[0].beside == 0
-        time.sleep(0.5)
-        assert not got_c, "C ran beside a run that holds every core"
-        release_b.set()
-        _wait_for(lambda: bool(got_c), 10, "C's turn after B")
-    finally:
-        for e in (release_a, release_b, release_c):
-            e.set()
-        for t in threads:
-            t.join(10)
-
-
-def test_the_whole_machine_by_default_and_a_full_run_alone(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without DPKIT_QUEUE_SLOTS=cores a run holds every core whatever it asks for; with it, a run that needs them
-    all (or asks for more) still runs alone."""
-    for slots, asked in (("machine", 1), ("cores", 10_000)):
-        monkeypatch.setenv(q.SLOTS_ENV, slots)
-        got: list[q.Turn] = []
-        release = threading.Event()
-        thread = _hold_cores(asked, got, release)
-        try:
-            _wait_for(lambda got=got: bool(got), 10, "the turn")
-            assert sorted(got[0].cores or []) == q.allowed_cores()
-            waiting: list[q.Turn] = []
-            other = _hold_cores(1, waiting, release)
-            time.sleep(0.5)
-            assert not waiting, f"{slots}: a run started beside one holding every core"
-        finally:
-            release.set()
-            thread.join(10)
-            other.join(10)
-
-
-@needs_2_cores
-@pytest.mark.slow
-def test_core_slots_pin_every_rank(tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each rank's affinity, read back from /proc, is its own core of the run's slot."""
-    monkeypatch.setenv(q.SLOTS_ENV, "cores")
-    thread = threading.Thread(
-        target=launch,
-        args=("rank_targets:sleep_ranks", {"s": 3}, 2, tmp_path),
-        kwargs={"threads_per_rank": 1, "timeout_s": 60},
-        daemon=True,
-    )
-    thread.start()
-    _wait_for(lambda: all((tmp_path / f"pid{r}").exists() for r in range(2)), 60, "the ranks")
-    allowed = []
-    for r in range(2):
-        status = Path(f"/proc/{(tmp_path / f'pid{r}').read_text()}/status").read_text()
-        allowed.append(status.split("Cpus_allowed_list:")[1].split()[0])
-    thread.join(30)
-    assert len(set(allowed)) == 2 and all("," not in a and "-" not in a for a in allowed), allowed
-
-
-HOLD_ONE_CORE = """
-import sys, time
-from pathlib import Path
-from dpkit.runtime import queue as q
-with q.machine_turn(cores=1):
-    Path(sys.argv[1], "holding").write_text("")
-    time.sleep(120)
-"""
-
-
-@needs_2_cores
-@pytest.mark.slow
-def test_a_killed_core_holder_frees_its_cores_within_3_s(tmp_path: Path, qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(q.SLOTS_ENV, "cores")
-    holder = _start(HOLD_ONE_CORE, tmp_path, home=tmp_path, name="holder", env={q.DIR_ENV: str(qdir), q.SLOTS_ENV: "cores"})
-    try:
-        _wait_for(lambda: (tmp_path / "holding").exists(), 60, "the holder's turn")
-        got: list[q.Turn] = []
-        release = threading.Event()
-        thread = _hold_cores(len(q.allowed_cores()), got, release)  # needs every core: waits for the holder
-        time.sleep(0.5)
-        assert not got
-        holder.kill()
-        t0 = time.monotonic()
-        _wait_for(lambda: bool(got), 3, "the cores of a holder killed with kill -9")
-        assert time.monotonic() - t0 < 3
-        release.set()
-        thread.join(10)
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-@needs_2_cores
-@pytest.mark.slow
-def test_two_runs_on_disjoint_cores_measure_as_each_alone(qdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two 1-rank, 1-thread runs side by side on their own cores: each step time within 15% of a run alone.
-    Load guard: with other programs using the cores, no comparison is meaningful, and the test says so."""
-    monkeypatch.setenv(q.SLOTS_ENV, "cores")
-    busy = os.getloadavg()[0]
-    if busy > len(q.allowed_cores()) - 1.5:
-        pytest.skip(f"load average {busy:.1f} on {len(q.allowed_cores())} cores: not measurable beside other programs")
-    cfg = SMALL.replace(threads_per_rank=1, steps=40, warmup=5, hidden=256, global_batch=64)
-    alone = run(cfg).summary["step_time_s"]
-    results: list = []
-    threads = [threading.Thread(target=lambda: results.append(run(cfg))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert len(results) == 2
-    cores = [r.meta["queue_cores"] for r in results]
-    assert not set(cores[0]) & set(cores[1]) and sorted(r.meta["queue_runs_beside"] for r in results) == [0, 1]
-    for r in results:
-        assert abs(r.summary["step_time_s"] / alone - 1) < 0.15, (r.summary["step_time_s"], alone)

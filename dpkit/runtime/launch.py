@@ -99,6 +99,12 @@ def choose_backend(device: str, backend: str, nprocs: int) -> tuple[str, str]:
     return ("nccl" if kind == "cuda" and gpus >= nprocs else "gloo"), kind
 
 
+def run_cores(cfg) -> int:
+    """The cores a RunConfig's run asks the queue for: processes x threads per rank (its core slot)."""
+    nprocs = cfg.num_processes
+    return nprocs * (cfg.threads_per_rank or default_threads(nprocs))
+
+
 def launch(
     target: str,
     payload: dict,
@@ -137,7 +143,8 @@ def launch(
         store = _loopback_store(timeout_s)
         try:
             start_forkserver(ctx.get_start_method())  # seconds on the first run
-            with _main_not_reimported():
+            pinned = _forkserver_on(turn.cores) if ctx.get_start_method() == "forkserver" else contextlib.nullcontext()
+            with _main_not_reimported(), pinned:
                 for rank in range(nprocs):
                     ours, theirs = ctx.Pipe()
                     links.append(ours)
@@ -207,6 +214,31 @@ def sigint_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+_forkserver_lock = threading.Lock()  # runs of this process starting ranks at once take turns pinning the server
+
+
+def forkserver_pid() -> int | None:
+    """The pid of this process's forkserver, if one runs."""
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+@contextlib.contextmanager
+def _forkserver_on(cores: list[int] | None):
+    """While a run's ranks are forked, the forkserver runs on that run's cores (its core slot), so forking never
+    touches the cores of a run beside it; each rank then pins itself to its own core before torch starts threads.
+    Between runs the server stays where the last run put it, asleep. None (an unqueued run): the server gets every
+    core this process may use again, as its unpinned ranks will."""
+    pid = forkserver_pid()
+    if pid is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    with _forkserver_lock:
+        with contextlib.suppress(OSError):  # a server gone meanwhile: the ranks' start will say so
+            os.sched_setaffinity(pid, cores or os.sched_getaffinity(0))
+        yield
 
 
 def _rank_cores(cores: list[int] | None, rank: int, nprocs: int, threads: int) -> list[int] | None:

@@ -1,7 +1,12 @@
-"""Runs on one machine take turns: a machine-wide first-come, first-served queue (issue 16).
+"""Runs on one machine take turns for its cores: a machine-wide first-come, first-served queue (issues 16, 31).
 
 Why: thirty kernels of a workshop launching ranks at once on one server make every step time measure
-the others, not the strategy. So a run waits for its turn, and while it runs nobody else's does.
+the others, not the strategy. So a run waits until the cores it needs (processes x threads per rank) are
+free, and while it runs nobody else's run uses them: each rank is pinned to its own core (one rank = one
+core), so runs on disjoint cores do not measure each other, and a 32-core server serves many learners at
+once. A run needing every core still runs alone. First come, first served: a run never passes one waiting
+ahead of it, so a large run is not starved by small ones. $DPKIT_QUEUE_SLOTS=machine gives every run the
+whole machine again (one run at a time, whatever it needs).
 
 How: each waiting run puts a ticket file in the queue folder (default /tmp/dpkit-queue, mode 1777 so
 every user of the machine shares it; $DPKIT_QUEUE_DIR overrides). A ticket is written, flock()ed by
@@ -48,7 +53,8 @@ except ImportError:  # Windows: no flock, so no machine queue
 QUEUE_ENV = "DPKIT_QUEUE"  # "off" (or 0, false, no): runs do not take turns
 DIR_ENV = "DPKIT_QUEUE_DIR"  # where the tickets live; default DEFAULT_DIR
 MAX_TURN_ENV = "DPKIT_QUEUE_MAX_TURN_S"
-SLOTS_ENV = "DPKIT_QUEUE_SLOTS"  # "cores": a run holds only the cores it needs; "machine" (default): all of them
+SLOTS_ENV = "DPKIT_QUEUE_SLOTS"  # "cores" (default): a run holds only the cores it needs; "machine": all of them
+SLOTS = ("cores", "machine")
 STOPPED_ENV = "DPKIT_QUEUE_STOPPED_S"  # a holder stopped (SIGSTOP, Ctrl-Z) this long loses its turn
 DEFAULT_DIR = Path("/tmp/dpkit-queue")  # not $TMPDIR: that can differ per user, and the queue is the machine's
 DEFAULT_MAX_TURN_S = 1800.0
@@ -106,9 +112,12 @@ def _seconds(env: str, default: float) -> float:
 
 
 def core_slots() -> bool:
-    """$DPKIT_QUEUE_SLOTS=cores: runs take the cores they need (issue 31, being built); default "machine": the
-    whole machine per run, as before."""
-    return os.environ.get(SLOTS_ENV, "machine").strip().lower() == "cores"
+    """Whether runs take only the cores they need ($DPKIT_QUEUE_SLOTS=cores, the default) or the whole machine each
+    ($DPKIT_QUEUE_SLOTS=machine: one run at a time). Any other value warns and means cores."""
+    value = os.environ.get(SLOTS_ENV, "cores").strip().lower() or "cores"
+    if value not in SLOTS:
+        _warn_once(f"dpkit: ${SLOTS_ENV}={value!r} is not allowed: choose one of {', '.join(SLOTS)}; using cores")
+    return value != "machine"
 
 
 def max_turn_s() -> float:
@@ -137,6 +146,29 @@ def reporting(progress: Progress) -> Iterator[None]:
         _reporter.reset(token)
 
 
+_taken: contextvars.ContextVar[list[Turn] | None] = contextvars.ContextVar("dpkit_queue_taken", default=None)
+
+
+@contextlib.contextmanager
+def turns_taken() -> Iterator[list[Turn]]:
+    """Within the block, every turn this thread takes is appended to the list it yields (a nested turn once).
+
+    Why: a Panel says where its runs ran ("ran on cores 4–7 beside 3 other runs", dpkit.viz.run_notes) without
+    the compute functions between its Run button and run() handing the results back."""
+    turns: list[Turn] = []
+    token = _taken.set(turns)
+    try:
+        yield turns
+    finally:
+        _taken.reset(token)
+
+
+def _noted(turn: Turn) -> Turn:
+    if (taken := _taken.get()) is not None:
+        taken.append(turn)
+    return turn
+
+
 _local = threading.local()  # .turn: the Turn this thread holds, if any
 
 
@@ -157,7 +189,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
         return
     folder = queue_dir() if queue and enabled() and fcntl is not None else None
     if folder is None:
-        yield Turn(queued=False)
+        yield _noted(Turn(queued=False))
         return
     report = progress or _reporter.get()
     t0 = time.monotonic()
@@ -169,7 +201,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
         _warn_once(f"dpkit: runs on this machine do not take turns: cannot queue in {folder} ({exc})")
         ticket = None
     if ticket is None:
-        yield Turn(queued=False)
+        yield _noted(Turn(queued=False))
         return
     try:
         try:
@@ -180,7 +212,7 @@ def machine_turn(progress: Progress | None = None, *, queue: bool = True, cores:
             turn = Turn(queued=False, wait_s=time.monotonic() - t0)
         _local.turn = turn
         try:
-            yield turn
+            yield _noted(turn)
         finally:
             _local.turn = None
     finally:
