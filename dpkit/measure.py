@@ -78,7 +78,41 @@ def runnable_outside(me: int | None = None) -> set[int] | None:
         for child in children.get(todo.pop(), []):
             ours.add(child)
             todo.append(child)
-    return {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours}
+    runnable = {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours}
+    cores = _run_cores(ours - {me} - _helpers())
+    return runnable if cores is None else {pid for pid in runnable if _affinity(pid) & cores}
+
+
+def _helpers() -> set[int]:
+    """multiprocessing's forkserver and resource tracker: our children, but not the run's ranks."""
+    import multiprocessing.forkserver
+    import multiprocessing.resource_tracker
+
+    pids = {
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {p for p in pids if isinstance(p, int)}
+
+
+def _affinity(pid: int) -> set[int]:
+    try:
+        return set(os.sched_getaffinity(pid))
+    except OSError:  # gone, or not ours to ask: count it
+        return set(range(os.cpu_count() or 1))
+
+
+def _run_cores(descendants: set[int]) -> set[int] | None:
+    """The cores this process's ranks are pinned to (core slots: dpkit.runtime.queue), or None when they may use
+    every core. A process pinned to other cores (another learner's run in its own slot) takes nothing from
+    them, so it is not counted as load outside the run."""
+    everything = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if not descendants or everything is None:
+        return None
+    cores: set[int] = set()
+    for pid in descendants:
+        cores |= _affinity(pid)
+    return None if not cores or cores >= everything else cores
 
 
 class LoadSampler:
