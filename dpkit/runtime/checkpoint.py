@@ -68,6 +68,13 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True)
 
 
+def _held(t: torch.Tensor) -> bool:
+    """Whether a tensor's bytes are there: ZeRO-3 frees a unit's flat buffer between uses (its shard is the state)."""
+    t = t.to_local() if hasattr(t, "to_local") else t
+    need = (t.storage_offset() + t.numel()) * t.element_size()
+    return t.numel() == 0 or t.untyped_storage().nbytes() >= need
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return _local(obj)
@@ -87,7 +94,9 @@ def capture(strategy: Any) -> dict[str, Any]:
     opt = getattr(strategy, "opt", None)
     state: dict[str, Any] = {
         "modules": {
-            name: _plain(getattr(strategy, name).state_dict()) for name in ("module", "model") if hasattr(strategy, name)
+            name: {k: _local(v) for k, v in getattr(strategy, name).state_dict().items() if _held(v)}
+            for name in ("module", "model")
+            if hasattr(strategy, name)
         },
         "opt": _plain(opt.state_dict()) if opt is not None else None,
         "opt_params": [_local(p) for p in _opt_params(opt)],
@@ -146,23 +155,23 @@ def restore(strategy: Any, state: dict[str, Any]) -> None:
         strategy.load_checkpoint_extra(state["extra"])
 
 
-def reshard(states: list[dict[str, Any]], index: int, world: int, kind: str) -> dict[str, Any]:
-    """Rank `index` of `world`'s state from the states of the ranks that saved (another number of them).
+def reshard(states: list[dict[str, Any]], index: int, sizes: list[int], kind: str) -> dict[str, Any]:
+    """Rank `index`'s state from the states of the ranks that saved (another number of them than now).
 
     kind 'replicated' (data parallel): every replica holds the same state, so the first one's is taken.
     kind 'flat' (ZeRO): optimizer parameter i of every rank is shard r of one zero-padded flat buffer, and its
     per-element optimizer state is laid out alike: the old shards end to end are that buffer, cut again into
-    `world` shards (the zero padding moves but stays zero)."""
+    shards of `sizes[i]` elements, the new layout's (the zero padding moves but stays zero)."""
     first = states[0]
     if kind == "replicated":
         return first
     out = dict(first, opt_params=[], opt=None)
-    out["opt_params"] = [_cut([s["opt_params"][i] for s in states], index, world) for i in range(len(first["opt_params"]))]
+    out["opt_params"] = [_cut([s["opt_params"][i] for s in states], index, sizes[i]) for i in range(len(first["opt_params"]))]
     if first["opt"] is not None:
         opt = {"param_groups": first["opt"]["param_groups"], "state": {}}
         for i, entry in first["opt"]["state"].items():
             opt["state"][i] = {
-                key: _cut([s["opt"]["state"][i][key] for s in states], index, world)
+                key: _cut([s["opt"]["state"][i][key] for s in states], index, sizes[i])
                 if isinstance(value, torch.Tensor) and value.dim() == 1 and value.shape == first["opt_params"][i].shape
                 else value
                 for key, value in entry.items()
@@ -171,10 +180,10 @@ def reshard(states: list[dict[str, Any]], index: int, world: int, kind: str) -> 
     return out
 
 
-def _cut(shards: list[torch.Tensor], index: int, world: int) -> torch.Tensor:
+def _cut(shards: list[torch.Tensor], index: int, size: int) -> torch.Tensor:
+    """Shard `index` of `size` elements of the old shards end to end, zero-padded past their end."""
     whole = torch.cat(shards)
-    size = -(-whole.numel() // world)  # at least as long as the real elements: the old padding was shorter than one shard
-    whole = torch.cat([whole, whole.new_zeros(max(0, size * world - whole.numel()))])
+    whole = torch.cat([whole, whole.new_zeros(max(0, (index + 1) * size - whole.numel()))])
     return whole[index * size : (index + 1) * size].clone()
 
 
@@ -206,6 +215,21 @@ def verify(folder: str | Path) -> dict[str, Any]:
         if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
             raise CheckpointError(folder, name, "does not match its sha256 in manifest.json: corrupted or edited")
     return manifest
+
+
+def write_manifest(folder: Path, step: int, cfg: RunConfig, entries: list[dict[str, Any]]) -> None:
+    """Last, once every rank's file is written: the manifest's presence and checksums mark a complete checkpoint."""
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "step": step,
+        "world": len(entries),
+        "config": cfg.to_dict(),
+        "saved_at": time.time(),  # wall clock: a restart measures the time lost since
+        "files": {rank_file(r): e for r, e in enumerate(entries)},
+    }
+    _write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+    _fsync_dir(folder)
 
 
 def checkpoints(root: str | Path) -> list[Path]:
@@ -296,16 +320,30 @@ def resume_folder(cfg: RunConfig, resume_from: str | Path | None) -> str | None:
     return str(root)
 
 
+def elastic_payload(cfg: RunConfig, out: str, restarts: int) -> dict[str, Any]:
+    """Under torchrun: checkpoint into out/checkpoints; after a restart, resume from there if one verifies."""
+    if cfg.checkpoint_every is None:
+        return {}
+    root = str(Path(out) / CHECKPOINTS)
+    return {
+        "checkpoint_dir": root,
+        "resume_dir": root if restarts > 0 else None,
+        "resume_optional": True,  # a restart before the first checkpoint starts from the beginning
+        "attempt_started_at": time.time(),
+    }
+
+
 # ---- the training loop's side ---------------------------------------------------------------
 class Checkpointer:
     """Saves every `checkpoint_every` steps into `root` and resumes from `resume` (both checkpoints/ folders)."""
 
-    def __init__(
-        self, cfg: RunConfig, rank: int, world: int, recorder: Recorder, group: Any, root: str | None, resume: str | None
-    ) -> None:
+    def __init__(self, cfg: RunConfig, rank: int, world: int, recorder: Recorder, group: Any, payload: dict[str, Any]) -> None:
         self.cfg, self.rank, self.world, self.rec, self.group = cfg, rank, world, recorder, group
+        root, resume = payload.get("checkpoint_dir"), payload.get("resume_dir")
         self.root = Path(root) if root else None
         self.resume_root = Path(resume) if resume else None
+        self.optional = bool(payload.get("resume_optional"))  # torchrun's restart: no checkpoint yet, start over
+        self.attempt_started_at = payload.get("attempt_started_at")  # torchrun: when this attempt began
         self.saved: list[dict[str, Any]] = []  # per save: step, seconds, bytes of this rank's file
         self.resumed: dict[str, Any] | None = None
 
@@ -337,17 +375,7 @@ class Checkpointer:
             entries: list | None = [None] * self.world if self.rank == 0 else None
             dist.gather_object(entry, entries, dst=0, group=self.group)
             if entries is not None:
-                manifest = {
-                    "format": CHECKPOINT_FORMAT,
-                    "format_version": CHECKPOINT_FORMAT_VERSION,
-                    "step": steps_done,
-                    "world": self.world,
-                    "config": self.cfg.to_dict(),
-                    "saved_at": time.time(),
-                    "files": {rank_file(r): e for r, e in enumerate(entries)},
-                }
-                _write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
-                _fsync_dir(folder)
+                write_manifest(folder, steps_done, self.cfg, entries)
                 for old in checkpoints(self.root)[:-KEEP]:
                     shutil.rmtree(old, ignore_errors=True)
             dist.barrier(group=self.group)  # nobody goes on before the checkpoint is complete
@@ -376,6 +404,8 @@ class Checkpointer:
                         problem = f"the checkpoint has {manifest['world']} processes, this run {self.world}: {saved.parallelism} cannot reshard"
                     choice[0] = problem or (str(folder), manifest["world"], manifest["saved_at"])
             dist.broadcast_object_list(choice, src=0, group=self.group)
+            if isinstance(choice[0], str) and self.optional and choice[0].startswith("no checkpoint"):
+                return {}
             if isinstance(choice[0], str):
                 raise ValueError(f"resume: {choice[0]}")
             folder, saved_world, saved_at = Path(choice[0][0]), choice[0][1], choice[0][2]
@@ -386,7 +416,8 @@ class Checkpointer:
                 blobs = [load_rank(folder, r) for r in range(saved_world)]
                 blob = blobs[0]
                 kind = reshard_kind(self.cfg) or "replicated"
-                state = reshard([b["state"] for b in blobs], self.rank, self.world, kind)
+                sizes = [p.numel() for p in _opt_params(getattr(strategy, "opt", None))]
+                state = reshard([b["state"] for b in blobs], self.rank, sizes, kind)
             restore(strategy, state)
             return {
                 **blob["progress"],
@@ -397,7 +428,11 @@ class Checkpointer:
             }
 
         progress, seconds = self._timed("load checkpoint", 0, read)
+        if not progress:
+            return None
         self.resumed = {k: progress[k] for k in ("step", "folder", "from_world", "saved_at")} | {"load_s": seconds}
+        if self.attempt_started_at is not None:  # a restart: the work since the checkpoint, detecting, restarting
+            self.resumed["lost_s"] = self.attempt_started_at - progress["saved_at"]
         return progress
 
     def extra(self) -> dict[str, Any]:

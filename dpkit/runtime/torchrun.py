@@ -5,6 +5,10 @@ config gives the same losses as dpkit.run():
 
     torchrun --nproc-per-node 2 -m dpkit.runtime.torchrun --out results/tr --parallelism data --world-size 2
 
+With --checkpoint-every k the ranks checkpoint into <out>/checkpoints; when torchrun restarts the group
+(--max-restarts), the new ranks resume from the last good checkpoint there (the result's extra["resumed"]
+says from which step and the time lost; meta["elastic_restarts"] how many restarts there were).
+
 On success rank 0 prints the run's one-line summary and the result folder. A config that does not fit
 what torchrun started (nproc-per-node x nnodes processes) is said once, by global rank 0, in one line,
 before any process group exists: torch's ChildFailedError report follows it, but the reason comes first.
@@ -23,7 +27,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..config_args import config_from_args, config_parser
-from . import gloo_loop, training
+from . import checkpoint, gloo_loop, training
 from .launch import choose_backend, default_threads
 
 EXIT_BAD_CONFIG = 2  # as `dpkit run`: nothing was run
@@ -74,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
     gloo_loop.apply(cfg.gloo_loop)
-    payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun"}}
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # --max-restarts: this attempt's number
+    payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun", "elastic_restarts": restarts}}
+    payload.update(checkpoint.elastic_payload(cfg, args.out, restarts))  # a restart resumes from the last checkpoint
     rank = dist.get_rank()
     training.rank_main(payload, rank, world, args.out)
     dist.destroy_process_group()

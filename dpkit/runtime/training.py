@@ -158,7 +158,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     delay = cfg.straggler_delay_s if rank in cfg.straggler_ranks else 0.0
     losses: list[tuple[float, int]] = []
     evaluation, merge, lrs = HeldOutEvaluation(cfg, rank, recorder, ctrl), type(strategy).merge_states, []
-    ckpt = Checkpointer(cfg, rank, world, recorder, ctrl, payload.get("checkpoint_dir"), payload.get("resume_dir"))
+    ckpt = Checkpointer(cfg, rank, world, recorder, ctrl, payload)
     fault = first_attempt(payload.get("resume_dir") is not None)
     try:
         time_base = common_time_base(rank, world, ctrl)
