@@ -164,3 +164,17 @@ def test_a_checkpoint_of_four_ranks_resumes_on_two(sharding: dict, tmp_path: Pat
     assert resumed.losses == pytest.approx(whole.losses, rel=1e-5)  # 2 ranks sum the gradients in another order
     for k, v in whole.final_state_dict.items():
         torch.testing.assert_close(resumed.final_state_dict[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_simulated_failures_cost_least_near_the_young_interval() -> None:
+    from dpkit.cost.checkpoint import simulate_waste, waste_fraction, young_interval
+
+    c, m = 0.5, 60.0
+    tau = young_interval(c, m)  # 7.7 s
+    sweep = {k: simulate_waste(k * tau, c, m, work_s=300.0, trials=60) for k in (0.25, 0.5, 1.0, 2.0, 4.0)}
+    assert min(sweep, key=sweep.__getitem__) in (0.5, 1.0, 2.0)
+    assert sweep[1.0] < sweep[0.25] and sweep[1.0] < sweep[4.0]
+    assert sweep[1.0] == pytest.approx(waste_fraction(tau, c, m), abs=0.05)  # the first-order formula, near enough
+    assert simulate_waste(tau, c, 1e9, work_s=600.0, trials=3) == pytest.approx(c * (600.0 / tau - 1) / 600.0, abs=0.01)
+    with pytest.raises(ValueError, match="interval_s"):
+        simulate_waste(0.0, c, m, 600.0)

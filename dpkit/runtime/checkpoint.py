@@ -187,6 +187,17 @@ def _cut(shards: list[torch.Tensor], index: int, size: int) -> torch.Tensor:
     return whole[index * size : (index + 1) * size].clone()
 
 
+def merged_losses(per_rank: list[list[tuple[float, int]]], rank: int) -> list[tuple[float, int]]:
+    """The old ranks' (loss, samples) per step as one new rank's: the global mean on rank 0 with weight 1 (so the
+    result's sample-weighted mean gives it back exactly), weight 0 elsewhere."""
+    out = []
+    for step in zip(*per_rank, strict=True):
+        total = sum(n for _, n in step)
+        mean = sum(loss * n for loss, n in step if n > 0) / total if total else float("nan")
+        out.append((mean, int(rank == 0)))
+    return out
+
+
 # ---- files on disk --------------------------------------------------------------------------
 def _manifest(folder: Path) -> dict[str, Any]:
     path = folder / "manifest.json"
@@ -414,7 +425,8 @@ class Checkpointer:
                 state = blob["state"]
             else:
                 blobs = [load_rank(folder, r) for r in range(saved_world)]
-                blob = blobs[0]
+                blob = dict(blobs[0], progress=dict(blobs[0]["progress"]))
+                blob["progress"]["losses"] = merged_losses([b["progress"]["losses"] for b in blobs], self.rank)
                 kind = reshard_kind(self.cfg) or "replicated"
                 sizes = [p.numel() for p in _opt_params(getattr(strategy, "opt", None))]
                 state = reshard([b["state"] for b in blobs], self.rank, sizes, kind)
