@@ -58,6 +58,20 @@ def _refuse(message: str) -> NoReturn:
     os._exit(EXIT_BAD_CONFIG)  # no traceback per rank: the line above is the whole story
 
 
+def init_process_group(backend: str, timeout: timedelta) -> None:
+    """env:// as torchrun sets it up, except that each restart of the group (--max-restarts) gets keys of its own in
+    the agent's store: with the shared keys a restarted rank read the dead ranks' gloo addresses and waited for them
+    until the timeout (torch 2.13, localhost: 'connectFullMesh failed ... Connection refused')."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    store = dist.PrefixStore(f"dpkit/attempt-{attempt}", agent)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     """torchrun entry: RunConfig options plus --out; rank 0 writes the result folder there and prints its summary."""
     parser = config_parser("python -m dpkit.runtime.torchrun", "one rank of a dpkit run under torchrun")
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     backend, _ = choose_backend(cfg.device, cfg.backend, local)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    init_process_group(backend, timedelta(seconds=cfg.timeout_s))
     gloo_loop.apply(cfg.gloo_loop)
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # --max-restarts: this attempt's number
     payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun", "elastic_restarts": restarts}}
