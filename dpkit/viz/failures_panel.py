@@ -51,7 +51,6 @@ def interval_sweep(
 
 def interval_panel(checkpoint_s: float, step_s: float) -> Any:
     """A panel: the assumed MTBF (in steps) and the checkpoint cost (x the measured one); Run redraws the sweep."""
-    import ipywidgets as W
 
     from . import widgets
 
