@@ -11,9 +11,29 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..config import RunConfig
 from ..cost.checkpoint import daly_interval, simulate_waste, waste_fraction, young_interval
+from ..results import RunResult
 
 FACTORS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # intervals swept, as multiples of Young's
+
+
+def checkpoint_costs(result: RunResult) -> pd.DataFrame:
+    """Measured: a checkpoint save (median and range over ranks and saves) beside the run's median step time."""
+    tl = result.timeline
+    saves = tl[(tl.kind == "checkpoint") & (tl.name == "save checkpoint")]
+    if saves.empty:
+        raise ValueError("the run wrote no checkpoint: give it RunConfig.checkpoint_every below its steps")
+    seconds = saves.end_s - saves.start_s
+    step = float(result.summary["step_time_s"])
+    return pd.DataFrame(
+        {
+            "median_s": [float(seconds.median()), step],
+            "min_s": [float(seconds.min()), None],
+            "max_s": [float(seconds.max()), None],
+        },
+        index=["checkpoint save (measured)", "training step (measured)"],
+    )
 
 
 def interval_sweep(
@@ -49,10 +69,12 @@ def interval_sweep(
     return fig, frame
 
 
-def interval_panel(checkpoint_s: float, step_s: float) -> Any:
-    """A panel: the assumed MTBF (in steps) and the checkpoint cost (x the measured one); Run redraws the sweep."""
-
+def interval_panel(base: RunConfig, cache: Any = None) -> Any:
+    """A panel: the assumed MTBF (in steps) and the checkpoint cost (x the one measured on `base`, which must
+    checkpoint); Run measures once (cached), then redraws the sweep."""
     from . import widgets
+
+    cache = cache or widgets.CACHE
 
     controls = {
         "mtbf_steps": widgets._dropdown([50, 200, 1000, 5000], 200, "MTBF (steps, assumed)"),
@@ -60,6 +82,8 @@ def interval_panel(checkpoint_s: float, step_s: float) -> Any:
     }
 
     def compute(mtbf_steps: int, cost_factor: float, progress: Any = None) -> tuple[Figure, pd.DataFrame]:
-        return interval_sweep(checkpoint_s * cost_factor, step_s, mtbf_steps)
+        (result,) = cache.run_all([base], progress)
+        costs = checkpoint_costs(result).median_s
+        return interval_sweep(costs.iloc[0] * cost_factor, costs.iloc[1], mtbf_steps)
 
     return widgets.Panel("How often to checkpoint", controls, compute)
