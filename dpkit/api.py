@@ -19,7 +19,7 @@ from .results import ResultFolderError, RunResult
 from .runtime import checkpoint
 from .runtime.launch import RankFailedError, choose_backend, default_start_method, default_threads, launch
 from .runtime.queue import machine_turn
-from .strategies.parameter_server.recovery import run_with_recovery
+from .runtime.recovery import launch_with_recovery
 from .strategies.registry import spec_for
 
 
@@ -66,7 +66,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True, resum
                     out_dir_is_temporary=True,  # if this process dies, its ranks remove the folder too
                     queue=False,  # this run holds its turn already (or was told not to queue)
                 )
-                recovery = run_with_recovery(cfg, payload, launch_ranks)  # ps_recovery: a dead server restarts the run
+                recovery = launch_with_recovery(cfg, payload, launch_ranks)  # ps_recovery: a dead server restarts the run
             except RankFailedError as exc:
                 hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
                 if hint:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..results import CHECKPOINTS, ResultFolderError, _fsync_dir, _write_atomic
+from ..strategies.checkpoint_layout import reshard_kind
 from .recorder import Recorder, Span
 
 CHECKPOINT_KIND = "checkpoint"  # the timeline kind of saving and loading
@@ -285,15 +286,6 @@ def compatibility_problem(saved: RunConfig, cfg: RunConfig, reshardable: str | N
             + (", and world_size for data parallel and ZeRO)" if reshardable is None else ")")
         )
     return None
-
-
-def reshard_kind(cfg: RunConfig) -> str | None:
-    """How a checkpoint of this strategy moves to another world size: 'replicated', 'flat', or None (it cannot)."""
-    if cfg.parallelism != "data" or cfg.num_processes != cfg.world_size or cfg.world_size == 1:
-        return None
-    if getattr(cfg, "sync", "") != "allreduce" or getattr(cfg, "grad_sync", "") == "fsdp":
-        return None
-    return "flat" if getattr(cfg, "zero_stage", 0) else "replicated"
 
 
 # ---- run()'s side: where checkpoints go and come from, checked before any process starts ---
