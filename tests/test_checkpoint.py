@@ -178,3 +178,26 @@ def test_simulated_failures_cost_least_near_the_young_interval() -> None:
     assert simulate_waste(tau, c, 1e9, work_s=600.0, trials=3) == pytest.approx(c * (600.0 / tau - 1) / 600.0, abs=0.01)
     with pytest.raises(ValueError, match="interval_s"):
         simulate_waste(0.0, c, m, 600.0)
+
+
+def test_dpkit_run_resume_refuses_a_folder_without_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dpkit.cli import main
+
+    assert main(["run", "--parallelism", "data", "--world-size", "2", "--resume", str(tmp_path)]) == 2
+    assert "resume_from=" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dpkit_run_resume_finishes_an_interrupted_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dpkit.cli import main
+
+    cfg = RunConfig(**SMALL, parallelism="data", world_size=2, checkpoint_every=2)
+    interrupted(cfg, tmp_path, fail_rank=0, fail_at_step=3)
+    args = ["run", "--parallelism", "data", "--world-size", "2", "--model", "mlp", "--hidden", "32", "--layers", "3"]
+    args += ["--global-batch", "24", "--steps", "5", "--warmup", "1", "--threads-per-rank", "1", "--timeout-s", "120"]
+    assert main([*args, "--checkpoint-every", "2", "--resume", str(tmp_path)]) == 0, capsys.readouterr().err
+    from dpkit import RunResult
+
+    resumed = RunResult.load(tmp_path)  # the result lands beside its checkpoints
+    assert resumed.extra["resumed"]["0"]["step"] == 2
+    assert_same_run(resumed, api.run(cfg, queue=False))
