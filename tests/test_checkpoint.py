@@ -139,6 +139,16 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_one(name: str, tmp_path
 
 
 @pytest.mark.slow
+def test_async_parameter_server_checkpoints_and_resumes(tmp_path: Path) -> None:
+    """ps-async is not deterministic (pushes arrive in the order the machine makes), so only: it checkpoints without
+    hanging (the save is a barrier even for an async strategy) and a resume finishes the run."""
+    cfg = RunConfig(**SMALL, parallelism="data", world_size=2, sync="ps-async", checkpoint_every=2)
+    interrupted(cfg, tmp_path, fail_rank=2, fail_at_step=3)
+    resumed = api.run(cfg, resume_from=tmp_path, queue=False)
+    assert resumed.extra["resumed"]["2"]["step"] == 2 and len(resumed.losses) == cfg.steps
+
+
+@pytest.mark.slow
 def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
     cfg = RunConfig(**{**SMALL, "steps": 6}, parallelism="data", world_size=2, checkpoint_every=2)
     whole = api.run(cfg, queue=False)

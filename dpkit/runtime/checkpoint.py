@@ -8,8 +8,9 @@ the previous checkpoint that verifies.
 
 What a rank's file holds, read off the strategy generically: the state dicts of `model` and `module` (whichever
 it has), its optimizer `opt` (state, and the values of the parameters it steps: ZeRO's flat shards, a server's
-shard), RNG states, the losses and learning rates so far, and whatever the strategy adds through an optional
-`checkpoint_extra()` / `load_checkpoint_extra(state)` pair (a server's clocks). The data position is the step:
+shard), RNG states, the losses and learning rates so far, and whatever the strategy, or its gradient sync `sync`,
+adds through an optional `checkpoint_extra()` / `load_checkpoint_extra(state)` pair (a server's clocks; error
+feedback's residuals, once compression is wired into the gradient sync). The data position is the step:
 every rank draws step s's batch from the step number (dpkit.workloads), so restoring the step restores it.
 
 Saving and loading are outside every step: their time is its own timeline kind, `checkpoint`, never compute
@@ -107,6 +108,8 @@ def capture(strategy: Any) -> dict[str, Any]:
         state["rng"]["cuda"] = torch.cuda.get_rng_state(strategy.ctx.device)
     if hasattr(strategy, "checkpoint_extra"):
         state["extra"] = _plain(strategy.checkpoint_extra())
+    if hasattr(getattr(strategy, "sync", None), "checkpoint_extra"):  # a gradient sync's own state (error feedback)
+        state["sync"] = _plain(strategy.sync.checkpoint_extra())
     return state
 
 
@@ -154,6 +157,8 @@ def restore(strategy: Any, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"], strategy.ctx.device)
     if "extra" in state and hasattr(strategy, "load_checkpoint_extra"):
         strategy.load_checkpoint_extra(state["extra"])
+    if "sync" in state:
+        strategy.sync.load_checkpoint_extra(state["sync"])
 
 
 def reshard(states: list[dict[str, Any]], index: int, sizes: list[int], kind: str) -> dict[str, Any]:
