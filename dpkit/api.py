@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import warnings
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .measure import measured_run, repeat_name, run_row, summarize_repeats, summarize_time_to_target
 from .results import ResultFolderError, RunResult
+from .runtime import checkpoint
 from .runtime.launch import (
     RankFailedError,
     choose_backend,
@@ -24,6 +26,7 @@ from .runtime.launch import (
 )
 from .runtime.memory_fit import check_fits
 from .runtime.queue import machine_turn
+from .runtime.recovery import launch_with_recovery
 from .strategies.registry import spec_for
 
 
@@ -32,8 +35,12 @@ def roles_of(cfg: RunConfig) -> list[str]:
     return spec_for(cfg).roles(cfg)
 
 
-def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> RunResult:
+def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True, resume_from: str | Path | None = None) -> RunResult:
     """Train `cfg` on real ranks and return what happened; with `out`, also save it there.
+
+    With cfg.checkpoint_every the ranks write checkpoints into out/checkpoints/ as they train (or into
+    resume_from's, or a temporary folder); `resume_from` (a result folder, or its checkpoints/) continues from
+    its last checkpoint that verifies (dpkit.runtime.checkpoint), and ends as the uninterrupted run would.
 
     The ranks first wait for this machine's turn (dpkit.runtime.queue), so runs from other kernels do not
     share its cores with them; `queue=False` (or $DPKIT_QUEUE=off) starts at once. meta records the wait
@@ -44,12 +51,16 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
     backend, device = choose_backend(cfg.device, cfg.backend, nprocs)
     threads = cfg.threads_per_rank or default_threads(nprocs)
     method = default_start_method()
-    payload = {"config": cfg.to_dict(), "meta": {"start_method": method}}
+    payload: dict[str, Any] = {"config": cfg.to_dict(), "meta": {"start_method": method}}
     check_fits(cfg)  # a run its machine cannot hold is refused before any process starts
+    resume_dir = checkpoint.resume_folder(cfg, resume_from)  # ValueError before any process starts
     # the folder only once the turn is ours and the forkserver runs: a kill -9 before leaves none behind
     with machine_turn(queue=queue, cores=nprocs * threads) as turn, temporary_run_folder(method) as tmp:
+        payload["checkpoint_dir"] = checkpoint.checkpoint_folder(cfg, out, resume_from, tmp)
+        payload["resume_dir"] = resume_dir
         try:
-            launch(
+            launch_ranks = functools.partial(
+                launch,
                 "dpkit.runtime.training:rank_main",
                 payload,
                 nprocs,
@@ -63,6 +74,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
                 out_dir_is_temporary=True,  # if this process dies, its ranks remove the folder too
                 queue=False,  # this run holds its turn already (or was told not to queue)
             )
+            recovery = launch_with_recovery(cfg, payload, launch_ranks)  # ps_recovery: a dead server restarts the run
         except RankFailedError as exc:
             hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
             if hint:
@@ -70,7 +82,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True) -> Ru
             raise
         machine = turn.meta()
         result = RunResult.load(tmp)
-    result.meta.update(machine)
+    result.meta.update(machine, **recovery)
     if out is not None:
         result.save(out)
     return result

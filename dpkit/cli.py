@@ -61,8 +61,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from .api import run
 
     cfg = config_from_args(args)
-    out = check_out(Path(args.out or f"results/run-{cfg.run_id()}"))
-    result = run(cfg, out=out)
+    out = check_out(Path(args.out or args.resume or f"results/run-{cfg.run_id()}"))
+    result = run(cfg, out=out, resume_from=args.resume)
     print(repr(result))
     _print_summary(result)
     print(f"losses: {' '.join(f'{v:.4f}' for v in result.losses)}")
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="one run: prints the summary, writes the result folder")
     add_config_options(p)
-    p.add_argument("--out", help="result folder (default results/run-<id>)")
+    p.add_argument("--out", help="result folder (default results/run-<id>, or --resume's)")
+    p.add_argument("--resume", metavar="FOLDER", help="continue from the last good checkpoint in FOLDER (see --checkpoint-every)")
     p.set_defaults(func=cmd_run, parser=p)
     p = sub.add_parser("sweep", help="a grid of runs, e.g. dpkit sweep world-size=1,2,4 --parallelism data")
     add_config_options(p)

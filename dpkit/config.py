@@ -135,6 +135,8 @@ class RunConfig:
     # fault injection (any strategy): rank fail_rank SIGKILLs itself when step fail_at_step begins
     fail_rank: int | None = None
     fail_at_step: int = 1
+    # checkpoints (dpkit/runtime/checkpoint.py): the whole training state every this many steps (none: never)
+    checkpoint_every: int | None = None
     # where and how it runs
     device: str = "auto"
     backend: str = "auto"
@@ -197,8 +199,15 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
-        later = {"profile": False, "precision": "fp32", "checkpoint_activations": False}  # fields added later, at default
-        d = {k: v for k, v in self.to_dict().items() if not (k in later and v == later[k])}  # ids as before them
+        # fields added later, left out at their defaults so that older configs keep their ids
+        later = {
+            "profile": False,
+            "precision": "fp32",
+            "checkpoint_activations": False,
+            "checkpoint_every": None,
+            "ps_recovery": "none",
+        }
+        d = {k: v for k, v in self.to_dict().items() if not (k in later and v == later[k])}
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
@@ -227,6 +236,7 @@ FIELD_HELP: dict[str, str] = {
     "straggler_delay_s": "seconds each straggler waits per step, a finite number >= 0",
     "fail_rank": "fault injection: this rank kills itself (SIGKILL) when step fail_at_step begins (none: no fault)",
     "fail_at_step": "the step at whose start fail_rank dies",
+    "checkpoint_every": "write the whole training state every this many steps, to resume from (none: never)",
     "device": "where ranks compute: " + " | ".join(DEVICES) + " (auto: CUDA when there is a GPU)",
     "backend": "torch.distributed backend: " + " | ".join(BACKENDS),
     "threads_per_rank": "torch threads per rank (default 1: one rank = one core)",
@@ -251,7 +261,7 @@ FIELD_HELP: dict[str, str] = {
 INT_MINIMUMS: dict[str, int] = {
     "world_size": 1, "global_batch": 1, "steps": 1, "warmup": 0, "seed": 0, "hidden": 1, "layers": 1, "seq_len": 2,
     "grad_accum": 1, "fail_rank": 0, "fail_at_step": 0, "threads_per_rank": 1, "ranks_per_node": 1, "eval_every": 1,
-    "base_batch": 1, "warmup_steps": 0,
+    "base_batch": 1, "checkpoint_every": 1, "warmup_steps": 0,
 }  # fmt: skip
 
 #: what every float field allows, in words and as a test; a float is also always finite (inf trains to NaN or never ends)

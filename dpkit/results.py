@@ -55,6 +55,7 @@ RESULT_FILES = (
     "summary.json",
     "evals.csv",  # held-out evaluations (dpkit.runtime.evaluation)
 )
+CHECKPOINTS = "checkpoints"  # the run's checkpoints (dpkit.runtime.checkpoint), written while it runs
 _TMP_PREFIX = ".dpkit-tmp-"  # half-written files: a crash leaves these, never a truncated real name
 
 
@@ -305,7 +306,7 @@ class RunResult:
     def chrome_trace(self) -> dict:
         """Chrome-trace JSON (open in Perfetto): one process per rank, one track per span kind."""
         events: list[dict] = []
-        tracks = {"compute": 0, "injected": 0, "eval": 0, "comm": 1, "idle": 2, "bubble": 2}
+        tracks = {"compute": 0, "injected": 0, "eval": 0, "checkpoint": 0, "comm": 1, "idle": 2, "bubble": 2}
         roles = self.steps.groupby("rank").role.first().to_dict() if len(self.steps) else {}
         for rank in sorted(self.timeline["rank"].unique()) if len(self.timeline) else []:
             events.append(
@@ -615,7 +616,8 @@ def _check_save_target(folder: Path, run_id: str, overwrite: bool) -> None:
     if overwrite or not folder.exists():
         return
     names = {p.name for p in folder.iterdir()}
-    others = sorted(n for n in names if n not in RESULT_FILES and n != MANIFEST and not n.startswith(_TMP_PREFIX))
+    known = {*RESULT_FILES, MANIFEST, CHECKPOINTS}
+    others = sorted(n for n in names if n not in known and not n.startswith(_TMP_PREFIX))
     if others:
         raise ResultFolderError(
             folder,

@@ -5,6 +5,10 @@ config gives the same losses as dpkit.run():
 
     torchrun --nproc-per-node 2 -m dpkit.runtime.torchrun --out results/tr --parallelism data --world-size 2
 
+With --checkpoint-every k the ranks checkpoint into <out>/checkpoints; when torchrun restarts the group
+(--max-restarts), the new ranks resume from the last good checkpoint there (the result's extra["resumed"]
+says from which step and the time lost; meta["elastic_restarts"] how many restarts there were).
+
 On success rank 0 prints the run's one-line summary and the result folder. A config that does not fit
 what torchrun started (nproc-per-node x nnodes processes) is said once, by global rank 0, in one line,
 before any process group exists: torch's ChildFailedError report follows it, but the reason comes first.
@@ -23,7 +27,7 @@ import torch.distributed as dist
 
 from ..config import RunConfig
 from ..config_args import config_from_args, config_parser
-from . import gloo_loop, training
+from . import checkpoint, gloo_loop, training
 from .launch import choose_backend, default_threads
 
 EXIT_BAD_CONFIG = 2  # as `dpkit run`: nothing was run
@@ -54,6 +58,20 @@ def _refuse(message: str) -> NoReturn:
     os._exit(EXIT_BAD_CONFIG)  # no traceback per rank: the line above is the whole story
 
 
+def init_process_group(backend: str, timeout: timedelta) -> None:
+    """env:// as torchrun sets it up, except that each restart of the group (--max-restarts) gets keys of its own in
+    the agent's store: with the shared keys a restarted rank read the dead ranks' gloo addresses and waited for them
+    until the timeout (torch 2.13, localhost: 'connectFullMesh failed ... Connection refused')."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    store = dist.PrefixStore(f"dpkit/attempt-{attempt}", agent)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
 def main(argv: list[str] | None = None) -> None:
     """torchrun entry: RunConfig options plus --out; rank 0 writes the result folder there and prints its summary."""
     parser = config_parser("python -m dpkit.runtime.torchrun", "one rank of a dpkit run under torchrun")
@@ -72,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     backend, _ = choose_backend(cfg.device, cfg.backend, local)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    init_process_group(backend, timedelta(seconds=cfg.timeout_s))
     gloo_loop.apply(cfg.gloo_loop)
-    payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun"}}
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))  # --max-restarts: this attempt's number
+    payload = {"config": cfg.to_dict(), "meta": {"start_method": "torchrun", "elastic_restarts": restarts}}
+    payload.update(checkpoint.elastic_payload(cfg, args.out, restarts))  # a restart resumes from the last checkpoint
     rank = dist.get_rank()
     training.rank_main(payload, rank, world, args.out)
     dist.destroy_process_group()

@@ -30,6 +30,7 @@ from ..strategies import make_strategy
 from ..strategies.base import RankContext
 from ..workloads import build_dataset, load_digits
 from . import gloo_loop, lr_rules
+from .checkpoint import Checkpointer, first_attempt
 from .cores import cores_available
 from .cpu_time import StepCpuClock
 from .evaluation import HeldOutEvaluation, due, evals_frame
@@ -165,19 +166,25 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
     losses: list[tuple[float, int]] = []
     evaluation, merge, lrs = HeldOutEvaluation(cfg, rank, recorder, ctrl), type(strategy).merge_states, []
     cpu = StepCpuClock()  # CPU seconds beside wall: time lost waiting for a core shows as its own quantity
+    ckpt = Checkpointer(cfg, rank, world, recorder, ctrl, payload)
+    fault = first_attempt(payload.get("resume_dir") is not None)
     try:
         time_base = common_time_base(rank, world, ctrl)
         clock.set_origin(time_base.origin)
         dist.barrier()
         profiler = start_profiler(cfg.profile, device, time_base.origin)  # None unless RunConfig.profile
-        stop = due(cfg, 0) and evaluation(0, strategy.owned_state(), merge)  # outside every step (kind "eval")
-        for step in range(cfg.steps):
+        resumed = ckpt.load(strategy)  # outside every step (kind "checkpoint"): the last good checkpoint, if resuming
+        start = resumed["step"] if resumed else 0
+        if resumed:
+            losses, lrs, evaluation.rows = resumed["losses"], resumed["lrs"], resumed["evals"]
+        stop = not resumed and due(cfg, 0) and evaluation(0, strategy.owned_state(), merge)  # outside every step (kind "eval")
+        for step in range(start, cfg.steps):
             if stop:  # target_accuracy reached: every rank got the same decision
                 break
             lrs.append(lr_rules.lr_at(cfg, step))
             lr_rules.set_lr(strategy, lrs[-1])
             x, y = data.global_batch(step, cfg.global_batch)
-            if rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
+            if fault and rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
                 os.kill(os.getpid(), signal.SIGKILL)
             recorder.begin_step(step)
             cpu.begin()
@@ -192,11 +199,13 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             recorder.end_step()
             recorder.steps[-1]["cpu_s"] = cpu.end()
             stop = due(cfg, step + 1) and evaluation(step + 1, strategy.owned_state(), merge)
+            if ckpt.due(step + 1) and not stop:
+                ckpt.save(step + 1, strategy, {"losses": losses, "lrs": lrs, "evals": evaluation.rows})
         mine = {
             "losses": losses,
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
             "steps": recorder.steps,
-            "extra": {**strategy.extra(), **meter.extra()},  # before owned_state, which may gather (ZeRO-3)
+            "extra": {**strategy.extra(), **meter.extra(), **ckpt.extra()},  # before owned_state, which may gather (ZeRO-3)
             "state": strategy.owned_state(),
             "link": comm.link_stats(),
             "memory": meter.report(),

@@ -53,6 +53,13 @@ class ParameterServer(Strategy):
                     self._apply_next_push()
         return 0.0, 0
 
+    def checkpoint_extra(self) -> dict:
+        """The clocks a checkpoint keeps beside the shard and its optimizer (dpkit.runtime.checkpoint)."""
+        return {k: getattr(self, k) for k in ("version", "pushes", "pulled_clock", "pulled_version", "held", "staleness")}
+
+    def load_checkpoint_extra(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     # -- sync ---------------------------------------------------------------------------------
     def _sync_round(self) -> None:
         comm = self.ctx.comm

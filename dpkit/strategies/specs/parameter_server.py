@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 KNOBS: tuple[Knob, ...] = (
     Knob("num_servers", int, 1, "parameter-server ranks (sync ps or ps-async), on top of world_size", minimum=1),
     Knob("max_staleness", int | None, None, "ps-async: the stale-synchronous bound in steps (none: unbounded)"),
+    Knob(
+        "ps_recovery",
+        str,
+        "none",
+        "a dead server: none (the run fails) | checkpoint (every process restarts from the last checkpoint)",
+        choices=("none", "checkpoint"),
+    ),
 )
 
 
@@ -26,7 +33,7 @@ class ParameterServerSpec(DataSplitSpec):
     name = "parameter-server"
     parallelism = "data"
     description = "an asynchronous parameter server (parallelism='data', sync='ps-async')"
-    exclusive_knobs = {"max_staleness": None}
+    exclusive_knobs = {"max_staleness": None, "ps_recovery": "none"}
     knobs = KNOBS
 
     def selects(self, cfg: RunConfig) -> bool:
@@ -44,6 +51,10 @@ class ParameterServerSpec(DataSplitSpec):
         return ""
 
     def validate(self, cfg: RunConfig) -> None:
+        if cfg.ps_recovery == "checkpoint" and cfg.checkpoint_every is None:
+            raise config_error(
+                "ps_recovery", cfg.ps_recovery, "'none' unless checkpoint_every is set (it restarts from a checkpoint)"
+            )
         if cfg.max_staleness is not None and cfg.sync != "ps-async":
             raise config_error(
                 "max_staleness", cfg.max_staleness, "None unless parallelism='data' and sync='ps-async' (it bounds async updates)"
