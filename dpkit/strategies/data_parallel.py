@@ -41,7 +41,9 @@ class DataParallel(Strategy):
             self.model = DistributedDataParallel(self.module, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
             self.model.register_comm_hook(None, self._ddp_hook)
         else:
-            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb, compressor_for(cfg, ctx.comm, group))
+            self.sync = make_grad_sync(
+                cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb, compressor_for(cfg, ctx.comm, group)
+            )
         self.opt = self.make_optimizer(params)
 
     def _ddp_hook(self, _state, bucket):  # no return annotation: DDP rejects the string one `from __future__` makes

@@ -1,0 +1,162 @@
+"""Sending less, end to end: compression wired into the gradient sync, local SGD, their knobs, their bytes.
+
+The compressors themselves are checked against torch's hooks in tests/test_compression.py; here they train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import assert_same_training, reference
+
+from dpkit import RunConfig, run
+from dpkit.analysis.sending_less import TECHNIQUES, bytes_per_step, syncs_per_step, technique_config
+from dpkit.config_args import config_from_args, config_parser
+from dpkit.cost.sending_less import sync_bytes_sent
+from dpkit.runtime.launch import launch
+
+BASE = RunConfig(
+    parallelism="data", world_size=2, model="mlp", hidden=32, layers=2, global_batch=24, steps=4, warmup=1,
+    optimizer="sgd", momentum=0.9, lr=0.05, threads_per_rank=1, timeout_s=120,
+)  # fmt: skip
+
+
+# ---- the knobs: checked before any process starts, and on the command line ----------------------------------
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"compression": "int8"}, "compression"),
+        ({"compression": "fp16", "grad_sync": "per-tensor"}, "compression"),
+        ({"compression": "powersgd", "grad_sync": "ddp"}, "compression"),
+        ({"compression": "topk", "sync": "ps"}, "compression"),
+        ({"compression": "fp16", "zero_stage": 1, "grad_sync": "flat"}, "compression"),
+        ({"compression": "powersgd", "powersgd_rank": 0}, "powersgd_rank"),
+        ({"powersgd_rank": 2}, "powersgd_rank"),
+        ({"compression": "topk", "topk_ratio": 0.0}, "topk_ratio"),
+        ({"compression": "topk", "topk_ratio": 1.5}, "topk_ratio"),
+        ({"topk_ratio": 0.5}, "topk_ratio"),
+        ({"sync": "local-sgd", "local_steps": 0}, "local_steps"),
+        ({"local_steps": 4}, "local_steps"),
+        ({"sync": "local-sgd", "compression": "fp16"}, "compression"),
+    ],
+)
+def test_every_new_knob_is_validated_naming_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"RunConfig.{field}="):
+        BASE.replace(**changes)
+
+
+def test_the_knobs_are_command_line_options() -> None:
+    parser = config_parser("dpkit run", "test")
+    text = parser.format_help()
+    for option in ("--compression", "--powersgd-rank", "--topk-ratio", "--local-steps"):
+        assert option in text, option
+    args = parser.parse_args(["--parallelism", "data", "--world-size", "2", "--compression", "topk", "--topk-ratio", "0.1"])
+    cfg = config_from_args(args)
+    assert (cfg.compression, cfg.topk_ratio) == ("topk", 0.1)
+    args = parser.parse_args(["--parallelism", "data", "--world-size", "2", "--sync", "local-sgd", "--local-steps", "4"])
+    assert config_from_args(args).local_steps == 4
+
+
+def test_technique_configs_select_what_they_say() -> None:
+    assert technique_config(BASE, "PowerSGD", 4).powersgd_rank == 4
+    assert technique_config(BASE, "top-k", 0.1).topk_ratio == 0.1
+    cfg = technique_config(BASE, "local SGD", 8, link="1GbE")
+    assert (cfg.sync, cfg.local_steps, cfg.link) == ("local-sgd", 8, "1GbE")
+    with pytest.raises(ValueError, match="technique="):
+        technique_config(BASE, "carrier pigeon")
+    with pytest.raises(ValueError, match="knob="):
+        technique_config(BASE, "fp16", 3)
+    assert set(TECHNIQUES) >= {"all-reduce", "fp16", "bf16", "PowerSGD", "top-k", "local SGD"}
+
+
+# ---- training: what must equal what --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compression_none_is_todays_plain_all_reduce() -> None:
+    # compression='none' runs the very lines the sync ran before compression existed: its messages, its bytes
+    for grad_sync in ("flat", "bucketed"):
+        cfg = BASE.replace(grad_sync=grad_sync, allreduce_algo="ring", bucket_mb=0.001)
+        r = run(cfg)
+        assert_same_training(r, reference(cfg))
+        names = set(r.timeline[r.timeline.kind == "comm"].name) - {"broadcast"}
+        expected = "allreduce-flat" if grad_sync == "flat" else "allreduce-bucket"
+        assert names and all(n.startswith(expected) for n in names), names
+
+
+@pytest.mark.slow
+def test_topk_with_ratio_one_trains_like_no_compression() -> None:
+    # error feedback keeps the residual; with ratio 1 nothing is left out: the same training as a plain average
+    # (the sum arrives in another order: all-gathered values added up, not a ring's partial sums)
+    for grad_sync in ("flat", "bucketed"):
+        plain = run(BASE.replace(grad_sync=grad_sync, bucket_mb=0.001))
+        full = run(BASE.replace(grad_sync=grad_sync, bucket_mb=0.001, compression="topk", topk_ratio=1.0))
+        assert_same_training(full, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fp16", "bf16", "powersgd", "topk"])
+def test_each_compression_trains_and_sends_its_formula_bytes(kind: str) -> None:
+    cfg = BASE.replace(grad_sync="flat", allreduce_algo="ring", compression=kind, steps=6)
+    if kind == "powersgd":
+        cfg = cfg.replace(powersgd_rank=2)
+    r = run(cfg)
+    assert all(torch.isfinite(torch.tensor(r.losses)))
+    assert r.losses[-1] < r.losses[0]
+    shapes = [tuple(t.shape) for t in r.final_state_dict.values()]
+    expected = sync_bytes_sent(kind, shapes, 2, powersgd_rank=cfg.powersgd_rank, topk_ratio=cfg.topk_ratio)
+    assert bytes_per_step(r) == pytest.approx(expected, rel=1e-3), (bytes_per_step(r), expected)
+    assert bytes_per_step(r) < bytes_per_step(run(cfg.replace(compression="none", powersgd_rank=1)))
+
+
+def test_local_sgd_with_one_local_step_is_data_parallelism() -> None:
+    # SGD with momentum: averaging the stepped copies averages their updates, which are linear in the gradients
+    cfg = BASE.replace(sync="local-sgd", local_steps=1)
+    local, plain = run(cfg), run(BASE.replace(grad_sync="flat"))
+    assert_same_training(local, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_local_sgd_sends_one_hth_of_the_bytes_and_drifts_between_averagings() -> None:
+    # steps and warm-up multiples of H: every H-th timed step averages, the mean is exactly 1/H
+    cfg = BASE.replace(sync="local-sgd", steps=12, warmup=4, allreduce_algo="ring")
+    every = run(cfg.replace(local_steps=1))
+    fourth = run(cfg.replace(local_steps=4))
+    assert bytes_per_step(fourth) == pytest.approx(bytes_per_step(every) / 4, rel=1e-9)
+    per_step = fourth.step_stats().groupby("step").bytes_sent.sum()
+    assert [s for s, b in per_step.items() if b > 0] == [3, 7, 11]
+    assert not torch.allclose(torch.tensor(fourth.losses), torch.tensor(every.losses))  # it learns differently
+
+
+def test_local_sgd_average_equals_torchs_periodic_model_averager(tmp_path) -> None:
+    launch("sending_less_targets:compare_with_periodic_model_averager", {}, 2, tmp_path, threads_per_rank=1, timeout_s=120)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"avg{rank}.json").read_text())
+        assert report["moved"] > 0.01  # the copies did differ before
+        assert report["max_diff"] == 0.0  # the same flat all-reduce and division: bit for bit
+
+
+@pytest.mark.slow
+def test_accumulation_syncs_once_per_step_of_k_micro_steps() -> None:
+    one = run(BASE.replace(grad_sync="flat", global_batch=48))
+    four = run(BASE.replace(grad_sync="flat", global_batch=48, grad_accum=4))
+    assert syncs_per_step(one) == syncs_per_step(four) == 1
+    assert bytes_per_step(four) == bytes_per_step(one)
+
+
+# ---- on an emulated 1 GbE link: fewer bytes, and (slow tier, load guard) a shorter step -----------------------
+LINKED = BASE.replace(hidden=1024, layers=2, global_batch=32, steps=12, warmup=4, grad_sync="flat", link="1GbE")
+
+
+@pytest.mark.slow
+def test_powersgd_and_local_sgd_send_four_times_fewer_bytes_and_step_faster_on_1gbe() -> None:
+    plain = run(LINKED)
+    rows = {"PowerSGD": run(technique_config(LINKED, "PowerSGD")), "local SGD": run(technique_config(LINKED, "local SGD"))}
+    for name, r in rows.items():
+        assert bytes_per_step(r) * 4 <= bytes_per_step(plain), (name, bytes_per_step(r), bytes_per_step(plain))
+    load = os.getloadavg()[0]
+    if load > 2 * (os.cpu_count() or 1):
+        pytest.skip(f"load {load:.1f} on {os.cpu_count()} cores: step times are not comparable")
+    for name, r in rows.items():
+        assert r.summary["step_time_s"] < plain.summary["step_time_s"], name
