@@ -99,33 +99,68 @@ def row(technique: str, result: RunResult) -> dict[str, Any]:
     }
 
 
+def label(technique: str, knob: float | None) -> str:
+    """'PowerSGD rank 4', 'top-k ratio 0.1', 'local SGD H=16', or the technique's name with its knob as set."""
+    if knob is None:
+        return technique
+    return {"PowerSGD": f"PowerSGD rank {knob:g}", "top-k": f"top-k ratio {knob:g}", "local SGD": f"local SGD H={knob:g}"}[
+        technique
+    ]
+
+
 def compare(
-    base: RunConfig, techniques: Iterable[str] = tuple(TECHNIQUES), links: Iterable[str] = ("1GbE",), seeds: Iterable[int] = (0,)
+    base: RunConfig,
+    variants: Iterable[str | tuple[str, float | None]] = tuple(TECHNIQUES),
+    links: Iterable[str | None] = ("1GbE",),
+    seeds: Iterable[int] = (0,),
 ) -> pd.DataFrame:
-    """Run each technique (its knob as TECHNIQUES sets it) on each link for each seed; one row per run (`row`)."""
+    """Run each variant (a technique, or (technique, knob)) on each link (None: base's) for each seed; one row
+    per run (`row`), with `label` naming the variant."""
+    pairs = [(v, None) if isinstance(v, str) else v for v in variants]
     rows = []
     for seed in seeds:  # seeds take turns, so a drift in load hits every technique alike
         for link in links:
-            for technique in techniques:
-                r = run(technique_config(base, technique, link=link).replace(seed=seed))
-                rows.append({**row(technique, r), "seed": seed})
+            for technique, knob in pairs:
+                r = run(technique_config(base, technique, knob, link).replace(seed=seed))
+                rows.append({"label": label(technique, knob), **row(technique, r), "seed": seed})
     return pd.DataFrame(rows)
 
 
 def against_all_reduce(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per technique and link: the median bytes per step and step time over seeds, each also as a ratio to
+    """Per variant (label) and link: the median bytes per step and step time over seeds, each also as a ratio to
     plain all-reduce's on the same link (bytes: how many times fewer; time: the step's share)."""
-    agg = frame.groupby(["link", "technique"], sort=False).agg(
+    agg = frame.groupby(["link", "label"], sort=False).agg(
+        technique=("technique", "first"),
         bytes_per_step=("bytes_per_step", "median"),
         step_time_ms=("step_time_ms", "median"),
         step_time_min_ms=("step_time_ms", "min"),
         step_time_max_ms=("step_time_ms", "max"),
         runs=("step_time_ms", "size"),
+        link_not_honoured=("link_not_honoured", "sum"),
     )
     agg = agg.reset_index()
-    plain = agg[agg.technique == "all-reduce"].set_index("link")
+    plain = agg[agg.label == "all-reduce"].set_index("link")
     agg["times_fewer_bytes"] = [
         plain.bytes_per_step[link] / b if b else float("inf") for link, b in zip(agg.link, agg.bytes_per_step, strict=True)
     ]
     agg["step_vs_all_reduce"] = [t / plain.step_time_ms[link] for link, t in zip(agg.link, agg.step_time_ms, strict=True)]
     return agg
+
+
+def time_to_target(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (label): steps and seconds to the target over seeds (median, min, max), how many runs
+    reached it, and the best held-out accuracy's lowest value."""
+    g = frame.groupby("label", sort=False)
+    return pd.DataFrame(
+        {
+            "runs": g.size(),
+            "reached": g.steps_to_target.count(),
+            "steps_median": g.steps_to_target.median(),
+            "steps_min": g.steps_to_target.min(),
+            "steps_max": g.steps_to_target.max(),
+            "time_s_median": g.time_to_target_s.median(),
+            "time_s_min": g.time_to_target_s.min(),
+            "time_s_max": g.time_to_target_s.max(),
+            "worst_best_accuracy": g.best_accuracy.min(),
+        }
+    ).reset_index()
