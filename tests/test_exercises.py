@@ -41,6 +41,7 @@ REFERENCES = {
     "ps_push_pull": ("ps_push_pull", ["ps_worker", "ps_server"]),
     "pipeline_schedule": ("pipeline_schedule", ["pipeline_schedule"]),
     "zero1_step": ("zero1_step", ["zero1_step"]),
+    "topk_error_feedback": ("topk_error_feedback", ["topk_error_feedback"]),
 }
 
 
