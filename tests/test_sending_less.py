@@ -160,3 +160,81 @@ def test_powersgd_and_local_sgd_send_four_times_fewer_bytes_and_step_faster_on_1
         pytest.skip(f"load {load:.1f} on {os.cpu_count()} cores: step times are not comparable")
     for name, r in rows.items():
         assert r.summary["step_time_s"] < plain.summary["step_time_s"], name
+
+
+# ---- the cost model prices each technique; the tables and the exercise -----------------------------------------
+def test_the_spec_predicts_a_compressed_or_local_step_from_the_sending_less_formulas() -> None:
+    from dpkit.cost.model import PRESETS
+    from dpkit.cost.step_model import ComputeProfile
+    from dpkit.strategies.registry import spec_for
+
+    profile = ComputeProfile(batch=16, forward_s=1e-3, backward_s=2e-3, optimizer_s=1e-3, threads=1)
+    cfg = RunConfig(parallelism="data", world_size=2, global_batch=32, grad_sync="flat")
+    link = PRESETS["1GbE"]
+    plain = spec_for(cfg).predict(cfg, link, profile, cores=4)
+    for changes in ({"compression": "fp16"}, {"compression": "powersgd"}, {"sync": "local-sgd", "local_steps": 4}):
+        other = cfg.replace(**changes)
+        got = spec_for(other).predict(other, link, profile, cores=4)
+        assert got["comm_s"] < plain["comm_s"], changes
+    local = cfg.replace(sync="local-sgd", local_steps=4)
+    assert spec_for(local).predict(local, link, profile, cores=4)["comm_s"] == pytest.approx(
+        spec_for(local.replace(local_steps=1)).predict(local.replace(local_steps=1), link, profile, cores=4)["comm_s"] / 4
+    )
+    assert (
+        spec_for(cfg.replace(compression="topk", topk_ratio=0.1))
+        .label(cfg.replace(compression="topk", topk_ratio=0.1))
+        .endswith("topk-0.1")
+    )
+
+
+def test_against_all_reduce_and_time_to_target_summarise_the_runs() -> None:
+    import pandas as pd
+
+    from dpkit.analysis.sending_less import against_all_reduce, time_to_target
+
+    frame = pd.DataFrame(
+        {
+            "label": ["all-reduce", "PowerSGD", "all-reduce", "PowerSGD"],
+            "technique": ["all-reduce", "PowerSGD"] * 2,
+            "link": ["1GbE"] * 4,
+            "bytes_per_step": [1000.0, 10.0, 1000.0, 10.0],
+            "step_time_ms": [10.0, 4.0, 12.0, 6.0],
+            "link_not_honoured": [0, 0, 1, 0],
+            "steps_to_target": [100, 150, 120, None],
+            "time_to_target_s": [1.0, 0.9, 1.2, None],
+            "best_accuracy": [0.96, 0.955, 0.95, 0.94],
+        }
+    )
+    t = against_all_reduce(frame).set_index("label")
+    assert t.times_fewer_bytes["PowerSGD"] == 100 and t.step_vs_all_reduce["PowerSGD"] == pytest.approx(5 / 11)
+    assert t.link_not_honoured["all-reduce"] == 1
+    tt = time_to_target(frame).set_index("label")
+    assert (tt.reached["PowerSGD"], tt.runs["PowerSGD"], tt.steps_median["all-reduce"]) == (1, 2, 110)
+
+
+def test_the_topk_exercise_passes_the_reference_and_names_each_mistake() -> None:
+    from dpkit.exercises import check
+    from dpkit.exercises.topk import reference
+
+    def solution(g, r, ratio):
+        return reference(g, r, ratio)
+
+    assert check("topk_error_feedback", solution).passed
+
+    def no_residual_kept(g, r, ratio):
+        index, values, _ = reference(g, r, ratio)
+        return index, values, g + r
+
+    def signed(g, r, ratio):
+        acc = g + r
+        index = acc.topk(max(1, round(ratio * acc.numel()))).indices
+        rest = acc.clone()
+        rest[index] = 0
+        return index, acc[index], rest
+
+    def forgets_feedback(g, r, ratio):
+        return reference(g, torch.zeros_like(r), ratio)
+
+    for fn, words in ((no_residual_kept, "zero them"), (signed, "magnitudes"), (forgets_feedback, "add the residual")):
+        report = check("topk_error_feedback", fn)
+        assert not report.passed and words in report.message, report.message
