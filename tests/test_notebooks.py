@@ -34,6 +34,7 @@ NAMES = [
     "05_compare_and_choose",
     "06_memory",
     "07_learning",
+    "08_sending_less",
 ]
 
 # per notebook: which panels to drive and the values a learner would pick
@@ -46,6 +47,7 @@ DRIVES = {
     "05_compare_and_choose": {"playground": {"world_size": 2}},
     "06_memory": {"fit_panel": {"strategy": "ZeRO-3", "budget_mb": 16}},
     "07_learning": {"learning_panel": {"global_batch": 128}},
+    "08_sending_less": {"panel": {"technique": "local SGD", "knob": 8}},
 }
 
 CELL_TIMEOUT_S = 120  # each cell here takes 1-30 s on 2 busy cores: one past this has hung
