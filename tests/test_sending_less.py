@@ -13,7 +13,7 @@ import torch
 from conftest import assert_same_training, reference
 
 from dpkit import RunConfig, run
-from dpkit.analysis.sending_less import TECHNIQUES, bytes_per_step, syncs_per_step, technique_config
+from dpkit.analysis.sending_less import TECHNIQUES, bytes_per_step, step_time_spread, syncs_per_step, technique_config
 from dpkit.config_args import config_from_args, config_parser
 from dpkit.cost.sending_less import sync_bytes_sent
 from dpkit.runtime.launch import launch
@@ -146,7 +146,8 @@ def test_accumulation_syncs_once_per_step_of_k_micro_steps() -> None:
 
 
 # ---- on an emulated 1 GbE link: fewer bytes, and (slow tier, load guard) a shorter step -----------------------
-LINKED = BASE.replace(hidden=1024, layers=2, global_batch=32, steps=12, warmup=4, grad_sync="flat", link="1GbE")
+# the digits MLP at its default size: 2.1 MB of gradients, 17 ms a step on 1 GbE against a few ms of compute
+LINKED = BASE.replace(hidden=None, layers=None, global_batch=32, steps=12, warmup=4, grad_sync="flat", link="1GbE")
 
 
 @pytest.mark.slow
@@ -158,8 +159,8 @@ def test_powersgd_and_local_sgd_send_four_times_fewer_bytes_and_step_faster_on_1
     load = os.getloadavg()[0]
     if load > 2 * (os.cpu_count() or 1):
         pytest.skip(f"load {load:.1f} on {os.cpu_count()} cores: step times are not comparable")
-    for name, r in rows.items():
-        assert r.summary["step_time_s"] < plain.summary["step_time_s"], name
+    for name, r in rows.items():  # the mean step: local SGD's averaging step counts once in H
+        assert step_time_spread(r)[0] < step_time_spread(plain)[0], name
 
 
 # ---- the cost model prices each technique; the tables and the exercise -----------------------------------------

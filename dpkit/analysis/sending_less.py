@@ -4,8 +4,8 @@ beside plain all-reduce (notebook 08, `dpkit bench compression`).
 A technique is a few RunConfig fields on top of a data-parallel base (TECHNIQUES) and at most one knob of its
 own (KNOB_OF: PowerSGD's rank, top-k's ratio, local SGD's H). Bytes per step are counted, not predicted: the
 mean over the training ranks and the timed steps of what each rank sent (RunResult.bytes_by_rank), so local
-SGD's averaging every H steps shows as 1/H. Step times are the median over the timed steps, with the
-quartiles beside it as the spread; a step time on an emulated link is only as good as the link's pacing,
+SGD's averaging every H steps shows as 1/H. Step times are the mean over the timed steps (a median would hide
+local SGD's one averaging step in H), with the quartiles beside it as the spread; a step time on an emulated link is only as good as the link's pacing,
 which the run reports (`link_not_honoured`: messages the machine could not deliver in the link's time).
 """
 
@@ -61,10 +61,10 @@ def bytes_per_step(result: RunResult) -> float:
 
 
 def step_time_spread(result: RunResult) -> tuple[float, float, float]:
-    """(median, 25th, 75th percentile) of the timed steps' times (each step: its slowest rank)."""
+    """(mean, 25th, 75th percentile) of the timed steps' times (each step: its slowest rank)."""
     stats = result.step_stats()
     per_step = stats[stats.step >= result.config.warmup].groupby("step").step_time_s.max()
-    return float(per_step.median()), float(per_step.quantile(0.25)), float(per_step.quantile(0.75))
+    return float(per_step.mean()), float(per_step.quantile(0.25)), float(per_step.quantile(0.75))
 
 
 def syncs_per_step(result: RunResult, micro_steps: int | None = None) -> float:
@@ -77,7 +77,7 @@ def syncs_per_step(result: RunResult, micro_steps: int | None = None) -> float:
 def row(technique: str, result: RunResult) -> dict[str, Any]:
     """One result as a table row: technique, knob, link, counted bytes, step time and its spread, the load."""
     cfg = result.config
-    median, q25, q75 = step_time_spread(result)
+    mean, q25, q75 = step_time_spread(result)
     return {
         "technique": technique,
         "knob": KNOB_OF.get(technique, ""),
@@ -85,7 +85,7 @@ def row(technique: str, result: RunResult) -> dict[str, Any]:
         "link": cfg.link,
         "link_not_honoured": int((result.meta.get("link_not_honoured") or {}).get("messages", 0)),
         "bytes_per_step": bytes_per_step(result),
-        "step_time_ms": median * 1e3,
+        "step_time_ms": mean * 1e3,
         "step_time_q25_ms": q25 * 1e3,
         "step_time_q75_ms": q75 * 1e3,
         "final_loss": result.summary["final_loss"],

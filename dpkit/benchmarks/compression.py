@@ -4,7 +4,7 @@ technique (gradient compression fp16 / bf16 / PowerSGD / top-k, local SGD) again
 Part 1, links: the digits MLP at its default size (about 2 MB of gradients, so a 1 GbE link dominates the
 step), two workers, global batch 32, grad_sync flat (one buffer: each compressed collective pays the link's
 latency once), 12 steps of which 4 warm-up, on emulated 1 GbE and 100 GbE; each variant once per seed, the
-seeds taking turns (3 seeds; --quick: 1). Bytes are counted; step times are medians over the timed steps.
+seeds taking turns (3 seeds; --quick: 1). Bytes are counted; step times are means over the timed steps.
 Part 2, accuracy: the learning setup of `dpkit bench convergence` (hidden 128, 2 blocks, SGD momentum 0.9,
 lr 0.01 at batch 8 scaled linearly to 32 with 20 warm-up steps, 20% held out, evaluated every 10 steps,
 target 95%), two workers, no emulated link, 2 seeds (--quick: 1 and fewer variants).
@@ -65,7 +65,7 @@ def plot(links: pd.DataFrame, accuracy: pd.DataFrame) -> Figure:
         err = [t.step_time_ms - t.step_time_min_ms, t.step_time_max_ms - t.step_time_ms]
         ax_t.barh(y, t.step_time_ms, height=0.2, xerr=err, label=f"emulated {link}")
     ax_t.set_yticks(range(len(first)), first.label)
-    ax_t.set(xlabel="step time, ms (median over seeds; bars: min-max)", title="Step time on an emulated link")
+    ax_t.set(xlabel="step time, ms (median over seeds of the mean step; bars: min-max)", title="Step time on an emulated link")
     ax_t.legend(fontsize=8)
     tt = time_to_target(accuracy)
     ax_a.barh(tt.label, tt.steps_median, xerr=[tt.steps_median - tt.steps_min, tt.steps_max - tt.steps_median])

@@ -15,7 +15,7 @@ LINKS = ("1GbE", "10GbE", "100GbE", "none")
 
 
 def bytes_and_time(frame: pd.DataFrame, title: str = "") -> Figure:
-    """Left: counted bytes per step per rank (log scale). Right: step time, median over the timed steps with the
+    """Left: counted bytes per step per rank (log scale). Right: step time, mean over the timed steps with the
     quartiles as bars; a run whose emulated link was not honoured for some messages is marked so."""
     fig = Figure(figsize=(11, 0.5 * len(frame) + 1.8), layout="constrained")
     ax_b, ax_t = fig.subplots(1, 2, sharey=True)
@@ -25,7 +25,7 @@ def bytes_and_time(frame: pd.DataFrame, title: str = "") -> Figure:
     err = [frame.step_time_ms - frame.step_time_q25_ms, frame.step_time_q75_ms - frame.step_time_ms]
     colors = ["C3" if late else "C1" for late in frame.link_not_honoured]
     ax_t.barh(names, frame.step_time_ms, xerr=err, color=colors)
-    ax_t.set(xlabel="step time, ms (median; bars: quartiles of the timed steps)")
+    ax_t.set(xlabel="step time, ms (mean; bars: quartiles of the timed steps)")
     if frame.link_not_honoured.any():
         ax_t.text(0.99, 0.01, "red: link not honoured for some messages", transform=ax_t.transAxes, ha="right", fontsize=8)
     for ax in (ax_b, ax_t):
