@@ -38,6 +38,7 @@ class LocalSGD(Strategy):
         average_parameters(self.params, self.ctx.comm)
 
     def owned_state(self) -> dict[str, torch.Tensor]:
+        """Rank 0's copy: the average right after an averaging step, its own drifted copy between two."""
         return state_on_cpu(self.model) if self.ctx.rank == 0 else {}
 
 
