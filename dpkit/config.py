@@ -199,18 +199,24 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A short, stable name for this config: sweeps use it to skip runs already on disk."""
-        # fields added later, left out at their defaults so that older configs keep their ids
-        later = {
-            "profile": False,
-            "precision": "fp32",
-            "checkpoint_activations": False,
-            "checkpoint_every": None,
-            "ps_recovery": "none",
-        }
-        d = {k: v for k, v in self.to_dict().items() if not (k in later and v == later[k])}
+        d = {k: v for k, v in self.to_dict().items() if not (k in ADDED_AT_DEFAULT and v == ADDED_AT_DEFAULT[k])}
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
+
+#: fields added after the first results were recorded: left out of run_id() at these defaults, so that a config
+#: that does not use them keeps the id (and the sweep folder) it had before they existed
+ADDED_AT_DEFAULT: dict[str, Any] = {
+    "profile": False,
+    "precision": "fp32",
+    "checkpoint_activations": False,
+    "checkpoint_every": None,
+    "ps_recovery": "none",
+    "compression": "none",
+    "powersgd_rank": 1,
+    "topk_ratio": 0.01,
+    "local_steps": 1,
+}
 
 #: one line per field: `dpkit run --help` shows it (tests check that every field has one)
 FIELD_HELP: dict[str, str] = {

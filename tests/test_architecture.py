@@ -227,6 +227,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 LAZY_SPEC_IMPORTS = {
     ("dpkit.strategies.specs.single", "dpkit.strategies.single"),
     ("dpkit.strategies.specs.data_parallel", "dpkit.strategies.data_parallel"),
+    ("dpkit.strategies.specs.local_sgd", "dpkit.strategies.local_sgd"),
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.layout"),
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.stage1"),
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.stage2"),

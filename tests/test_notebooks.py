@@ -34,6 +34,7 @@ NAMES = [
     "05_compare_and_choose",
     "06_memory",
     "07_learning",
+    "08_sending_less",
     "09_failures",
 ]
 
@@ -47,6 +48,7 @@ DRIVES = {
     "05_compare_and_choose": {"playground": {"world_size": 2}},
     "06_memory": {"fit_panel": {"strategy": "ZeRO-3", "budget_mb": 16}},
     "07_learning": {"learning_panel": {"global_batch": 128}},
+    "08_sending_less": {"panel": {"technique": "local SGD", "knob": 8}},
     "09_failures": {"interval_panel": {"mtbf_steps": 1000}},
 }
 

@@ -85,6 +85,7 @@ def strategy_configs(base: RunConfig) -> dict[str, RunConfig]:
                 out[f"data-bucketed-{algo}-n2"] = data.replace(world_size=2, allreduce_algo=algo)
             out["ps-sync-k1-n2"] = data.replace(sync="ps", world_size=2)
             out["ps-async-k1-n2"] = data.replace(sync="ps-async", world_size=2)
+            out["local-sgd-h1-n2"] = data.replace(sync="local-sgd", world_size=2)
             for schedule in ("naive", "gpipe", "1f1b"):
                 out[f"pipeline-{schedule}-p2"] = base.replace(parallelism="pipeline", world_size=2, schedule=schedule)
             out["tensor-tp2"] = base.replace(parallelism="tensor", world_size=2)

@@ -14,6 +14,8 @@ EXERCISES: dict[str, RankExercise | PipelineSchedule] = {
     for ex in (AverageGradients(), AverageGradientsFlat(), RingAllreduce(), PushPull(), PipelineSchedule(), Zero1Step())
 }
 
+EXERCISES["topk_error_feedback"] = __import__(f"{__package__}.topk", fromlist=["x"]).TopKErrorFeedback()
+
 
 def exercise(name: str) -> RankExercise | PipelineSchedule:
     if name not in EXERCISES:

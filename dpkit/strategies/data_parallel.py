@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..comm import Group
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy, broadcast_model, state_on_cpu, trainable
-from .grad_sync import make_grad_sync
+from .grad_sync import compressor_for, make_grad_sync
 
 __all__ = ["DataParallel", "broadcast_model"]
 
@@ -41,7 +41,9 @@ class DataParallel(Strategy):
             self.model = DistributedDataParallel(self.module, process_group=view.group, bucket_cap_mb=cfg.bucket_mb)
             self.model.register_comm_hook(None, self._ddp_hook)
         else:
-            self.sync = make_grad_sync(cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb)
+            self.sync = make_grad_sync(
+                cfg.grad_sync, params, ctx.comm, group, cfg.bucket_mb, compressor_for(cfg, ctx.comm, group)
+            )
         self.opt = self.make_optimizer(params)
 
     def _ddp_hook(self, _state, bucket):  # no return annotation: DDP rejects the string one `from __future__` makes

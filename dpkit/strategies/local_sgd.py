@@ -10,7 +10,9 @@ H > 1 the copies drift apart between averagings: fewer bytes, and a model that m
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from ..comm import Comm, Group
 from ..workloads import build_model, shard
 from .base import RankContext, Strategy, broadcast_model, state_on_cpu, trainable
 
@@ -33,15 +35,22 @@ class LocalSGD(Strategy):
         return loss, xs.shape[0]
 
     def average_parameters(self) -> None:
-        """Every copy becomes the mean of all copies: one all-reduce of the flattened parameters."""
-        with torch.no_grad():
-            flat = torch.cat([p.reshape(-1) for p in self.params])
-            self.ctx.comm.all_reduce(flat, name="average-parameters")
-            flat.div_(self.world)
-            offset = 0
-            for p in self.params:
-                p.copy_(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+        average_parameters(self.params, self.ctx.comm)
 
     def owned_state(self) -> dict[str, torch.Tensor]:
+        """Rank 0's copy: the average right after an averaging step, its own drifted copy between two."""
         return state_on_cpu(self.model) if self.ctx.rank == 0 else {}
+
+
+def average_parameters(params: list[nn.Parameter], comm: Comm, group: Group | None = None) -> None:
+    """Every copy becomes the mean of all copies: one all-reduce of the flattened parameters (what torch's
+    PeriodicModelAverager does at each averaging; tests/test_sending_less.py compares the two)."""
+    world = (group or comm.world).size
+    with torch.no_grad():
+        flat = torch.cat([p.reshape(-1) for p in params])
+        comm.all_reduce(flat, group, name="average-parameters")
+        flat.div_(world)
+        offset = 0
+        for p in params:
+            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()

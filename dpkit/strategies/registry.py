@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .spec import Knob, StrategySpec
-from .specs import data_parallel, hybrid, parameter_server, pipeline, single, tensor_parallel, zero
+from .specs import data_parallel, hybrid, local_sgd, parameter_server, pipeline, single, tensor_parallel, zero
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -21,6 +21,7 @@ SPECS: list[StrategySpec] = [
     zero.SPEC,
     data_parallel.SPEC,
     parameter_server.SPEC,
+    local_sgd.SPEC,
     pipeline.SPEC,
     tensor_parallel.SPEC,
     hybrid.SPEC,

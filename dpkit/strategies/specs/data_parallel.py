@@ -7,14 +7,15 @@ import os
 from typing import TYPE_CHECKING
 
 from ...cost.model import HostModel, Link, bucketed_overlap, buckets_of, comm_time
+from ...cost.sending_less import COMPRESSIONS, sync_time
 from ...cost.step_model import ComputeProfile, parts, slowest_rank_slowdown, step_facts
-from ..spec import DataSplitSpec, Knob
+from ..spec import DataSplitSpec, Knob, config_error
 
 if TYPE_CHECKING:
     from ...config import RunConfig
     from ..base import RankContext, Strategy
 
-SYNCS = ("allreduce", "ps", "ps-async")
+SYNCS = ("allreduce", "ps", "ps-async", "local-sgd")
 GRAD_SYNCS = ("per-tensor", "flat", "bucketed", "ddp", "fsdp")
 ALLREDUCE_ALGOS = ("native", "ring", "ring-whole", "reduce-broadcast", "tree", "hierarchical")
 
@@ -30,7 +31,24 @@ KNOBS: tuple[Knob, ...] = (
         allowed="a finite number of MiB > 0",
         check=lambda v: v > 0,
     ),
+    Knob(
+        "compression",
+        str,
+        "none",
+        "send less: compress each gradient buffer (grad_sync flat or bucketed): " + " | ".join(COMPRESSIONS),
+        choices=COMPRESSIONS,
+    ),
+    Knob("powersgd_rank", int, 1, "compression='powersgd': the rank r of each gradient matrix's approximation", minimum=1),
+    Knob(
+        "topk_ratio",
+        float,
+        0.01,
+        "compression='topk': the fraction of each buffer's entries sent (values and indices)",
+        allowed="a number in (0, 1]",
+        check=lambda v: 0 < v <= 1,
+    ),
 )
+COMPRESSION_DEFAULTS = {"compression": "none", "powersgd_rank": 1, "topk_ratio": 0.01}
 
 
 class DataParallelSpec(DataSplitSpec):
@@ -38,12 +56,28 @@ class DataParallelSpec(DataSplitSpec):
     parallelism = "data"
     description = "data parallelism with all-reduce (parallelism='data', sync='allreduce')"
     knobs = KNOBS
+    exclusive_knobs = COMPRESSION_DEFAULTS  # compression is this strategy's only (ZeRO, hybrid, PS do not compress)
 
     def selects(self, cfg: RunConfig) -> bool:
         return cfg.parallelism == "data" and cfg.sync == "allreduce" and cfg.zero_stage == 0
 
+    def validate(self, cfg: RunConfig) -> None:
+        if cfg.compression != "none" and cfg.grad_sync not in ("flat", "bucketed"):
+            raise config_error(
+                "compression", cfg.compression, f"'none' with grad_sync={cfg.grad_sync!r}: compression needs 'flat' or 'bucketed'"
+            )
+        if cfg.powersgd_rank != 1 and cfg.compression != "powersgd":
+            raise config_error("powersgd_rank", cfg.powersgd_rank, "1 (the default) unless compression='powersgd'")
+        if cfg.topk_ratio != COMPRESSION_DEFAULTS["topk_ratio"] and cfg.compression != "topk":
+            raise config_error("topk_ratio", cfg.topk_ratio, "0.01 (the default) unless compression='topk'")
+
     def label(self, cfg: RunConfig) -> str:
-        return f"data/allreduce/{cfg.grad_sync}/{cfg.allreduce_algo}"
+        base = f"data/allreduce/{cfg.grad_sync}/{cfg.allreduce_algo}"
+        if cfg.compression == "powersgd":
+            return f"{base}/powersgd-r{cfg.powersgd_rank}"
+        if cfg.compression == "topk":
+            return f"{base}/topk-{cfg.topk_ratio:g}"
+        return base if cfg.compression == "none" else f"{base}/{cfg.compression}"
 
     def predict(
         self, cfg: RunConfig, model: Link | HostModel, profile: ComputeProfile, cores: int | None = None
@@ -57,7 +91,13 @@ class DataParallelSpec(DataSplitSpec):
         # priced at the host's mu, which calibration measures with every rank copying at once, so no
         # oversubscription factor): compute-side work the single-process profile never did
         copies = 0.0 if cfg.grad_sync == "per-tensor" or n == 1 else 2 * size * f.one.mu
-        if cfg.grad_sync == "per-tensor":
+        if cfg.compression != "none":  # compressed buffers are averaged after the backward: nothing hidden
+            shapes = [tuple(p.shape) for p in f.model.parameters() if p.requires_grad]
+            link = model.link(n) if isinstance(model, HostModel) else model
+            comm = exposed = sync_time(
+                cfg.compression, shapes, n, link, powersgd_rank=cfg.powersgd_rank, topk_ratio=cfg.topk_ratio, algo=algo
+            )
+        elif cfg.grad_sync == "per-tensor":
             comm = exposed = sum(comm_time(algo, g, n, model) for g in f.grads)
         elif cfg.grad_sync == "flat":
             comm = exposed = comm_time(algo, size, n, model)
