@@ -83,6 +83,8 @@ def test_profile_false_keeps_the_run_ids_of_before() -> None:
     import hashlib
 
     cfg = RunConfig(parallelism="data", world_size=2)
-    without = {k: v for k, v in cfg.to_dict().items() if k != "profile"}
+    from dpkit.config import ADDED_AT_DEFAULT
+
+    without = {k: v for k, v in cfg.to_dict().items() if k not in ADDED_AT_DEFAULT}
     assert cfg.run_id() == hashlib.sha1(json.dumps(without, sort_keys=True).encode()).hexdigest()[:12]
     assert cfg.replace(profile=True).run_id() != cfg.run_id()

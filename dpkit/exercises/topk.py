@@ -8,13 +8,19 @@ and keep everything else as the new residual, so that nothing is lost, only dela
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from ..runtime.launch import RankFailedError, RunTimeoutError, launch
+from .process_group import kill_process_groups, own_process_group
 from .report import CheckReport
 from .schedules import _raised
+from .source import load_function, write_module
 
 CASES = ((10, 0.3), (100, 0.01), (257, 0.1), (64, 1.0))  # (numel, ratio)
 STEPS = 5  # error feedback over several steps: sent + residual adds up to every gradient
@@ -78,26 +84,51 @@ def _problem(fn: Callable, numel: int, ratio: float) -> str | None:
     return None
 
 
+def run_in_rank(payload: dict, rank: int, world: int, out_dir: str) -> None:
+    """launch() target: check the learner's function in a process of its own, which the checker can kill (a
+    function that never returns, or ends its process, must not take the notebook's kernel with it)."""
+    own_process_group(out_dir, rank)
+    fn = load_function(payload["folder"], *payload["function"])
+    rows = []
+    for numel, ratio in CASES:
+        problem = _problem(fn, numel, ratio)
+        rows.append({"numel": numel, "ratio": ratio, "steps": STEPS, "passed": problem is None, "problem": problem or ""})
+    Path(out_dir, "rows.json").write_text(json.dumps(rows))
+
+
 class TopKErrorFeedback:
-    """fn(grad, residual, ratio) -> (index, values, new_residual); checked in this process, no ranks."""
+    """fn(grad, residual, ratio) -> (index, values, new_residual); checked in one child process (no ranks needed),
+    under a time limit."""
 
     name = "topk_error_feedback"
     functions = ("fn",)
 
-    def check(self, fn: Callable) -> CheckReport:
-        rows: list[dict] = []
-        problems: list[str] = []
-        for numel, ratio in CASES:
-            problem = _problem(fn, numel, ratio)
-            problems += [problem] if problem else []
-            rows.append({"numel": numel, "ratio": ratio, "steps": STEPS, "passed": problem is None, "problem": problem or ""})
-        cases = pd.DataFrame(rows)
-        if problems:
-            message = problems[0]
+    def check(self, fn: Callable, timeout_s: float = 30.0) -> CheckReport:
+        with tempfile.TemporaryDirectory(prefix="dpkit-exercise-") as folder:
+            payload = {"folder": folder, "function": [write_module(fn, folder), fn.__name__]}
+            problem = None
+            try:
+                launch(f"{__name__}:run_in_rank", payload, 1, folder, threads_per_rank=1, timeout_s=timeout_s)
+                found = Path(folder, "rows.json")
+                rows = json.loads(found.read_text()) if found.exists() else None
+                if rows is None:
+                    problem = "your function ended its own process (os._exit or a similar call?) instead of returning."
+            except RunTimeoutError:
+                rows = None
+                problem = f"your function did not return within {timeout_s:g} s: look for a loop that never ends."
+            except RankFailedError as exc:
+                rows, problem = None, f"checking your function failed: {str(exc).splitlines()[0]}"
+            finally:
+                kill_process_groups(folder, 1)
+        if rows is None:
+            return CheckReport(self.name, False, f"{fn.__name__}: {problem}", pd.DataFrame(), None)
+        failed = [r["problem"] for r in rows if not r["passed"]]
+        if failed:
+            message = failed[0]
         else:
             message = (
                 f"Your top-k with error feedback matches dpkit's on {len(CASES)} cases of {STEPS} steps each: it sends "
                 "k = ratio * numel values and indices per step, and what it holds back comes out in later steps, so "
                 "everything sent plus the residual equals the sum of the gradients (with ratio 1 nothing is held back)."
             )
-        return CheckReport(self.name, not problems, message, cases, None)
+        return CheckReport(self.name, not failed, message, pd.DataFrame(rows), None)
