@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..comm import Group, Pending
-from ..workloads import build_model, count_parameters, loss_fn, shard, trainable_names
+from ..workloads import build_model, count_parameters, shard, trainable_names
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .pipeline_cut import boundary_shapes, stage_cut
 from .spec import config_error
@@ -125,16 +125,13 @@ class PipelineStage(Strategy):
         outputs: dict[int, torch.Tensor] = {}
         losses: list[float] = []
         backwards = 0
-        for kind, i in self.actions:
+        for kind, i in self.actions:  # each action's compute is timed as "F<i>" or "B<i>", as the textbook boxes
             if kind == "F":
                 if self.first:
-                    inp = shard(xs, i, m).to(self.ctx.device)
+                    inp = shard(xs, i, m)
                 else:
                     inp = self._recv((rows, *self.in_shape), self.prev_rank, f"activation {i}").requires_grad_()
-                with self.rec.span("compute", f"forward {i}"):
-                    out = self.model(inp)
-                    if self.last:
-                        out = loss_fn(out, shard(ys, i, m).to(self.ctx.device))
+                out = self.forward(self.model, inp, shard(ys, i, m) if self.last else None, name=f"F{i}")
                 inputs[i], outputs[i] = inp, out
                 self.peak = max(self.peak, len(outputs))
                 if self.last:
@@ -146,16 +143,13 @@ class PipelineStage(Strategy):
                 inp, out = inputs.pop(i), outputs.pop(i)
                 grad = None if self.last else self._recv((rows, *self.out_shape), self.next_rank, f"gradient {i}")
                 self.before_backward(backwards == m)
-                with self.rec.span("compute", f"backward {i}"):
-                    if out.requires_grad:  # False only if this stage and all before it are frozen
-                        torch.autograd.backward(out / m if self.last else out, grad)
+                if out.requires_grad:  # False only if this stage and all before it are frozen
+                    self.backward(self.model, out / m if self.last else out, grad, name=f"B{i}")
                 if not self.first:
                     self._send(inp.grad if inp.grad is not None else torch.zeros_like(inp), self.prev_rank, f"gradient {i}")
         self._finish_sends()
         self.sync_gradients()
-        with self.rec.span("compute", "optimizer"):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+        self.optimizer_step(self.opt)
         self.ctx.comm.barrier(kind="bubble", name="pipeline flush")
         return (sum(losses) / m, xs.shape[0]) if self.last else (0.0, 0)
 
