@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpkit.cli import main as cli_main
 from dpkit.benchmarks.allreduce import TIMED_ALGOS
+from dpkit.cli import main as cli_main
 from dpkit.comm import ALGORITHMS
 
 

@@ -112,9 +112,7 @@ class Strategy:
             out = model(x.to(self.ctx.device))
             return out if y is None else loss_fn(out, y.to(self.ctx.device))
 
-    def backward(
-        self, model: nn.Module, loss: torch.Tensor, grad: torch.Tensor | None = None, name: str = "backward"
-    ) -> None:
+    def backward(self, model: nn.Module, loss: torch.Tensor, grad: torch.Tensor | None = None, name: str = "backward") -> None:
         """loss.backward(grad), timed as compute until the last gradient of `model` is accumulated: whatever
         backward() does after that is waiting (DDP waits there for its buckets' all-reduces), not compute."""
         last = self._last_grad.get(id(model))
