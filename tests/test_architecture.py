@@ -228,7 +228,7 @@ LAZY_SPEC_IMPORTS = {
     ("dpkit.strategies.specs.pipeline", "dpkit.strategies.pipeline"),
     ("dpkit.strategies.specs.pipeline", "dpkit.strategies.pipeline_cut"),
     ("dpkit.strategies.specs.tensor_parallel", "dpkit.strategies.tensor_parallel"),
-    ("dpkit.strategies.specs.hybrid", "dpkit.strategies.pipeline"),
+    ("dpkit.strategies.specs.hybrid", "dpkit.strategies.pipeline_cut"),
     ("dpkit.strategies.specs.hybrid", "dpkit.strategies.hybrid"),
 }
 
