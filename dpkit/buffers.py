@@ -51,20 +51,24 @@ class LiveBytes:
 
 
 class FlatBuffer:
-    """`tensors` laid end to end in one 1-D tensor (`data`), zero-padded to `shards` equal shards.
+    """`tensors` laid end to end in one 1-D tensor (`data`, on their device unless `device` is given),
+    zero-padded to `shards` equal shards.
 
     `view(t)` is t's place in the buffer. A buffer may be freed and allocated again (its storage shrinks to
     nothing and grows back, so views taken before stay valid): those moments are counted in `transient`."""
 
     transient = LiveBytes()  # one per process: a rank's transient buffers, whichever strategy made them
 
-    def __init__(self, tensors: Sequence[torch.Tensor], shards: int = 1, allocated: bool = True) -> None:
+    def __init__(
+        self, tensors: Sequence[torch.Tensor], shards: int = 1, allocated: bool = True, device: torch.device | str | None = None
+    ) -> None:
         self.tensors = list(tensors)
-        t0 = self.tensors[0]
+        dtype = self.tensors[0].dtype if self.tensors else torch.float32
+        device = device or (self.tensors[0].device if self.tensors else "cpu")  # `device`: e.g. the host, for gloo
         self.numel = sum(t.numel() for t in self.tensors)
         self.shard_numel = -(-self.numel // shards)  # ceil: the padded length splits evenly
         self.shards = shards
-        self.data = torch.zeros(self.shard_numel * shards, dtype=t0.dtype, device=t0.device)
+        self.data = torch.zeros(self.shard_numel * shards, dtype=dtype, device=device)
         self.offsets: dict[int, int] = {}
         offset = 0
         for t in self.tensors:

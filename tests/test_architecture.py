@@ -184,12 +184,16 @@ def test_each_spec_lives_in_specs_apart_from_its_algorithm(spec) -> None:
 #: top to bottom; a module may import its own layer and the layers below it, never one above. A module belongs to
 #: the layer of the longest prefix naming it ("dpkit.strategies" as a package, its __init__, holds make_strategy
 #: and the registry's names only, so it sits with the specs). Where it differs from the picture in
-#: /work/shared/DESIGN.md it says what is true today, and docs/design.md says why:
+#: /work/shared/DESIGN.md (viz, benchmarks -> analysis -> api -> runtime -> strategies -> comm -> cost ->
+#: config/workloads) it says what is true today, and docs/design.md draws it and says why:
 #: - results.py (RunResult) is what the runtime hands back: runtime layer, below the api;
-#: - measurement (the recorder and the memory readings) sits below the strategies, which report into it;
+#: - measurement (the recorder's compute regions, the memory meter and Held) wraps the strategies when a rank
+#:   runs (the training loop calls timed_step inside the meter's step), but the strategies speak its vocabulary
+#:   (RankContext's Recorder, the base helpers' regions, held_tensors() -> Held), so in imports it sits below
+#:   them; it imports comm (scratch bytes) and cost (the memory fields' names), so it sits above those;
 #: - the specs sit below config (config learns its fields from them) and above comm and cost (their hooks price
 #:   a step with the cost model and name comm's collectives), with config above them;
-#: - cores and gloo_loop are facts about the machine that import nothing of dpkit; config checks values against them.
+#: - buffers, cores and gloo_loop import nothing of dpkit: the bottom, with the workloads.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "entry points",
@@ -239,7 +243,7 @@ LAZY_SPEC_IMPORTS = {
     ("dpkit.strategies.specs.pipeline", "dpkit.strategies.pipeline"),
     ("dpkit.strategies.specs.pipeline", "dpkit.strategies.pipeline_cut"),
     ("dpkit.strategies.specs.tensor_parallel", "dpkit.strategies.tensor_parallel"),
-    ("dpkit.strategies.specs.hybrid", "dpkit.strategies.pipeline"),
+    ("dpkit.strategies.specs.hybrid", "dpkit.strategies.pipeline_cut"),
     ("dpkit.strategies.specs.hybrid", "dpkit.strategies.hybrid"),
 }
 
@@ -312,3 +316,14 @@ def test_config_and_the_specs_reach_no_algorithm_module(start: str) -> None:
     reached = _reached(import_graph(module_level_only=True), start)
     assert not reached & algorithm_modules(), f"importing {start} imports algorithms: {sorted(reached & algorithm_modules())}"
     assert {"dpkit.strategies.specs.pipeline", "dpkit.strategies.spec"} <= _reached(import_graph(True), "dpkit.config")
+
+
+def test_docs_design_draws_the_declared_layers_in_order() -> None:
+    """docs/design.md's drawing names every layer of LAYERS, top to bottom, in the same order."""
+    text = (PACKAGE.parent / "docs" / "design.md").read_text()
+    drawing = text[text.index("The layers, top to bottom") :].split("```")[1]
+    starts = [line.strip() for line in drawing.splitlines() if line.strip() and not line.strip().startswith("|")]
+    found = [name for name, _ in LAYERS if any(line.startswith(name) for line in starts)]
+    assert found == [name for name, _ in LAYERS], f"docs/design.md draws {found}"
+    positions = [next(i for i, line in enumerate(starts) if line.startswith(name)) for name, _ in LAYERS]
+    assert positions == sorted(positions), "docs/design.md draws the layers in another order than LAYERS"

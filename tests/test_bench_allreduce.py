@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dpkit.benchmarks.allreduce import TIMED_ALGOS
 from dpkit.cli import main as cli_main
 from dpkit.comm import ALGORITHMS
 
@@ -25,7 +26,7 @@ def test_calibrate_quick_saves_a_fit_with_the_machine(bench_root: Path, capsys) 
     for key in ("hostname", "cpu_count", "torch_version", "date", "fit"):
         assert key in saved["meta"]
     samples = pd.read_csv(bench_root / "bench-calibrate" / "calibration.csv")
-    assert set(samples.pattern) == {"p2p", "copy", *ALGORITHMS} and (samples.time_s > 0).all()
+    assert set(samples.pattern) == {"p2p", "copy", *TIMED_ALGOS} and (samples.time_s > 0).all()
     host = saved["meta"]["single_host"]  # the single-host view: one fit per world size measured
     assert set(host) == {"2"} and host["2"]["bandwidth"] > 0 and host["2"]["mu"] >= 0
     assert saved["meta"]["fit"]["samples"] == len(samples)
@@ -37,8 +38,8 @@ def test_allreduce_quick_measures_every_algorithm(bench_root: Path, capsys) -> N
     out = bench_root / "bench-allreduce"
     assert cli_main(["bench", "allreduce", "--quick", "--max-world-size", "2", "--out", str(out)]) == 0
     frame = pd.read_csv(out / "allreduce.csv")
-    assert set(frame.algo) == set(ALGORITHMS) and set(frame.world_size) == {2}
-    assert len(frame) == len(ALGORITHMS) * frame.size_bytes.nunique() >= len(ALGORITHMS) * 2
+    assert set(frame.algo) == set(TIMED_ALGOS) and set(frame.world_size) == {2}
+    assert len(frame) == len(TIMED_ALGOS) * frame.size_bytes.nunique() >= len(TIMED_ALGOS) * 2
     assert (frame.time_s > 0).all() and (frame.repeats == 2).all()
     n = frame.world_size
     pd.testing.assert_series_equal(frame.algbw_GBps, frame.size_bytes / frame.time_s / 1e9, check_names=False)
@@ -47,6 +48,11 @@ def test_allreduce_quick_measures_every_algorithm(bench_root: Path, capsys) -> N
     assert (out / "allreduce.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "predicted" in printed and str(bench_root / "bench-calibrate" / "calibration.json") in printed  # used the calibration
+
+
+def test_benchmarks_time_every_algorithm_but_the_one_that_needs_nodes() -> None:
+    """Without emulated nodes "hierarchical" runs the ring: the benchmarks (which emulate none) leave it out."""
+    assert set(ALGORITHMS) - set(TIMED_ALGOS) == {"hierarchical"}
 
 
 def test_bench_rejects_a_world_of_one(tmp_path: Path, capsys) -> None:

@@ -192,7 +192,15 @@ def test_an_empty_freeze_text_freezes_nothing() -> None:
 
 
 # ---- cost of the checks --------------------------------------------------------------------
-def test_construction_is_fast_and_leaves_the_random_state_alone() -> None:
+BUSY_FOR_TIMING = 1.0  # load average per core above which a 20 ms wall-clock bound says more about the machine
+
+
+@pytest.mark.slow
+def test_construction_is_fast() -> None:
+    """A wall-clock bound, so in the slow tier, and skipped on a busy machine."""
+    one = os.getloadavg()[0]
+    if one > BUSY_FOR_TIMING * (os.cpu_count() or 1):
+        pytest.skip(f"load average {one:.1f} on {os.cpu_count()} cores: too busy to time a 20 ms bound")
     configs = [
         {"model": "transformer", "freeze": ("embed.pos",)},
         {"model": "cnn", "parallelism": "pipeline", "world_size": 3, "freeze": ("block0",)},
@@ -207,6 +215,9 @@ def test_construction_is_fast_and_leaves_the_random_state_alone() -> None:
             RunConfig(**kw)
             cold.append(time.perf_counter() - start)
         assert min(cold) < 0.020, (kw, cold)
+
+
+def test_construction_leaves_the_random_state_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)

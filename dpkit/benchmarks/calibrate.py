@@ -2,8 +2,8 @@
 
 Ping-pong between ranks 0 and 1 (one-way time = half the round trip), a local copy on every rank at
 once (mu, seconds per byte copied: measured, then held fixed in the fit), and every all-reduce
-algorithm over a range of sizes and every world size 2..max, median of repeats. Two fits, both saved
-in calibration.json:
+algorithm but hierarchical (without emulated nodes it is the ring: allreduce.TIMED_ALGOS) over a range
+of sizes and every world size 2..max, median of repeats. Two fits, both saved in calibration.json:
 - single host (costmodel.fit_host, under meta.single_host): alpha, B, gamma, mu per world size, the
   model of this machine that predicted-vs-measured uses;
 - cluster (costmodel.fit_link, the top-level alpha/bandwidth/gamma): the docs/formulas.md formulas fitted at
@@ -30,17 +30,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from ..comm import ALGORITHMS
 from ..cost.model import HostModel, Link, fit_host, fit_link, host_relative_errors, host_terms
 from ..runtime.launch import default_threads, launch
-from .allreduce import KIB, MIB, _timed, human_bytes, merge_launches, split_repeats
+from .allreduce import KIB, MIB, TIMED_ALGOS, _timed, human_bytes, merge_launches, split_repeats
 
 FULL_P2P = [KIB * 4**i for i in range(8)]  # 1 KiB .. 16 MiB
 FULL_ALLREDUCE = [4 * KIB * 4**i for i in range(7)]  # 4 KiB .. 16 MiB
 QUICK_P2P = [KIB, 64 * KIB, MIB]
 QUICK_ALLREDUCE = [16 * KIB, MIB]
 COPY_MIN = 256 * KIB  # local copies from here up price mu (smaller ones are mostly call overhead)
-FIT_ALGOS = tuple(ALGORITHMS)  # every algorithm: the single-host terms differ between them
+FIT_ALGOS = TIMED_ALGOS  # every algorithm the launches can tell apart: the single-host terms differ between them
 
 
 # ---- rank side -------------------------------------------------------------------------------

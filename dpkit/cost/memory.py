@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ..buffers import bucket_bytes
 from ..workloads import VOCAB, model_layout, trainable_names
 
 if TYPE_CHECKING:
@@ -130,16 +131,9 @@ def zero_units(cfg: RunConfig) -> list[int]:
 
 
 def buckets(sizes: list[int], bucket_mb: float) -> list[int]:
-    """Elements per bucket of about bucket_mb, filled in reverse order (as gradients arrive), as the
-    bucketed gradient sync and sharded data parallelism cut them."""
-    groups, size, limit = [0], 0.0, bucket_mb * 2**20
-    for n in reversed(sizes):
-        if groups[-1] and size + n * VALUE_BYTES > limit:
-            groups.append(0)
-            size = 0.0
-        groups[-1] += n
-        size += n * VALUE_BYTES
-    return [g for g in groups if g]
+    """Elements per bucket of about bucket_mb, filled in reverse order (as gradients arrive): dpkit.buffers'
+    plan, the one the bucketed gradient sync and sharded data parallelism cut them by."""
+    return [int(b) // VALUE_BYTES for b in bucket_bytes([n * VALUE_BYTES for n in reversed(sizes)], bucket_mb)]
 
 
 def replicated(cfg: RunConfig, n: int, samples: int) -> RankMemory:

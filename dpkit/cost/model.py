@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..buffers import bucket_bytes
+
 Terms = tuple[float, float, float]  # (messages, bytes moved, bytes reduced) on the critical path
 HostTerms = tuple[float, float, float, float]  # single host: (rounds, bytes copied in+out, bytes reduced, local copies)
 
@@ -241,14 +243,8 @@ def bucketed_overlap(
 
 
 def buckets_of(param_bytes: list[int], bucket_mb: float) -> list[int]:
-    """Bucket sizes as dpkit's bucketed sync forms them: parameters in reverse order, closed at bucket_mb."""
-    limit, out, size = bucket_mb * 2**20, [], 0
-    for b in reversed(param_bytes):
-        if size and size + b > limit:
-            out.append(size)
-            size = 0
-        size += b
-    return out + ([size] if size else [])
+    """Bucket sizes as dpkit's bucketed sync forms them (dpkit.buffers' plan): parameters in reverse order."""
+    return [int(b) for b in bucket_bytes(list(reversed(param_bytes)), bucket_mb)]
 
 
 # ---- calibration: linear least squares on relative error ----------------------------------------

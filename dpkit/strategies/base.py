@@ -104,20 +104,26 @@ class Strategy:
     def forward_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float) -> float:
         """Forward and backward of one micro-batch; the loss is scaled so accumulated grads average. The forward
         runs in cfg.precision (bf16: under autocast; the backward follows the forward's dtypes, outside it)."""
-        with self.rec.compute("forward"), autocast(self.cfg, self.ctx.device):
-            loss = loss_fn(model(x.to(self.ctx.device)), y.to(self.ctx.device))
+        loss = self.forward(model, x, y)
         self.backward(model, loss * scale)
         return float(loss.detach())
 
-    def backward(self, model: nn.Module, loss: torch.Tensor) -> None:
-        """loss.backward(), timed as compute until the last gradient of `model` is accumulated: whatever
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, name: str = "forward") -> torch.Tensor:
+        """model(x) (with targets `y`: the loss), timed as compute named `name` (a pipeline names each micro-batch's),
+        in cfg.precision (bf16: under autocast, fp32 master weights)."""
+        with self.rec.compute(name), autocast(self.cfg, self.ctx.device):
+            out = model(x.to(self.ctx.device))
+            return out if y is None else loss_fn(out, y.to(self.ctx.device))
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, grad: torch.Tensor | None = None, name: str = "backward") -> None:
+        """loss.backward(grad), timed as compute until the last gradient of `model` is accumulated: whatever
         backward() does after that is waiting (DDP waits there for its buckets' all-reduces), not compute."""
         last = self._last_grad.get(id(model))
         if last is None:  # registered on first use: after the strategy's own gradient hooks, so it fires after them
             last = self._last_grad[id(model)] = _LastGradient(model, self.rec.clock)
         last.at = None
-        with self.rec.compute("backward"):
-            loss.backward()
+        with self.rec.compute(name):
+            torch.autograd.backward(loss, grad)
             if last.at is not None:
                 self.rec.computed_until(last.at)
 

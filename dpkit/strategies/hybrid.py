@@ -24,6 +24,10 @@ def grid_position(rank: int, world_size: int, data_parallel_size: int) -> tuple[
 
 
 class HybridStage(PipelineStage):
+    """A pipeline stage of one replica whose gradients are averaged with the same stage of the other replicas."""
+
+    other_compute = "gradient copies"  # the sync's copies into and out of its buffers (else they would show as bubble)
+
     def __init__(self, ctx: RankContext) -> None:
         cfg = ctx.cfg
         dp, stages = cfg.data_parallel_size, cfg.world_size // cfg.data_parallel_size

@@ -16,26 +16,20 @@ rest is the stage waiting for its neighbour. The end-of-step flush (waiting for 
 drain) is bubble too, so the measured fraction is comparable to (p-1)/(m+p-1).
 
 Which blocks each stage runs is pipeline_cut.stage_cut, the one cut that validation and the cost and
-memory models also use.
+memory models also use (pipeline_cut.py also holds the checks of a cut and its arithmetic for the cost model).
 """
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..comm import Group, Pending
-from ..workloads import build_model, count_parameters, loss_fn, shard, trainable_names
+from ..workloads import build_model, count_parameters, shard
 from .base import RankContext, Strategy, state_on_cpu, trainable
 from .pipeline_cut import boundary_shapes, stage_cut
-from .spec import config_error
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 Action = tuple[str, int]  # ("F" | "B", micro-batch index)
 
@@ -125,16 +119,13 @@ class PipelineStage(Strategy):
         outputs: dict[int, torch.Tensor] = {}
         losses: list[float] = []
         backwards = 0
-        for kind, i in self.actions:
+        for kind, i in self.actions:  # each action's compute is timed as "F<i>" or "B<i>", as the textbook boxes
             if kind == "F":
                 if self.first:
-                    inp = shard(xs, i, m).to(self.ctx.device)
+                    inp = shard(xs, i, m)
                 else:
                     inp = self._recv((rows, *self.in_shape), self.prev_rank, f"activation {i}").requires_grad_()
-                with self.rec.span("compute", f"forward {i}"):
-                    out = self.model(inp)
-                    if self.last:
-                        out = loss_fn(out, shard(ys, i, m).to(self.ctx.device))
+                out = self.forward(self.model, inp, shard(ys, i, m) if self.last else None, name=f"F{i}")
                 inputs[i], outputs[i] = inp, out
                 self.peak = max(self.peak, len(outputs))
                 if self.last:
@@ -146,16 +137,13 @@ class PipelineStage(Strategy):
                 inp, out = inputs.pop(i), outputs.pop(i)
                 grad = None if self.last else self._recv((rows, *self.out_shape), self.next_rank, f"gradient {i}")
                 self.before_backward(backwards == m)
-                with self.rec.span("compute", f"backward {i}"):
-                    if out.requires_grad:  # False only if this stage and all before it are frozen
-                        torch.autograd.backward(out / m if self.last else out, grad)
+                if out.requires_grad:  # False only if this stage and all before it are frozen
+                    self.backward(self.model, out / m if self.last else out, grad, name=f"B{i}")
                 if not self.first:
                     self._send(inp.grad if inp.grad is not None else torch.zeros_like(inp), self.prev_rank, f"gradient {i}")
         self._finish_sends()
         self.sync_gradients()
-        with self.rec.span("compute", "optimizer"):
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+        self.optimizer_step(self.opt)
         self.ctx.comm.barrier(kind="bubble", name="pipeline flush")
         return (sum(losses) / m, xs.shape[0]) if self.last else (0.0, 0)
 
@@ -173,39 +161,3 @@ class PipelineStage(Strategy):
             "microbatches": self.m,
             "peak_in_flight": self.peak,
         }
-
-
-# ---- the spec: what the rest of dpkit may know about a pipeline ------------------------------
-def validate_stages(cfg: RunConfig, stages: int) -> None:
-    """A pipeline of `stages` stages must be cut between the model's blocks, each stage at least one block."""
-    blocks = cfg.model_layers + 2  # embedding/input block + hidden blocks + head
-    if stages > blocks:
-        raise config_error("world_size", cfg.world_size, f"at most {blocks} pipeline stages: the {cfg.model} has {blocks} layers")
-    if cfg.stage_layers and (len(cfg.stage_layers) != stages or sum(cfg.stage_layers) != blocks or min(cfg.stage_layers) < 1):
-        raise config_error("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
-    if cfg.tie_weights:
-        raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
-    if cfg.freeze:  # a stage with nothing to train has an empty optimizer and fails only after the launch
-        trained = {name.split(".")[0] for name in trainable_names(cfg)}
-        for s, names in enumerate(stage_cut(cfg, stages)):
-            if not trained & set(names):
-                raise config_error(
-                    "freeze",
-                    cfg.freeze,
-                    f"prefixes that leave every pipeline stage a parameter to train (stage {s}, {names}, has none)",
-                )
-
-
-def stage_shares(cfg: RunConfig, model: nn.Module, stages: int) -> tuple[list[float], list[list[str]]]:
-    """Each stage's share of the model's parameters (the cost model's stand-in for its share of the compute)."""
-    blocks = stage_cut(cfg, stages)
-    sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
-    total = sum(sizes.values())
-    return [sum(sizes[n] for n in names) / total for names in blocks], blocks
-
-
-def activation_bytes(cfg: RunConfig, model: nn.Module, blocks: list[list[str]], batch: int) -> float:
-    """Bytes of the largest activation crossing a stage boundary for `batch` samples (float32)."""
-    shapes = boundary_shapes(cfg, model)
-    per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
-    return 4.0 * batch * max(per_sample)

@@ -6,12 +6,14 @@ ask stage_cut, so the stages that run are the stages that were checked and predi
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..workloads import build_dataset, model_layout
+from ..workloads import build_dataset, model_layout, trainable_names
+from .spec import config_error
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -63,3 +65,39 @@ def boundary_shapes(cfg: RunConfig, model: nn.Module) -> dict[str, tuple[int, ..
             x = block(x)
             shapes[name] = tuple(x.shape[1:])
     return shapes
+
+
+# ---- what the spec asks of a cut: is it valid, each stage's share, the activations crossing it ----------
+def validate_stages(cfg: RunConfig, stages: int) -> None:
+    """A pipeline of `stages` stages must be cut between the model's blocks, each stage at least one block."""
+    blocks = cfg.model_layers + 2  # embedding/input block + hidden blocks + head
+    if stages > blocks:
+        raise config_error("world_size", cfg.world_size, f"at most {blocks} pipeline stages: the {cfg.model} has {blocks} layers")
+    if cfg.stage_layers and (len(cfg.stage_layers) != stages or sum(cfg.stage_layers) != blocks or min(cfg.stage_layers) < 1):
+        raise config_error("stage_layers", cfg.stage_layers, f"{stages} positive counts summing to {blocks} layers")
+    if cfg.tie_weights:
+        raise config_error("tie_weights", True, "False with pipeline stages (the tied weight would live on two stages)")
+    if cfg.freeze:  # a stage with nothing to train has an empty optimizer and fails only after the launch
+        trained = {name.split(".")[0] for name in trainable_names(cfg)}
+        for s, names in enumerate(stage_cut(cfg, stages)):
+            if not trained & set(names):
+                raise config_error(
+                    "freeze",
+                    cfg.freeze,
+                    f"prefixes that leave every pipeline stage a parameter to train (stage {s}, {names}, has none)",
+                )
+
+
+def stage_shares(cfg: RunConfig, model: nn.Module, stages: int) -> tuple[list[float], list[list[str]]]:
+    """Each stage's share of the model's parameters (the cost model's stand-in for its share of the compute)."""
+    blocks = stage_cut(cfg, stages)
+    sizes = {name: sum(p.numel() for p in b.parameters()) for name, b in model.named_children()}
+    total = sum(sizes.values())
+    return [sum(sizes[n] for n in names) / total for names in blocks], blocks
+
+
+def activation_bytes(cfg: RunConfig, model: nn.Module, blocks: list[list[str]], batch: int) -> float:
+    """Bytes of the largest activation crossing a stage boundary for `batch` samples (float32)."""
+    shapes = boundary_shapes(cfg, model)
+    per_sample = [math.prod(shapes[names[-1]]) for names in blocks[:-1]] or [0]
+    return 4.0 * batch * max(per_sample)

@@ -1,4 +1,5 @@
-"""Where a parameter server's parameters live: k shards of whole tensors, and the flat buffers they travel in.
+"""Where a parameter server's parameters live: k shards of whole tensors. Each shard travels as one message,
+in a flat host buffer (dpkit.buffers.FlatBuffer, the one flat-buffer type of the kit).
 
 Every worker and server computes the same layout from the single-process model (the package's
 docstring describes the strategy).
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ...buffers import FlatBuffer
 from ..base import trainable
 
 if TYPE_CHECKING:
@@ -66,38 +68,12 @@ class ShardLayout:
         return out
 
 
-def flatten(tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """One contiguous host buffer: one message per shard, not one per tensor. Pass `out` (kept from step
-    to step) to allocate nothing: fresh memory every step would page-fault through every byte."""
-    if out is None:
-        out = torch.empty(sum(t.numel() for t in tensors))
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            out[offset : offset + n].copy_(t.detach().reshape(-1))
-            offset += n
-    return out
-
-
-def unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
-    """Copy consecutive slices of `flat` into `tensors` (the inverse of flatten)."""
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
-
-
 def grad_views(params: Sequence[nn.Parameter]) -> torch.Tensor:
     """One flat gradient for `params`, their .grad being views of it: an optimizer step reads what is copied in."""
-    flat = torch.zeros(sum(p.numel() for p in params))
-    offset = 0
+    flat = FlatBuffer(params, device="cpu")
     for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return flat
+        p.grad = flat.view(p)
+    return flat.data
 
 
 def server_rank(cfg: RunConfig, shard: int) -> int:

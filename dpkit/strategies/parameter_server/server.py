@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import torch
 
+from ...buffers import FlatBuffer
 from ...comm import Group
-from ...runtime.memory import held_bytes
+from ...runtime.memory import Held
 from ...workloads import build_model
 from ..base import RankContext, Strategy
-from .layout import ShardLayout, flatten, grad_views
+from .layout import ShardLayout, grad_views
 from .traffic import bytes_sent
 
 
 class ParameterServer(Strategy):
     role = "server"
+    other_compute = "average and pack"  # summing the pushed gradients, packing the parameters to answer with
 
     def __init__(self, ctx: RankContext) -> None:
         super().__init__(ctx)
@@ -36,7 +38,7 @@ class ParameterServer(Strategy):
         # one inbox row per worker, the averaged gradient (the parameters' .grad are views of it), the outbox
         self.inbox = torch.empty(n, self.layout.numel_of(self.index))
         self.grad = grad_views(self.params)
-        self.outbox = torch.empty_like(self.grad)
+        self.outbox = FlatBuffer(self.params)
         self.version = 0  # updates applied to this shard
         self.pushes = [0] * n  # gradients received per worker: that worker's clock
         self.pulled_clock = [0] * n  # clock of the parameters each worker last pulled (all start from step 0's)
@@ -67,13 +69,12 @@ class ParameterServer(Strategy):
         comm.wait(
             [comm.irecv(row, w, self.group) for w, row in zip(self.workers, rows, strict=True)], "wait-for-gradients", "idle"
         )
-        with self.rec.span("compute", "average+update"):
-            self.grad.copy_(rows[0])
-            for row in rows[1:]:  # fixed order: same sum, bit for bit, every run
-                self.grad += row
-            for w in self.workers:
-                self._received_from(w)
-            self._update(self.grad.div_(len(rows)))
+        self.grad.copy_(rows[0])
+        for row in rows[1:]:  # fixed order: same sum, bit for bit, every run
+            self.grad += row
+        for w in self.workers:
+            self._received_from(w)
+        self._update(self.grad.div_(len(rows)))
         self._answer(self.workers)
 
     # -- async --------------------------------------------------------------------------------
@@ -81,8 +82,7 @@ class ParameterServer(Strategy):
         buf = self.inbox[0]
         w = self.ctx.comm.recv(buf, None, self.group, name="wait-for-gradient", kind="idle")  # from any worker
         self._received_from(w)
-        with self.rec.span("compute", "update"):
-            self._update(buf.div_(len(self.workers)))  # n pushes move the model as far as one sync step
+        self._update(buf.div_(len(self.workers)))  # n pushes move the model as far as one sync step
         self.held.append(w)
         self._answer(self._releasable())
 
@@ -106,7 +106,7 @@ class ParameterServer(Strategy):
         if grad is not self.grad:
             self.grad.copy_(grad)
         assert self.opt is not None, "a server with an empty shard never updates"
-        self.opt.step()
+        self.optimizer_step(self.opt, zero_grad=False)  # the .grad views stay: the next gradient is copied into them
         self.version += 1
 
     def _answer(self, workers: list[int]) -> None:
@@ -115,8 +115,7 @@ class ParameterServer(Strategy):
         fill while the others wait (workers stagger their pushes the same way)."""
         if not workers:
             return
-        with self.rec.span("compute", "pack-parameters"):
-            flat = flatten(self.params, out=self.outbox)
+        flat = self.outbox.pack()
         comm = self.ctx.comm
         first = self.index % len(workers)
         order = workers[first:] + workers[:first]
@@ -131,10 +130,10 @@ class ParameterServer(Strategy):
     def owned_state(self) -> dict[str, torch.Tensor]:
         return self.layout.state_of(self.index)
 
-    def memory_state(self) -> dict[str, int]:
+    def held_tensors(self) -> Held:
         """Its shard, the averaged gradient (the shard's .grad are views of it), its optimizer's state, and the
         inbox (a row per worker) and outbox it keeps from step to step."""
-        return held_bytes(self.params, [self.opt], [self.inbox, self.outbox])
+        return Held(self.params, None, [self.opt], [self.inbox, self.outbox.data])
 
     def extra(self) -> dict:
         return {
@@ -142,6 +141,6 @@ class ParameterServer(Strategy):
             "shard_numel": self.grad.numel(),
             "shard_params": [self.layout.names[i] for i in self.layout.shards[self.index]],
             "bytes_in": sum(self.pushes) * self.outbox.nbytes,  # every push brought one gradient of the shard
-            "bytes_out": bytes_sent(self.rec),
+            "bytes_out": bytes_sent(self.ctx.comm),
             "staleness": [list(row) for row in self.staleness],
         }

@@ -33,7 +33,7 @@ class HybridSpec(PipelineSpec):
     def validate(self, cfg: RunConfig) -> None:
         if cfg.world_size % cfg.data_parallel_size:
             raise config_error("data_parallel_size", cfg.data_parallel_size, f"a divisor of world_size={cfg.world_size}")
-        from ..pipeline import validate_stages  # where the algorithm can cut the model
+        from ..pipeline_cut import validate_stages  # where the algorithm can cut the model
 
         validate_stages(cfg, self.stages(cfg))
         if cfg.grad_sync == "ddp":

@@ -50,7 +50,7 @@ class PipelineSpec(StrategySpec):
         return [f"stage {r}" for r in range(cfg.world_size)]
 
     def validate(self, cfg: RunConfig) -> None:
-        from ..pipeline import validate_stages  # where the algorithm can cut the model
+        from ..pipeline_cut import validate_stages  # where the algorithm can cut the model
 
         validate_stages(cfg, self.stages(cfg))
 
@@ -70,7 +70,7 @@ class PipelineSpec(StrategySpec):
         """(m+p-1)(t_f + t_b + 2 boundary messages) of the slowest stage + its optimizer; with replicas,
         each stage's gradients all-reduced over them. A pipeline's stages hand work along, so the average
         share of the cores sets the pace: the stages busy outside the bubble, N (1 - bubble)."""
-        from ..pipeline import activation_bytes, stage_shares  # the stage cut the algorithm makes
+        from ..pipeline_cut import activation_bytes, stage_shares  # the stage cut the algorithm makes
 
         p, d, m = self.stages(cfg), self.replicas(cfg), self.microbatches(cfg)
         busy = float(cfg.num_processes)
