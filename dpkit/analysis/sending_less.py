@@ -45,7 +45,7 @@ def technique_config(base: RunConfig, technique: str, knob: float | None = None,
             raise ValueError(f"knob={knob!r} is not allowed for {technique!r}: it has no knob (None)")
         name = KNOB_OF[technique]
         fields[name] = int(knob) if name in ("powersgd_rank", "local_steps") else float(knob)
-    if link is not None:
+    if link:  # a preset name, or None to keep the base config's
         fields["link"] = link
     return base.replace(**fields)
 
