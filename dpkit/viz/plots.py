@@ -26,6 +26,7 @@ from ..config import RunConfig
 from ..measure import cores_used, withhold
 from ..results import RunResult
 from ..runtime.cores import cores_note
+from .ps_tables import STALENESS_UNITS
 
 KIND_COLORS = {"compute": "#4C72B0", "comm": "#DD8452", "idle": "#C8C8C8", "bubble": "#C44E52", "injected": "#8172B3"}
 INJECTED_LABEL = "injected delay (straggler)"
@@ -556,7 +557,8 @@ def async_plot(curves: Mapping[str, pd.DataFrame], staleness: pd.DataFrame | Non
     if staleness is not None and len(staleness):
         col = staleness.columns[0]
         ax_h.bar(staleness[col], staleness.updates, color=KIND_COLORS["comm"])
-        ax_h.set(xlabel=col.replace("_", " "), ylabel="updates", title="Async: staleness of each update")
+        words = STALENESS_UNITS.get(col, col.replace("_", " "))
+        ax_h.set(xlabel=f"staleness {words}", ylabel="updates applied", title="Async: how stale each update was")
     else:
         ax_h.axis("off")
     return fig
