@@ -244,7 +244,14 @@ def _label_step_times(ax, rows: pd.DataFrame, x: str) -> None:
         return
     shown = rows[rows.speedup.notna()].groupby(x)[["speedup", "step_time_s"]].median()
     for v, r in shown.iterrows():
-        ax.annotate(f"{r.step_time_s * 1e3:.3g} ms", (v, r.speedup), xytext=(5, -10), textcoords="offset points", fontsize=7)
+        ms = r.step_time_s * 1e3
+        ax.annotate(
+            f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms",
+            (v, r.speedup),
+            xytext=(5, -10),
+            textcoords="offset points",
+            fontsize=7,
+        )
 
 
 def speedup_plot(
