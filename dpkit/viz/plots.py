@@ -432,7 +432,7 @@ def timeline_plot(result: RunResult, steps: Iterable[int] | None = None, ranks: 
     ax.set_ylim(len(lanes) - 0.5, -0.5)
     ax.set_xlabel(f"ms since step {steps[0]} began on the first rank (dotted lines: step starts; one clock for all ranks)")
     cfg = result.config
-    ax.set_title(f"Per-rank timeline: {cfg.parallelism}, world_size={cfg.world_size}, steps {steps}")
+    ax.set_title(f"Per-process timeline: {cfg.parallelism} parallelism, {cfg.world_size} training processes, steps {steps}")
     shown = {"compute": "compute (upper half)", "comm": "comm, rank waits (lower half)", "idle": "idle"}
     handles = [Patch(color=KIND_COLORS[k], label=lbl) for k, lbl in shown.items()]
     comm = tl.kind == "comm"
@@ -541,7 +541,7 @@ def traffic_plot(
         g = g.sort_values(x)
         ax.plot(g[x], g[y] / 1e6, "o-", label=str(name))
     ax.set(
-        xlabel=x,
+        xlabel=in_words(x),
         ylabel="MB sent + received per step" if "in" in y else "MB per step",
         title="Traffic per step",
         xticks=sorted(pd.unique(frame[x])),
@@ -689,7 +689,8 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
         ax.set_xlim(xs.min() - 0.3, xs.max() + 0.3)
         ax.grid(alpha=0.3)
         if ax is not ax_b or not formula:
-            ax.set_xlabel("world size (training ranks; parameter servers come on top)" if ax in (ax_c, ax_b) else "world size")
+            words = in_words("world_size")
+            ax.set_xlabel(f"{words} (parameter servers come on top)" if ax in (ax_c, ax_b) else words)
     for ax in (ax_s, ax_e):
         ax.legend(fontsize=8, loc="best")
     ax_c.set_ylim(bottom=0)
