@@ -194,6 +194,20 @@ def expected_bubble_fraction(cfg: RunConfig) -> float:
     return spec_for(cfg).expected_bubble(cfg)
 
 
+STEP_PARTS = ["compute_s", "exposed_comm_s", "idle_s", "bubble_s", "injected_s"]  # they partition a rank's step
+
+
+def slowest_rank_parts(timed: pd.DataFrame) -> dict:
+    """slowest_*: the parts of the slowest process's step in the median step (mean of the two middle steps for an
+    even count), which add up to step_time_s; the means over ranks do not when ranks' steps differ (issue 27)."""
+    if timed.empty:
+        return {}
+    per_step = timed.loc[timed.groupby("step").step_time_s.idxmax()].sort_values("step_time_s", kind="stable")
+    middle = per_step.iloc[[(len(per_step) - 1) // 2, len(per_step) // 2]]
+    parts = {f"slowest_{c}": float(middle[c].mean()) for c in ["step_time_s", *STEP_PARTS]}
+    return {**parts, "slowest_rank": int(middle["rank"].iloc[-1]), "slowest_role": str(middle["role"].iloc[-1])}
+
+
 def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losses: list[float], meta: dict) -> dict:
     """Medians over the timed steps (warm-up excluded); per-rank numbers are means over training ranks."""
     stats = step_stats(timeline, steps)
@@ -218,6 +232,7 @@ def summarize(cfg: RunConfig, timeline: pd.DataFrame, steps: pd.DataFrame, losse
         "waiting_for_core_s": float(mean.waiting_for_core_s),
         "bubble_fraction": float(mean.bubble_s) / step_time if step_time > 0 else float("nan"),
         "bubble_fraction_formula": expected_bubble_fraction(cfg),
+        **slowest_rank_parts(timed),  # slowest_*: what a stacked "where the step goes" bar draws
         "bytes_sent_per_step": float(mean.bytes_sent),
         "bytes_sent_per_step_busiest": float(by_rank.bytes_sent_per_step.max()) if len(by_rank) else 0.0,
         "bytes_sent_per_step_by_role": {k: float(v) for k, v in by_role.items()},

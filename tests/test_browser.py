@@ -533,6 +533,20 @@ def _busy_programs(count: int):
             proc.wait(timeout=10)
 
 
+LESSONS = [f"notebooks/{n}.ipynb" for n in (
+    "00_start_here", "01_data_parallel", "02_allreduce", "03_parameter_server", "04_model_parallel",
+    "05_compare_and_choose", "06_memory", "07_learning",
+)]  # fmt: skip
+
+
+def test_the_browser_test_drives_every_lesson(tmp_path: Path) -> None:
+    """Every lesson notebook (07_learning included) is among those the browser test opens; new notebooks (08, 09)
+    join by being in notebooks/. Fast: it only copies the files."""
+    names = _notebook_dir(tmp_path)
+    assert [n for n in LESSONS if n not in names] == []
+    assert all(n in names for n in BUSY_NOTEBOOKS)
+
+
 def test_notebooks_run_in_jupyterlab_in_a_browser(tmp_path: Path) -> None:
     _run_in_browser(tmp_path, busy=0)
 

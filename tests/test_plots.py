@@ -8,7 +8,7 @@ import pytest
 from conftest import SMALL
 from matplotlib.figure import Figure
 
-from dpkit import run
+from dpkit import RunResult, run
 from dpkit.viz import plots
 from dpkit.viz.ringtrace import trace_ring
 
@@ -63,16 +63,56 @@ def dp_run():
     return run(SMALL.replace(parallelism="data", world_size=2))
 
 
-def test_time_breakdown_stacks_compute_exposed_comm_and_idle(dp_run) -> None:
+def test_time_breakdown_stacks_the_slowest_process_in_words(dp_run) -> None:
     frame = pd.concat([dp_run.to_frame(), dp_run.to_frame().assign(world_size=4)], ignore_index=True)
     fig = plots.time_breakdown_plot(frame)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["world_size=2", "world_size=4"]
+    assert labels == ["number of training processes 2", "number of training processes 4"]  # words, no field=value
     heights = [p.get_height() for p in ax.patches]  # compute bars, then exposed comm, then idle
     s = dp_run.summary
-    assert heights[:2] == pytest.approx([s["compute_s"] * 1e3] * 2)
-    assert heights[2:4] == pytest.approx([s["exposed_comm_s"] * 1e3] * 2)
+    assert heights[:2] == pytest.approx([s["slowest_compute_s"] * 1e3] * 2)
+    assert heights[2:4] == pytest.approx([s["slowest_exposed_comm_s"] * 1e3] * 2)
+    assert "world_size" not in ax.get_title() + ax.get_ylabel()
+
+
+def _skewed(late_ms: float) -> RunResult:
+    """Two ranks; rank 1 starts every step late_ms later and ends with rank 0: the slowest rank's step is
+    longer than the mean rank's (what drew 05's 23 ms of bars under a 28 ms line)."""
+    cfg = SMALL.replace(parallelism="data", world_size=2, steps=3, warmup=1)
+    timeline, steps = [], []
+    for step in range(3):
+        start, end = step * 0.03, step * 0.03 + 0.025 + step * 0.001
+        for rank in (0, 1):
+            s0 = start + (late_ms * 1e-3 if rank else 0.0)
+            c = s0 + 0.010
+            steps.append({"rank": rank, "step": step, "role": f"rank {rank}", "start_s": s0, "end_s": end})
+            timeline += [
+                {"rank": rank, "step": step, "kind": "compute", "name": "forward", "start_s": s0, "end_s": c},
+                {"rank": rank, "step": step, "kind": "idle", "name": "wait", "start_s": c, "end_s": end - 0.002},
+                {"rank": rank, "step": step, "kind": "comm", "name": "allreduce", "start_s": end - 0.002, "end_s": end,
+                 "bytes": 256, "bytes_source": "counted", "blocking": True},
+            ]  # fmt: skip
+    tl = pd.DataFrame(timeline).fillna({"bytes": 0, "bytes_source": "none", "blocking": True})
+    tl["bytes"] = tl["bytes"].astype(int)
+    return RunResult(cfg, [1.0, 0.9, 0.8], {}, tl, pd.DataFrame(steps), {})
+
+
+@pytest.mark.parametrize("late_ms", [0.0, 5.0])
+def test_time_breakdown_bars_add_up_to_the_step_time_marker(late_ms: float) -> None:
+    r = _skewed(late_ms)
+    s = r.summary
+    mean_parts = s["compute_s"] + s["exposed_comm_s"] + s["idle_s"]
+    assert s["step_time_s"] - mean_parts == pytest.approx(late_ms / 2 * 1e-3)  # means fall short when steps differ
+    fig = plots.time_breakdown_plot(r.to_frame())
+    drawn = fig.dpkit_data
+    parts = drawn.drop(columns=["label", "step_ms"]).sum(axis=1)
+    assert parts.to_numpy() == pytest.approx(drawn.step_ms.to_numpy())  # the bars reach the marker
+    assert drawn.step_ms.iloc[0] == pytest.approx(s["step_time_s"] * 1e3)
+    ax = fig.axes[0]
+    tops = [p.get_y() + p.get_height() for p in ax.patches]
+    (marker,) = [c for c in ax.collections if "step time" in str(c.get_label())]
+    assert max(tops) == pytest.approx(marker.get_offsets()[0][1])  # read off the drawn artists too
 
 
 def test_timeline_draws_every_span_of_the_chosen_steps_with_comm_in_the_lower_half(dp_run) -> None:

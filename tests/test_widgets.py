@@ -53,7 +53,7 @@ def test_scaling_uses_the_single_process_baseline_and_adds_speedup(cache: w.RunC
 def test_compare_gives_one_row_per_value(cache: w.RunCache) -> None:
     fig, frame = w.compare(BASE, "grad_sync", ["per-tensor", "flat"], cache=cache)
     assert frame.grad_sync.tolist() == ["per-tensor", "flat"]
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["grad_sync=per-tensor", "grad_sync=flat"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["gradient sync per-tensor", "gradient sync flat"]  # in words
     labelled = w.compare_configs({"a": BASE.replace(grad_sync="per-tensor"), "b": BASE.replace(grad_sync="flat")}, cache=cache)[1]
     assert labelled.label.tolist() == ["a", "b"] and cache.launched == 2  # both already in the cache
 

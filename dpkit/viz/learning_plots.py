@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from ..config import RunConfig
 from ..results import RunResult
+from .ps_tables import STALENESS_UNITS, staleness_both_units
 
 X_LABELS = {"step": "steps", "samples_seen": "samples seen", "train_time_s": "training time (s, evaluation excluded)"}
 
@@ -171,3 +172,28 @@ def learning_compare(
     label = f"batch {global_batch}, {world_size} worker(s), {sync_mode if world_size > 1 else 'one process'}, lr {lr_rule}"
     runs = {f"reference: one process, batch {base.global_batch}": ref, label: run}
     return learning_curves(runs, ("step", "train_time_s")), to_target_frame(runs)
+
+
+def staleness_plot(runs: Mapping[str, RunResult]) -> Figure:
+    """How stale each applied update was, per run: left in steps (clocks, the unit of the SSP bound
+    max_staleness, drawn as a dashed line per bounded run), right in updates applied since the worker's pull.
+    Both units are named on the axes (dpkit.viz.ps_tables.STALENESS_UNITS)."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(1, len(runs))
+    for i, (label, r) in enumerate(runs.items()):
+        frame = staleness_both_units(r)
+        for ax, words in zip(axes, STALENESS_UNITS.values(), strict=True):
+            part = frame[frame.unit == words]
+            (bars,) = [ax.bar(part.staleness + (i - (len(runs) - 1) / 2) * width, part.updates, width=width, label=label)]
+            if ax is axes[0] and frame.attrs["bound"] is not None:
+                bound = frame.attrs["bound"]  # drawn between the bins: every update left of it keeps the bound
+                ax.axvline(bound + 0.5, color=bars.patches[0].get_facecolor(), ls="--", lw=1.2,
+                           label=f"{label}: bound, at most {bound} step(s) behind")  # fmt: skip
+    for ax, words in zip(axes, STALENESS_UNITS.values(), strict=True):
+        ax.set(xlabel=f"staleness {words}", ylabel="updates applied by the servers")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("Staleness in steps (the bound's unit)")
+    axes[1].set_title("The same updates: staleness in updates")
+    axes[0].legend(fontsize=8, frameon=False)
+    return fig

@@ -26,6 +26,7 @@ from ..config import RunConfig
 from ..measure import cores_used, withhold
 from ..results import RunResult
 from ..runtime.cores import cores_note
+from .ps_tables import STALENESS_UNITS
 
 KIND_COLORS = {"compute": "#4C72B0", "comm": "#DD8452", "idle": "#C8C8C8", "bubble": "#C44E52", "injected": "#8172B3"}
 INJECTED_LABEL = "injected delay (straggler)"
@@ -51,12 +52,34 @@ def varying_columns(frame: pd.DataFrame, exclude: Iterable[str] = ()) -> list[st
     return [c for c in CONFIG_FIELDS if c in frame.columns and c not in skip and frame[c].astype(str).nunique() > 1]
 
 
+#: axis and legend names in words, for the config and summary columns a figure is drawn against
+WORDS = {
+    "world_size": "number of training processes",
+    "global_batch": "global batch (samples per step)",
+    "num_servers": "parameter servers",
+    "grad_sync": "gradient sync",
+    "allreduce_algo": "all-reduce algorithm",
+    "bucket_mb": "bucket (MiB)",
+    "sync": "sync mode",
+    "hidden": "hidden width",
+    "microbatches": "micro-batches",
+    "max_staleness": "staleness bound",
+    "lr_scaling": "learning-rate rule",
+}
+
+
+def in_words(column: str) -> str:
+    """'world_size' -> 'number of training processes': a column's name as a figure says it."""
+    return WORDS.get(column, column.replace("_", " "))
+
+
 def run_labels(frame: pd.DataFrame, by: Iterable[str] | None = None) -> list[str]:
-    """'world_size=2, grad_sync=flat' style labels, one per row."""
+    """One label per row, in words: 'number of training processes 2, gradient sync flat'; a column called
+    'label' is shown as it is."""
     cols = list(by) if by is not None else varying_columns(frame)
     if not cols:
         return [f"run {i}" for i in range(len(frame))]
-    return [", ".join(f"{c}={row[c]}" for c in cols) for _, row in frame.iterrows()]
+    return [", ".join(str(row[c]) if c == "label" else f"{in_words(c)} {row[c]}" for c in cols) for _, row in frame.iterrows()]
 
 
 def device_note(frame: pd.DataFrame) -> str:
@@ -198,6 +221,39 @@ def scaling_warnings(data: pd.DataFrame, x: str = "world_size") -> list[str]:
     return out
 
 
+def _draw_machine_ideal(ax_s, ax_e, data: pd.DataFrame, x: str, xs: np.ndarray) -> None:
+    """The ideal on this machine's cores: speedup = cores the run can use / cores the baseline used (N ranks on
+    fewer than N cores take turns). Drawn only where it differs from the linear ideal."""
+    if "cpu_count" not in data.columns or x != "world_size":
+        return
+    cores = data.apply(cores_used, axis=1)
+    base = cores[data[x] == data[x].min()].median()
+    if not base > 0 or cores.isna().any():
+        return
+    machine = (cores / base).groupby(data[x]).max().reindex(xs)
+    if np.allclose(machine.to_numpy(dtype=float), data.groupby(x).ideal.first().reindex(xs).to_numpy(dtype=float)):
+        return
+    n = int(data.cpu_count.max())
+    ax_s.plot(xs, machine, ":", color="#2a7f2a", lw=1.5, label=f"ideal on this machine ({n} cores)")
+    ax_e.plot(xs, machine / data.groupby(x).ideal.first().reindex(xs), ":", color="#2a7f2a", lw=1.5)
+
+
+def _label_step_times(ax, rows: pd.DataFrame, x: str) -> None:
+    """The absolute median step time (ms) beside every speedup point: a ratio alone hides what was measured."""
+    if "step_time_s" not in rows.columns or "speedup" not in rows.columns:
+        return
+    shown = rows[rows.speedup.notna()].groupby(x)[["speedup", "step_time_s"]].median()
+    for v, r in shown.iterrows():
+        ms = r.step_time_s * 1e3
+        ax.annotate(
+            f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms",
+            (v, r.speedup),
+            xytext=(5, -10),
+            textcoords="offset points",
+            fontsize=7,
+        )
+
+
 def speedup_plot(
     frame: pd.DataFrame, x: str = "world_size", baseline: float | None = None, hue: str | None = None, metric: str = "step_time"
 ) -> Figure:
@@ -217,15 +273,17 @@ def speedup_plot(
     (ax_s, ax_e) = fig.subplots(1, 2)
     xs = np.sort(pd.unique(data[x]))
     ideal = data.groupby(x).ideal.first().reindex(xs)
-    ax_s.plot(xs, ideal, "k--", lw=1, label="ideal (linear)")
+    ax_s.plot(xs, ideal, "k--", lw=1, label="ideal (linear: N processes, N cores)")
     ax_e.axhline(1.0, color="k", ls="--", lw=1, label="ideal")
+    _draw_machine_ideal(ax_s, ax_e, data, x, xs)
     groups = data.groupby(hue, sort=False) if hue else [("measured", data)]
     cols = ["speedup", "speedup_low", "speedup_high", "efficiency", "efficiency_low", "efficiency_high"]
     ringed = False
     for name, g in groups:
         flagged = g[g.noisy.eq(True) & g.speedup.notna()] if "noisy" in g.columns else g.iloc[:0]  # withheld: a cross instead
         g = g.groupby(x, as_index=False)[cols].median().sort_values(x)
-        label = f"{hue}={name}" if hue else name
+        label = f"{in_words(hue)}: {name}" if hue else name
+        _label_step_times(ax_s, data[data[hue] == name] if hue else data, x)
         for ax, col in ((ax_s, "speedup"), (ax_e, "efficiency")):
             err = np.vstack([g[col] - g[f"{col}_low"], g[f"{col}_high"] - g[col]]).clip(min=0)
             # no caps (they would be extra lines among ax.lines); a wide bar in the line's colour, half transparent
@@ -241,12 +299,12 @@ def speedup_plot(
             _mark_withheld(ax, data if not hue else data[data[hue] == name], x)
     weak = data.groupby(hue)["global_batch"].nunique().max() > 1 if hue else data.global_batch.nunique() > 1
     kind = "weak scaling: per-rank batch fixed" if weak else "strong scaling: same global batch"
-    spread = "bars: range over repeats" if "step_time_min_s" in data.columns else "one run per point"
+    spread = "error bars: fastest to slowest repeat" if "step_time_min_s" in data.columns else "one run per point, no spread"
     kind = kind if metric == "step_time" else "in time to target accuracy"
-    ax_s.set(xlabel=x, ylabel="speedup", title=f"Speedup ({kind})")
+    ax_s.set(xlabel=in_words(x), ylabel="speedup (labels: median step time)", title=f"Speedup ({kind})")
     top = data[["efficiency", "efficiency_high"]].max().max()
     top = 1.0 if pd.isna(top) else top
-    ax_e.set(xlabel=x, ylabel="efficiency = speedup / N", title=f"Efficiency ({spread})", ylim=(0, max(1.1, top * 1.1)))
+    ax_e.set(xlabel=in_words(x), ylabel="efficiency = speedup / N", title=f"Efficiency ({spread})", ylim=(0, max(1.1, top * 1.1)))
     for ax in (ax_s, ax_e):
         ax.set_xticks(xs, [_number(v) for v in xs])  # world sizes are whole numbers: never 1.5 or 2.0
         ax.grid(alpha=0.3)
@@ -274,31 +332,37 @@ def _bytes_note(row: pd.Series) -> str:
 
 
 def time_breakdown_plot(frame: pd.DataFrame, by: Iterable[str] | None = None) -> Figure:
-    """Per run, stacked: compute / exposed comm / idle / bubble / injected delay (means over training ranks),
-    with the step time. These states partition each rank's step (dpkit.results.step_stats), so the stack
-    is the mean step time; comm hidden behind compute costs no time and is given in the label above a bar."""
+    """Per run, stacked: the parts of the slowest process's step (compute / exposed comm / idle / bubble /
+    injected delay: the summary's slowest_*, in the median step), beside that step time. These states partition
+    a process's step (dpkit.results.step_stats), so the stack reaches the marker. Communication (mean over
+    training processes) is given above each bar: the part hidden behind compute costs no time.
+    The drawn numbers are on fig.dpkit_data (label, each part in ms, step_ms)."""
     if frame.empty:
         raise ValueError("time_breakdown_plot got an empty frame: run a sweep first")
+    if "slowest_step_time_s" not in frame.columns:
+        raise ValueError("time_breakdown_plot needs the slowest_* columns of RunResult.summary (rerun, or load with this dpkit)")
     labels = run_labels(frame, by)
     fig = _figure((max(6.0, 1.3 * len(frame) + 2.5), 4.6))
     ax = fig.subplots()
     pos = np.arange(len(frame))
     bottom = np.zeros(len(frame))
+    drawn = pd.DataFrame({"label": labels})
     for col, name, kind in BREAKDOWN:
-        if col not in frame.columns:
-            continue
-        values = np.nan_to_num(frame[col].to_numpy(dtype=float)) * 1e3
+        values = np.nan_to_num(frame[f"slowest_{col}"].to_numpy(dtype=float)) * 1e3
         if col in OPTIONAL_STATES and not values.any():
             continue
         ax.bar(pos, values, bottom=bottom, color=KIND_COLORS[kind], label=name, width=0.6)
+        drawn[f"{col[:-2]}_ms"] = values
         bottom += values
-    ax.scatter(pos, frame.step_time_s * 1e3, marker="_", s=600, color="k", zorder=3, label="step time (slowest rank)")
+    step_ms = frame.slowest_step_time_s.to_numpy(dtype=float) * 1e3
+    drawn["step_ms"] = step_ms
+    ax.scatter(pos, step_ms, marker="_", s=600, color="k", zorder=3, label="step time (slowest process, median step)")
     if {"comm_s", "exposed_comm_s"} <= set(frame.columns):
         hidden = frame["hidden_comm_s"] if "hidden_comm_s" in frame.columns else frame.comm_s - frame.exposed_comm_s
-        top = np.maximum(bottom, frame.step_time_s.to_numpy() * 1e3)
-        for p, (_, row), h, t in zip(pos, frame.iterrows(), hidden.to_numpy() * 1e3, top, strict=True):
+        top = np.maximum(bottom, step_ms)
+        for p, (_, row), h, t, ms in zip(pos, frame.iterrows(), hidden.to_numpy() * 1e3, top, step_ms, strict=True):
             ax.annotate(
-                f"comm {row.comm_s * 1e3:.1f} ms\n({h:.1f} hidden){_bytes_note(row)}",
+                f"step {ms:.1f} ms\ncomm {row.comm_s * 1e3:.1f} ms (mean)\n({h:.1f} hidden){_bytes_note(row)}",
                 (p, t),
                 ha="center",
                 va="bottom",
@@ -307,13 +371,14 @@ def time_breakdown_plot(frame: pd.DataFrame, by: Iterable[str] | None = None) ->
                 textcoords="offset points",
             )
     ax.set_xticks(pos, labels, rotation=20 if len(frame) > 3 else 0, ha="right" if len(frame) > 3 else "center", fontsize=8)
-    ax.set(ylabel="ms per step (mean over training ranks)", title="Where a step's time goes")
-    ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.25))  # room for the labels above the bars
+    ax.set(ylabel="ms in one step (the slowest process)", title="Where a step's time goes")
+    ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.3))  # room for the labels above the bars
     ax.grid(axis="y", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     if "bytes_source" in frame.columns and frame.bytes_source.isin(list(BYTES_MARKS)).any():
         ax.set_xlabel(FORMULA_NOTE, fontsize=7)
+    fig.dpkit_data = drawn  # type: ignore[attr-defined]  # what the bars and the marker show, for tests and readers
     return fig
 
 
@@ -367,7 +432,7 @@ def timeline_plot(result: RunResult, steps: Iterable[int] | None = None, ranks: 
     ax.set_ylim(len(lanes) - 0.5, -0.5)
     ax.set_xlabel(f"ms since step {steps[0]} began on the first rank (dotted lines: step starts; one clock for all ranks)")
     cfg = result.config
-    ax.set_title(f"Per-rank timeline: {cfg.parallelism}, world_size={cfg.world_size}, steps {steps}")
+    ax.set_title(f"Per-process timeline: {cfg.parallelism} parallelism, {cfg.world_size} training processes, steps {steps}")
     shown = {"compute": "compute (upper half)", "comm": "comm, rank waits (lower half)", "idle": "idle"}
     handles = [Patch(color=KIND_COLORS[k], label=lbl) for k, lbl in shown.items()]
     comm = tl.kind == "comm"
@@ -476,7 +541,7 @@ def traffic_plot(
         g = g.sort_values(x)
         ax.plot(g[x], g[y] / 1e6, "o-", label=str(name))
     ax.set(
-        xlabel=x,
+        xlabel=in_words(x),
         ylabel="MB sent + received per step" if "in" in y else "MB per step",
         title="Traffic per step",
         xticks=sorted(pd.unique(frame[x])),
@@ -499,7 +564,8 @@ def async_plot(curves: Mapping[str, pd.DataFrame], staleness: pd.DataFrame | Non
     if staleness is not None and len(staleness):
         col = staleness.columns[0]
         ax_h.bar(staleness[col], staleness.updates, color=KIND_COLORS["comm"])
-        ax_h.set(xlabel=col.replace("_", " "), ylabel="updates", title="Async: staleness of each update")
+        words = STALENESS_UNITS.get(col, col.replace("_", " "))
+        ax_h.set(xlabel=f"staleness {words}", ylabel="updates applied", title="Async: how stale each update was")
     else:
         ax_h.axis("off")
     return fig
@@ -623,7 +689,8 @@ def experiment_plot(frame: pd.DataFrame, per_role: pd.DataFrame, hue: str = "mod
         ax.set_xlim(xs.min() - 0.3, xs.max() + 0.3)
         ax.grid(alpha=0.3)
         if ax is not ax_b or not formula:
-            ax.set_xlabel("world size (training ranks; parameter servers come on top)" if ax in (ax_c, ax_b) else "world size")
+            words = in_words("world_size")
+            ax.set_xlabel(f"{words} (parameter servers come on top)" if ax in (ax_c, ax_b) else words)
     for ax in (ax_s, ax_e):
         ax.legend(fontsize=8, loc="best")
     ax_c.set_ylim(bottom=0)

@@ -207,8 +207,14 @@ def compare_configs(
     configs: dict[str, RunConfig], cache: RunCache = CACHE, progress: Progress | None = None, repeats: int = 1
 ) -> PanelResult:
     """Differently configured runs under the names given (e.g. one per strategy), side by side (medians over `repeats`)."""
-    frame = frame_of(cache.run_repeats(list(configs.values()), repeats, progress))
+    groups = cache.run_repeats(list(configs.values()), repeats, progress)
+    frame = frame_of(groups)
     frame.insert(1, "label", list(configs))
+    for i, runs in enumerate(groups):  # the bars: one real run's parts (the median repeat), which add up to its step
+        shown = sorted(runs, key=lambda r: r.summary["step_time_s"])[(len(runs) - 1) // 2]
+        for key, value in shown.summary.items():
+            if key.startswith("slowest_"):
+                frame.at[frame.index[i], key] = value
     return plots.time_breakdown_plot(frame, by=["label"]), frame
 
 
