@@ -99,12 +99,6 @@ def test_step_parts_plot_adds_up(name: str) -> None:
     assert labels[0].startswith("slow start") and "=" not in "".join(labels)  # words, no field=value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="w6 fixes plots.py: time_breakdown_plot stacks summary means over training ranks (compute_s, exposed_comm_s, "
-    "idle_s, bubble_s, injected_s) under step_time_s, the slowest rank; stack the slowest rank's parts "
-    "(dpkit.viz.lesson_figures.slowest_rank_parts / step_parts_frame) or draw each rank's bar",
-)
 def test_time_breakdown_plot_adds_up() -> None:
     frame = pd.concat([SKEWED.to_frame(), ALIGNED.to_frame()], ignore_index=True)
     frame.insert(1, "label", ["slow start", "together"])
@@ -129,7 +123,7 @@ def test_the_check_finds_a_short_bar_and_refuses_a_figure_without_a_marker() -> 
 # every function in dpkit that stacks bars (bar(..., bottom=...)), and what it stacks (timelines, drawn with
 # barh(left=...) or broken_barh, are spans in time, not stacks)
 STACKED_BAR_FUNCTIONS = {
-    "time_breakdown_plot": "time",  # tested above (xfail until plots.py stacks the slowest rank)
+    "time_breakdown_plot": "time",  # tested above
     "step_parts_plot": "time",  # tested above
     "_breakdown": "memory",  # memory_plots: bytes per kind, no step time
 }
