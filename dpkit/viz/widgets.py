@@ -31,12 +31,13 @@ from ..measure import measured_run, repeat_name, run_row, summarize_repeats
 from ..results import RunResult, bytes_source, role_kind
 from ..runtime.cores import ONE_CORE, default_threads
 from ..runtime.launch import RankFailedError, RunTimeoutError
-from ..runtime.queue import reporting
+from ..runtime.queue import reporting, turns_taken
 from ..strategies.registry import spec_for
 from ..verdict import experiment_verdict, scaling_verdict
 from . import memory_plots, plots
 from . import ps_tables as ps
 from .ringtrace import trace_ring
+from .run_notes import ran_on_all
 
 Progress = Callable[[int, int, str], None]
 PanelResult = tuple[Figure, pd.DataFrame]
@@ -279,6 +280,7 @@ class Panel(W.VBox):
         self.compute = compute
         self.columns = list(columns)
         self.verdict_of = verdict
+        self.where = ""  # which cores its last runs had, and beside how many other runs (dpkit.viz.run_notes)
         self.verdict: list[str] = []  # the sentences under the figure after a run (dpkit.verdict)
         self.figure: Figure | None = None
         self.frame: pd.DataFrame | None = None
@@ -331,7 +333,7 @@ class Panel(W.VBox):
         self.error = None
         self._before_wait = None
         try:
-            with reporting(self._waiting):  # runs inside report their place in the machine's queue here
+            with reporting(self._waiting), turns_taken() as turns:  # the runs' queue places and cores, reported here
                 fig, frame = self.compute(**self.values(), progress=self._progress)
         except (ValueError, NotImplementedError, RankFailedError, RunTimeoutError) as exc:
             self.error = exc
@@ -341,6 +343,7 @@ class Panel(W.VBox):
             self.button.disabled = False
         self.figure, self.frame = fig, frame
         self.verdict = self.verdict_of(frame) if self.verdict_of is not None else []
+        self.where = ran_on_all(t.meta() for t in turns)  # "ran on cores 4-7 beside 3 other runs" ('' if all cached)
         self.runs += 1
         with self.output:
             clear_output(wait=True)
@@ -348,6 +351,8 @@ class Panel(W.VBox):
             if self.verdict:
                 items = "".join(f"<li>{html.escape(line)}</li>" for line in self.verdict)
                 display(W.HTML(f"<b>Verdict (from these runs)</b><ul style='margin-top:2px'>{items}</ul>"))
+            if self.where:
+                display(W.HTML(f"<small>{html.escape(self.where)}</small>"))
             cols = [c for c in self.columns if c in frame.columns]
             display(frame[cols] if cols else frame)
 
