@@ -81,11 +81,11 @@ def experiment_verdict(frame: pd.DataFrame, hue: str = "mode") -> list[str]:
         rows = {m: g.iloc[0] for m, g in at.items() if len(g)}
         for m in list(rows)[1:]:
             first = list(rows)[0]
-            lines.append(f"At world size {int(n)}: " + compare_rows(rows[first], rows[m], first, m))
+            lines.append(f"With {int(n)} training processes: " + compare_rows(rows[first], rows[m], first, m))
         if len(base):
             for m, row in rows.items():
                 lines.append(
-                    f"At world size {int(n)}: " + compare_rows(row, base.iloc[0], f"{m} on {int(n)} ranks", "one process")
+                    f"With {int(n)} training processes: " + compare_rows(row, base.iloc[0], f"{m} on {int(n)} ranks", "one process")
                 )
     return lines
 
