@@ -18,7 +18,7 @@ from .config import RunConfig
 from .cost.model import PRESETS, Link
 from .strategies.registry import spec_for
 
-HONOUR_MARGIN = 2.0  # the link's time over the machine's own: below this, scheduler noise makes messages late
+HONOUR_MARGIN = 1.5  # the link's time over the machine's own: below this, scheduler noise makes messages late
 _FLOORS: dict[int, float] = {}
 
 
