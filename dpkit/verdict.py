@@ -85,7 +85,8 @@ def experiment_verdict(frame: pd.DataFrame, hue: str = "mode") -> list[str]:
         if len(base):
             for m, row in rows.items():
                 lines.append(
-                    f"With {int(n)} training processes: " + compare_rows(row, base.iloc[0], f"{m} on {int(n)} ranks", "one process")
+                    f"With {int(n)} training processes: "
+                    + compare_rows(row, base.iloc[0], f"{m} on {int(n)} ranks", "one process")
                 )
     return lines
 

@@ -10,6 +10,7 @@ imported here only: dpkit itself never needs it.
 from __future__ import annotations
 
 import html
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -337,7 +338,15 @@ class Panel(W.VBox):
                 fig, frame = self.compute(**self.values(), progress=self._progress)
         except (ValueError, NotImplementedError, RankFailedError, RunTimeoutError) as exc:
             self.error = exc
-            self.status.value = f"<span style='color:#b00'>{type(exc).__name__}: {exc}</span>"
+            self.status.value = f"<span style='color:#b00'>{type(exc).__name__}: {html.escape(str(exc))}</span>"
+            return
+        except Exception as exc:  # a bug of the kit's: say so in the panel, never fail silently in a widget callback
+            self.error = exc
+            where = traceback.format_exc(limit=-3).strip().splitlines()
+            self.status.value = (
+                f"<span style='color:#b00'>Error in the panel: {type(exc).__name__}: {html.escape(str(exc))}"
+                f"<br><small>{'<br>'.join(html.escape(line) for line in where[-6:])}</small></span>"
+            )
             return
         finally:
             self.button.disabled = False
