@@ -10,18 +10,16 @@ activation peak it promises: m micro-batches in flight under GPipe, at most p - 
 from __future__ import annotations
 
 import json
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from ..runtime.launch import RankFailedError, RunTimeoutError, launch
 from ..strategies.pipeline import peak_in_flight, schedule
-from .process_group import kill_process_groups, own_process_group
+from .process_group import own_process_group, rows_from_child
 from .report import CheckReport
-from .source import load_function, write_module
+from .source import load_function
 
 Action = tuple[str, int]
 KINDS = ("gpipe", "1f1b")
@@ -154,31 +152,7 @@ class PipelineSchedule:
     functions = ("fn",)
 
     def check(self, fn: Callable, timeout_s: float = 30.0) -> CheckReport:
-
-        with tempfile.TemporaryDirectory(prefix="dpkit-exercise-") as folder:
-            payload = {"folder": folder, "function": [write_module(fn, folder), fn.__name__]}
-            try:
-                launch(f"{__name__}:run_in_rank", payload, 1, folder, threads_per_rank=1, timeout_s=timeout_s)
-                rows = json.loads(Path(folder, "rows.json").read_text()) if Path(folder, "rows.json").exists() else None
-                problem = (
-                    None
-                    if rows is not None
-                    else (
-                        "your function ended its own process (os._exit or a similar call?) instead of returning a list of actions."
-                    )
-                )
-            except RunTimeoutError:
-                rows, problem = (
-                    None,
-                    (
-                        f"your function did not return within {timeout_s:g} s: look for a loop that never ends "
-                        "(check(..., timeout_s=...) gives it longer)."
-                    ),
-                )
-            except RankFailedError as exc:
-                rows, problem = None, f"checking your function failed: {str(exc).splitlines()[0]}"
-            finally:
-                kill_process_groups(folder, 1)
+        rows, problem = rows_from_child(f"{__name__}:run_in_rank", fn, timeout_s, returns="a list of actions")
         if rows is None:
             return CheckReport(self.name, False, f"{fn.__name__}: {problem}", pd.DataFrame(), None)
         cases = pd.DataFrame(rows)

@@ -9,18 +9,16 @@ and keep everything else as the new residual, so that nothing is lost, only dela
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from ..runtime.launch import RankFailedError, RunTimeoutError, launch
-from .process_group import kill_process_groups, own_process_group
+from .process_group import own_process_group, rows_from_child
 from .report import CheckReport
 from .schedules import _raised
-from .source import load_function, write_module
+from .source import load_function
 
 CASES = ((10, 0.3), (100, 0.01), (257, 0.1), (64, 1.0))  # (numel, ratio)
 STEPS = 5  # error feedback over several steps: sent + residual adds up to every gradient
@@ -104,22 +102,7 @@ class TopKErrorFeedback:
     functions = ("fn",)
 
     def check(self, fn: Callable, timeout_s: float = 30.0) -> CheckReport:
-        with tempfile.TemporaryDirectory(prefix="dpkit-exercise-") as folder:
-            payload = {"folder": folder, "function": [write_module(fn, folder), fn.__name__]}
-            problem = None
-            try:
-                launch(f"{__name__}:run_in_rank", payload, 1, folder, threads_per_rank=1, timeout_s=timeout_s)
-                found = Path(folder, "rows.json")
-                rows = json.loads(found.read_text()) if found.exists() else None
-                if rows is None:
-                    problem = "your function ended its own process (os._exit or a similar call?) instead of returning."
-            except RunTimeoutError:
-                rows = None
-                problem = f"your function did not return within {timeout_s:g} s: look for a loop that never ends."
-            except RankFailedError as exc:
-                rows, problem = None, f"checking your function failed: {str(exc).splitlines()[0]}"
-            finally:
-                kill_process_groups(folder, 1)
+        rows, problem = rows_from_child(f"{__name__}:run_in_rank", fn, timeout_s, returns="(index, values, new_residual)")
         if rows is None:
             return CheckReport(self.name, False, f"{fn.__name__}: {problem}", pd.DataFrame(), None)
         failed = [r["problem"] for r in rows if not r["passed"]]
