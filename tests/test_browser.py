@@ -368,39 +368,74 @@ async def _panel_status(panel) -> str:
     return (await panel.locator(".widget-hbox .widget-html").last.text_content() or "").strip()
 
 
-async def _press_run(page, panel, before: str | None, report: Report, what: str) -> str | None:
-    """Press the panel's Run button; the figure it then shows (a different one from `before`), or None and a problem."""
+async def _shown_with(panel) -> str:
+    """The line above the panel's figure: 'Figure N, computed with: <the controls as shown>' (dpkit.viz.widgets.Panel)."""
+    caption = panel.locator(".dpkit-shown-with")
+    return (await caption.first.text_content() or "").strip() if await caption.count() else ""
+
+
+def _figure_number(caption: str) -> int:
+    found = re.match(r"Figure (\d+),", caption)
+    return int(found.group(1)) if found else 0
+
+
+async def _kernel_settled(page, quiet_s: float = 1.5) -> None:
+    """The kernel idle for quiet_s without a break: the browser holds a widget's new value back while the kernel is
+    busy (ipywidgets' message throttle) and sends it when the kernel goes idle, so one idle look is not enough."""
+    since = None
+    deadline = time.monotonic() + PANEL_RUN_S
+    while time.monotonic() < deadline:
+        if await _kernel_idle(page):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= quiet_s:
+                return
+        else:
+            since = None
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"the kernel did not settle within {PANEL_RUN_S} s")
+
+
+async def _press_run(page, panel, report: Report, what: str, expect: str = "") -> str | None:
+    """Press the panel's Run button and wait for the next figure ('Figure N+1, computed with: ...' above it, the
+    button enabled again); it must show `expect` among its settings. Returns its caption, or None and a problem."""
     button = panel.locator("button.widget-button", has_text=re.compile(r"^\s*Run\s*$"))
+    before = _figure_number(await _shown_with(panel))
     await button.scroll_into_view_if_needed()
     await button.click()
     start = time.monotonic()
 
     async def shown() -> str | None:
-        src = await _panel_image(panel)
-        if src and src != before and await button.is_enabled():
-            return src
+        caption = await _shown_with(panel)
+        if _figure_number(caption) > before and await button.is_enabled() and await _panel_image(panel):
+            return caption
         status = await _panel_status(panel)
         if await button.is_enabled() and ("Error" in status or "Exception" in status):
             return "error"
         return None
 
     try:
-        src = await _until(what, PANEL_RUN_S, shown)
+        caption = await _until(what, PANEL_RUN_S, shown)
     except TimeoutError as exc:
         report.problems.append(
-            f"{exc}: no {'new ' if before else ''}figure in the panel's output; status: {await _panel_status(panel)!r}"
+            f"{exc}: no new figure in the panel's output (last: {await _shown_with(panel)!r}); "
+            f"status: {await _panel_status(panel)!r}"
         )
         return None
     report.times[what] = time.monotonic() - start
-    if src == "error":
+    if caption == "error":
         report.problems.append(f"{what}: the panel shows an error instead of a figure: {await _panel_status(panel)!r}")
         return None
-    return src
+    if expect and expect not in caption:
+        report.problems.append(f"{what}: the new figure was not computed with {expect!r}: {caption!r}")
+    if (await _panel_status(panel)).startswith("the settings changed"):
+        report.problems.append(f"{what}: the panel says its settings changed since the figure: {caption!r}")
+    return caption
 
 
-async def _change_first_control(page, focus: asyncio.Lock, panel) -> str:
+async def _change_first_control(page, focus: asyncio.Lock, panel) -> tuple[str, str]:
     """Change the panel's first dropdown or slider (whichever comes first) as with the mouse and keyboard;
-    returns what it did. Smaller values first: they start fewer processes."""
+    returns what it did and the setting as the panel's caption will say it ('largest world size 3').
+    Smaller values first: they start fewer processes."""
     control = panel.locator(".widget-gridbox").locator(".widget-dropdown, .widget-slider").first
     label = (await control.locator("label").first.inner_text()).strip()
     classes = await control.get_attribute("class") or ""
@@ -410,7 +445,7 @@ async def _change_first_control(page, focus: asyncio.Lock, panel) -> str:
         index = await select.evaluate("s => s.selectedIndex")
         new = index - 1 if index > 0 else index + 1
         await select.select_option(index=new)
-        return f"{label}: {options[index]} -> {options[new]}"
+        return f"{label}: {options[index]} -> {options[new]}", f"{label} {options[new].strip()}"
     readout = control.locator(".widget-readout")
     old = (await readout.inner_text()).strip()
     handle = control.locator(".noUi-handle")
@@ -421,7 +456,7 @@ async def _change_first_control(page, focus: asyncio.Lock, panel) -> str:
             await handle.press(key)
         new = (await readout.inner_text()).strip()
         if new != old:
-            return f"{label}: {old} -> {new}"
+            return f"{label}: {old} -> {new}", f"{label} {new}"
     raise AssertionError(f"slider {label!r} did not move from {old}")
 
 
@@ -433,11 +468,12 @@ async def _drive_notebook(page, focus: asyncio.Lock, report: Report) -> None:
     for i in range(report.panels):
         panel = page.locator(f'[data-dpkit-panel="{i}"]')
         title = (await panel.locator(".widget-html").first.inner_text()).strip()
-        first = await _press_run(page, panel, None, report, f"panel {title!r}: Run")
+        first = await _press_run(page, panel, report, f"panel {title!r}: Run")
         if first is None:
             continue
-        change = await _change_first_control(page, focus, panel)
-        await _press_run(page, panel, first, report, f"panel {title!r}: Run after {change}")
+        change, setting = await _change_first_control(page, focus, panel)
+        await _kernel_settled(page)  # a learner reads the panel before pressing again; the new value reaches the kernel
+        await _press_run(page, panel, report, f"panel {title!r}: Run after {change}", expect=setting)
     if report.panels:
         await _check_page(page, report, "after pressing the panels' Run buttons")
 
@@ -547,20 +583,10 @@ def test_the_browser_test_drives_every_lesson(tmp_path: Path) -> None:
     assert all(n in names for n in BUSY_NOTEBOOKS)
 
 
-KNOWN_PANEL_BUG = (
-    "open bug (issue 23, closing note of 2026-12-07): in JupyterLab, 01's experiment panel does not show a new figure "
-    "within 150 s after 'largest world size 2 -> 3' and Run (its status stays at the first press's '6/6 runs'; driven "
-    "from Python the same change computes and draws). Every other notebook, panel and exercise passed in the browser "
-    "on the quiet machine that evening; the test still runs every notebook and reports what it saw"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN_PANEL_BUG)
 def test_notebooks_run_in_jupyterlab_in_a_browser(tmp_path: Path) -> None:
     _run_in_browser(tmp_path, busy=0)
 
 
-@pytest.mark.xfail(strict=False, reason=KNOWN_PANEL_BUG)
 def test_scaling_notebooks_stay_true_beside_two_busy_programs(tmp_path: Path) -> None:
     """Issue 23: 00, 01 and 03 with two busy programs beside JupyterLab. Their cells assert that no speedup shown
     exceeds what the cores allow (dpkit.measure.withhold leaves it blank, with the reason) and that their prose

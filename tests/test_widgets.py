@@ -127,3 +127,37 @@ def test_a_panel_shows_its_verdict_in_words_under_the_figure() -> None:
     plain = w.Panel("t", {}, lambda progress=None: (_Figure(), frame))
     plain.run()
     assert plain.verdict == []
+
+
+def test_a_panel_says_what_its_figure_was_computed_with_and_when_the_settings_moved_on() -> None:
+    """Issue 23 (found in the browser): a control moved while a run is in flight, or just before Run while the browser
+    still holds the new value back, must not leave a figure that seems to answer the new setting."""
+    import ipywidgets as W
+    import pandas as pd
+    from matplotlib.figure import Figure as _Figure
+
+    seen: list[int] = []
+    controls = {
+        "n": W.IntSlider(value=2, min=2, max=4, description="largest world size"),
+        "mode": W.Dropdown(options=[("all-reduce", "allreduce"), ("parameter server", "ps")], description="sync"),
+    }
+
+    def compute(n: int, mode: str, progress=None):
+        seen.append(n)
+        if len(seen) == 2:  # the learner moves the slider while this press's runs are in flight
+            controls["n"].value = 4
+        return _Figure(), pd.DataFrame({"world_size": [n]})
+
+    panel = w.Panel("t", controls, compute)
+    assert panel.settings() == "largest world size 2; sync all-reduce"
+    panel.run()
+    assert panel.shown_with == "Figure 1, computed with: largest world size 2; sync all-reduce"
+    assert panel.status.value != panel.STALE
+    panel.set(n=3, mode="ps")
+    assert panel.status.value == panel.STALE  # the figure below answers the old question
+    panel.run()
+    assert seen == [2, 3] and panel.shown_with == "Figure 2, computed with: largest world size 3; sync parameter server"
+    assert panel.status.value == panel.STALE  # moved to 4 during the run: the figure shows 3, and says so
+    panel.run()
+    assert seen == [2, 3, 4] and panel.shown_with.startswith("Figure 3, computed with: largest world size 4;")
+    assert panel.status.value != panel.STALE

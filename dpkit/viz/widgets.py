@@ -283,6 +283,9 @@ class Panel(W.VBox):
         self.verdict_of = verdict
         self.where = ""  # which cores its last runs had, and beside how many other runs (dpkit.viz.run_notes)
         self.verdict: list[str] = []  # the sentences under the figure after a run (dpkit.verdict)
+        self.shown_with = (
+            ""  # "Figure 2, computed with: largest world size 3; ...": the settings the figure below was computed with
+        )
         self.figure: Figure | None = None
         self.frame: pd.DataFrame | None = None
         self.error: Exception | None = None
@@ -300,11 +303,28 @@ class Panel(W.VBox):
             else:  # a long description must not squash its slider: the control takes its cell's width
                 control.style = {"description_width": "initial"}
                 control.layout.width = "98%"
+        for control in controls.values():
+            control.observe(self._settings_changed, names="value")
         box = W.GridBox(list(controls.values()), layout=W.Layout(grid_template_columns="repeat(2, minmax(380px, max-content))"))
         super().__init__([W.HTML(f"<b>{title}</b>"), box, W.HBox([self.button, self.bar, self.status]), self.output])
 
     def values(self) -> dict[str, Any]:
         return {name: c.value for name, c in self.controls.items()}
+
+    def settings(self) -> str:
+        """The controls as the learner sees them ('largest world size 3, scaling strong (same global batch), ...').
+        Shown above each figure: a control moved while a run was in flight (or just before Run, while the
+        browser still holds the new value back) must not leave a figure that seems to answer the new setting."""
+        parts = []
+        for name, control in self.controls.items():
+            if getattr(control, "disabled", False):
+                continue
+            label = getattr(control, "label", None)  # Dropdown and ToggleButtons: the option's words
+            if label is None and hasattr(control, "label"):
+                label = "-"
+            shown = ", ".join(label) if isinstance(label, tuple) else label  # SelectMultiple: every chosen option
+            parts.append(f"{control.description or name} {shown if shown is not None else control.value}")
+        return "; ".join(parts)
 
     def set(self, **values: Any) -> Panel:
         """Set controls by name (what a learner does with the mouse); returns the panel."""
@@ -313,6 +333,13 @@ class Panel(W.VBox):
                 raise ValueError(f"panel has no control {name!r}; it has {sorted(self.controls)}")
             self.controls[name].value = value
         return self
+
+    STALE = "the settings changed since the figure below was computed: press Run to update it"
+
+    def _settings_changed(self, _change: Any = None) -> None:
+        """A moved control makes the figure below answer an old question: say so (during a run, run() says it)."""
+        if self.runs and not self.button.disabled:
+            self.status.value = self.STALE
 
     def _progress(self, done: int, total: int, what: str) -> None:
         self.bar.max = max(total, 1)
@@ -333,9 +360,11 @@ class Panel(W.VBox):
         self.button.disabled = True
         self.error = None
         self._before_wait = None
+        values, settings = self.values(), self.settings()  # read once: the figure says what it was computed with
+        self.status.value = "running"  # compute's progress() replaces it
         try:
             with reporting(self._waiting), turns_taken() as turns:  # the runs' queue places and cores, reported here
-                fig, frame = self.compute(**self.values(), progress=self._progress)
+                fig, frame = self.compute(**values, progress=self._progress)
         except (ValueError, NotImplementedError, RankFailedError, RunTimeoutError) as exc:
             self.error = exc
             self.status.value = f"<span style='color:#b00'>{type(exc).__name__}: {html.escape(str(exc))}</span>"
@@ -354,8 +383,14 @@ class Panel(W.VBox):
         self.verdict = self.verdict_of(frame) if self.verdict_of is not None else []
         self.where = ran_on_all(t.meta() for t in turns)  # "ran on cores 4-7 beside 3 other runs" ('' if all cached)
         self.runs += 1
+        self.shown_with = f"Figure {self.runs}, computed with: {settings}"
+        if self.values() != values:  # a control moved while the runs were in flight
+            self.status.value = self.STALE
+        elif self.status.value == "running":  # a compute without progress reports
+            self.status.value = "done"
         with self.output:
             clear_output(wait=True)
+            display(W.HTML(f"<small class='dpkit-shown-with'>{html.escape(self.shown_with)}</small>"))
             display(fig)
             if self.verdict:
                 items = "".join(f"<li>{html.escape(line)}</li>" for line in self.verdict)
