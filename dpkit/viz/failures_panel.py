@@ -88,12 +88,14 @@ def recovery_price_figure(prices: pd.DataFrame) -> Figure:
     left.bar(x, prices.bytes_to_backup_per_step / 1e3, label="sent to the backups")
     left.bar(x, prices.bytes_to_disk_per_step / 1e3, bottom=prices.bytes_to_backup_per_step / 1e3, label="written to disk")
     left.set(xticks=list(x), xticklabels=modes, ylabel="kB per step", title="bytes per step (counted)")
-    left.legend(fontsize=8)
+    left.set_ylim(0, 1.4 * max(1e-3, float((prices.bytes_to_backup_per_step + prices.bytes_to_disk_per_step).max()) / 1e3))
+    left.legend(fontsize=8, loc="upper left")
     err = [prices.step_ms - prices.step_ms_q1, prices.step_ms_q3 - prices.step_ms]
     right.bar(x, prices.step_ms, yerr=err, capsize=4, label="training step (median, quartiles)")
     right.bar(x, prices.checkpoint_ms_per_step, bottom=prices.step_ms, label="checkpoint saves, per step")
     right.set(xticks=list(x), xticklabels=modes, ylabel="ms per step", title="time per step (measured)")
-    right.legend(fontsize=8)
+    right.set_ylim(0, 1.6 * float((prices.step_ms_q3 + prices.checkpoint_ms_per_step).max()))
+    right.legend(fontsize=8, loc="upper left")
     fig.suptitle("what each ps_recovery costs while nothing fails", fontsize=10)
     fig.tight_layout()
     return fig
