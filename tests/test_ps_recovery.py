@@ -139,6 +139,9 @@ def test_a_killed_server_is_replaced_by_its_backup_and_no_applied_update_is_lost
     assert replicated.meta["ps_replication"]["bytes_per_step"] == shard_bytes
     assert replicated.meta["ps_replication"]["messages"] == REPLICATE.steps
     assert replicated.extra["replica_version"]["3"] == REPLICATE.steps and "ps_recovery" not in replicated.meta
+    measured, predicted = replicated.memory_frame(), spec_for(REPLICATE).predict_memory(REPLICATE)
+    columns = ["mem_params_bytes", "mem_grads_bytes", "mem_optimizer_bytes", "mem_buffers_bytes"]
+    assert (measured[columns].to_numpy() == predicted[columns].to_numpy()).all()  # the backup holds what the spec says
     recovered = run(REPLICATE.replace(fail_rank=2, fail_at_step=4), queue=False)
     no_process_left()
     kept = recovered.meta["ps_recovery"]
@@ -153,7 +156,7 @@ def test_a_killed_server_is_replaced_by_its_backup_and_no_applied_update_is_lost
 
 @pytest.mark.slow
 def test_with_two_servers_the_survivor_answers_the_repeated_step_without_applying_it_again() -> None:
-    two = REPLICATE.replace(num_servers=2)  # workers 0, 1; servers 2, 3; backups 4, 5
+    two = REPLICATE.replace(num_servers=2, optimizer="adam")  # workers 0, 1; servers 2, 3; backups 4, 5; Adam's moments too
     whole = run(two.replace(ps_recovery="none"), queue=False)
     recovered = run(two.replace(fail_rank=3, fail_at_step=3), queue=False)
     no_process_left()
