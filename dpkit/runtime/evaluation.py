@@ -8,11 +8,13 @@ pipelined, tensor-parallel or parameter-server model is judged as the whole mode
 The evaluation runs between steps, after a step's clock stopped: its span is its own timeline kind
 "eval" (never compute, comm or idle), outside every step, so step times and their parts exclude it.
 train_time_s is training time so far: the end of the last step on rank 0's clock minus the evaluations
-before it. A resumed run goes on counting from the training time its checkpoint recorded (progress()/resume()),
-so its time to accuracy is the checkpoint's training time plus the resumed part; the work lost between the
-checkpoint and the failure is not in it (the result's resume record has that). With target_accuracy, rank 0 decides at each evaluation whether the target is reached and
-broadcasts the decision, so every rank stops after the same step; a run whose held-out loss is no longer
-finite (diverged) stops there too, as it can never reach the target.
+before it. A resumed run goes on counting from the training time its checkpoint recorded (progress(),
+resume()), so its time to accuracy is the checkpoint's training time plus the resumed part; the work lost
+between the checkpoint and the failure is not in it (the result's resume record has that).
+
+With target_accuracy, rank 0 decides at each evaluation whether the target is reached and broadcasts the
+decision, so every rank stops after the same step; a run whose held-out loss is no longer finite
+(diverged) stops there too, as it can never reach the target.
 
 An asynchronous parameter server is evaluated at the same points, but the evaluation is a point where
 every worker waits for the others (each has pushed the same number of gradients): say so beside its curves.

@@ -129,7 +129,7 @@ def what_was_kept(
         "mode": "replicate",
         "failed_role": role,
         "failed_rank": rank,
-        "taken_over_by": f"backup server {shard} (rank {source})" if source != rank else f"its own hand-over (rank {rank})",
+        "taken_over_by": f"backup server {shard} (rank {source})",  # the dead server's own state is never read
         "replica_version": version,  # updates in the copy that took the dead server's place
         "shard_versions": kept["shard_versions"],  # every shard's updates in the state gone on from
         "resumed_step": kept["resumed_step"],
