@@ -26,7 +26,7 @@ from .runtime.launch import (
 )
 from .runtime.memory_fit import check_fits
 from .runtime.queue import machine_turn
-from .runtime.recovery import launch_with_recovery
+from .runtime.recovery import launch_with_recovery, replication_meta
 from .strategies.registry import spec_for
 
 
@@ -74,7 +74,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True, resum
                 out_dir_is_temporary=True,  # if this process dies, its ranks remove the folder too
                 queue=False,  # this run holds its turn already (or was told not to queue)
             )
-            recovery = launch_with_recovery(cfg, payload, launch_ranks)  # ps_recovery: a dead server restarts the run
+            recovery = launch_with_recovery(cfg, payload, launch_ranks, tmp)  # ps_recovery: a dead server restarts the run
         except RankFailedError as exc:
             hint = spec_for(cfg).failure_hint(exc.rank, exc.role)  # say what it means, not only which rank
             if hint:
@@ -83,6 +83,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, queue: bool = True, resum
         machine = turn.meta()
         result = RunResult.load(tmp)
     result.meta.update(machine, **recovery)
+    result.meta.update(replication_meta(result))  # ps_recovery='replicate': the bytes forwarded to the backups
     if out is not None:
         result.save(out)
     return result

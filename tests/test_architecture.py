@@ -237,6 +237,7 @@ LAZY_SPEC_IMPORTS = {
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.stage2"),
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.stage3"),
     ("dpkit.strategies.specs.zero", "dpkit.strategies.zero.fsdp2"),
+    ("dpkit.strategies.specs.parameter_server", "dpkit.strategies.parameter_server.backup"),
     ("dpkit.strategies.specs.parameter_server", "dpkit.strategies.parameter_server.layout"),
     ("dpkit.strategies.specs.parameter_server", "dpkit.strategies.parameter_server.server"),
     ("dpkit.strategies.specs.parameter_server", "dpkit.strategies.parameter_server.worker"),

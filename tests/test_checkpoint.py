@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -96,6 +97,27 @@ def test_flat_shards_reshard_from_four_ranks_to_two() -> None:
     assert checkpoint.reshard(states, 1, [5], "replicated") is states[0]
 
 
+def test_the_evaluation_goes_on_counting_training_time_from_its_checkpoint() -> None:
+    from dpkit.runtime.evaluation import HeldOutEvaluation
+    from dpkit.runtime.recorder import HostClock, Recorder
+
+    cfg = RunConfig(parallelism="data", world_size=2, eval_every=2)
+    first = HeldOutEvaluation(cfg, 1, Recorder(1, HostClock(0.0)))  # rank 1: no held-out split, only the counters
+    first.rec.steps.append({"end_s": 5.0})
+    first.eval_s = 1.0
+    saved = first.progress()
+    assert saved["train_time_s"] == 4.0  # 5 s so far, 1 s of it evaluating
+    resumed = HeldOutEvaluation(cfg, 1, Recorder(1, HostClock(0.0)))
+    resumed.resume({**saved, "evals": [[4, 96, 4.0, 0.5, 0.5]]})
+    assert resumed.train_time() == 4.0 and resumed.rows == [[4, 96, 4.0, 0.5, 0.5]]  # nothing trained yet here
+    resumed.rec.steps.append({"end_s": 3.0})
+    resumed.eval_s = 0.5
+    assert resumed.train_time() == 4.0 + 2.5  # the checkpoint's training time plus this attempt's
+    older = HeldOutEvaluation(cfg, 1, Recorder(1, HostClock(0.0)))
+    older.resume({"evals": [[2, 48, 3.5, 0.5, 0.5]]})  # a checkpoint written before train_time_s was kept
+    assert older.train_time() == 3.5
+
+
 # ---- slow: real runs, interrupted and resumed ------------------------------------------------------
 GRID = {
     "single": dict(parallelism="none", world_size=1),
@@ -148,6 +170,25 @@ def test_async_parameter_server_checkpoints_and_resumes(tmp_path: Path) -> None:
     interrupted(cfg, tmp_path, fail_rank=2, fail_at_step=3)
     resumed = api.run(cfg, resume_from=tmp_path, queue=False)
     assert resumed.extra["resumed"]["2"]["step"] == 2 and len(resumed.losses) == cfg.steps
+
+
+@pytest.mark.slow
+def test_a_resumed_run_evaluates_as_the_uninterrupted_one_and_counts_training_time_from_its_checkpoint(tmp_path: Path) -> None:
+    cfg = RunConfig(**{**SMALL, "steps": 6}, parallelism="data", world_size=2, checkpoint_every=2, eval_every=2)
+    whole = api.run(cfg, queue=False)
+    interrupted(cfg, tmp_path, fail_rank=1, fail_at_step=5)
+    saved = checkpoint.load_rank(checkpoint.step_dir(tmp_path / "checkpoints", 4), 0)["progress"]
+    resumed = api.run(cfg, resume_from=tmp_path, queue=False)
+    columns = ["step", "samples_seen", "loss", "accuracy"]
+    pd.testing.assert_frame_equal(resumed.evals[columns], whole.evals[columns])
+    assert resumed.evals.step.tolist() == [0, 2, 4, 6]
+    assert resumed.evals.train_time_s.iloc[:3].tolist() == [row[2] for row in saved["evals"]]  # as the checkpoint has them
+    steps, tl = resumed.steps, resumed.timeline
+    last_end = float(steps[steps["rank"] == 0].end_s.max())
+    evals = tl[(tl["rank"] == 0) & (tl.kind == "eval") & (tl.end_s <= last_end)]
+    resumed_part = last_end - float((evals.end_s - evals.start_s).sum())  # rank 0's training time in this attempt
+    assert resumed.evals.train_time_s.iloc[-1] == pytest.approx(saved["train_time_s"] + resumed_part, abs=1e-9)
+    assert resumed.evals.train_time_s.is_monotonic_increasing
 
 
 @pytest.mark.slow

@@ -448,6 +448,30 @@ class Checkpointer:
         return {"checkpoints": self.saved, "resumed": self.resumed}
 
 
+# ---- a survivor's hand-over (ps_recovery='replicate') -----------------------------------------
+def hand_over(folder: str | Path, rank: int, strategy: Any, progress: dict[str, Any]) -> None:
+    """A rank whose peer died writes what it holds, as a checkpoint's rank file would (its `step`: the steps it
+    finished, `steps_begun`, and the wall time its last finished step ended), into `folder`; the launcher composes
+    the relaunch's checkpoint from these (runtime/recovery.py). Nothing collective: the group is broken. It never
+    raises: the error that brought the rank here is the one to report."""
+    try:
+        rec = strategy.rec
+        since = rec.clock.seconds(rec.clock.mark()) - rec.steps[-1]["end_s"] if rec.steps else None
+        blob = {
+            "step": len(progress["losses"]),
+            "steps_begun": len(progress["lrs"]),
+            "last_step_end_at": time.time() - since if since is not None else None,
+            "progress": progress,
+            "state": capture(strategy),
+        }
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        _write_atomic(Path(folder) / rank_file(rank), buf.getvalue())
+    except Exception as exc:  # noqa: BLE001 - reported, and the original error goes on
+        print(f"dpkit: rank {rank} could not hand over its state: {type(exc).__name__}: {exc}", flush=True)
+
+
 def first_attempt(resuming: bool) -> bool:
     """Fault injection fires on a run's first attempt only: not when resuming, not in a torchrun restart."""
     return not resuming and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

@@ -8,9 +8,13 @@ pipelined, tensor-parallel or parameter-server model is judged as the whole mode
 The evaluation runs between steps, after a step's clock stopped: its span is its own timeline kind
 "eval" (never compute, comm or idle), outside every step, so step times and their parts exclude it.
 train_time_s is training time so far: the end of the last step on rank 0's clock minus the evaluations
-before it. With target_accuracy, rank 0 decides at each evaluation whether the target is reached and
-broadcasts the decision, so every rank stops after the same step; a run whose held-out loss is no longer
-finite (diverged) stops there too, as it can never reach the target.
+before it. A resumed run goes on counting from the training time its checkpoint recorded (progress(),
+resume()), so its time to accuracy is the checkpoint's training time plus the resumed part; the work lost
+between the checkpoint and the failure is not in it (the result's resume record has that).
+
+With target_accuracy, rank 0 decides at each evaluation whether the target is reached and broadcasts the
+decision, so every rank stops after the same step; a run whose held-out loss is no longer finite
+(diverged) stops there too, as it can never reach the target.
 
 An asynchronous parameter server is evaluated at the same points, but the evaluation is a point where
 every worker waits for the others (each has pushed the same number of gradients): say so beside its curves.
@@ -58,6 +62,23 @@ class HeldOutEvaluation:
         self.heldout = build_heldout(cfg) if rank == 0 else None
         self.rows: list[list[float]] = []
         self.eval_s = 0.0  # evaluation seconds so far, on this rank's clock
+        self.train_time_before = 0.0  # training seconds of the attempts before this one (a resumed run's checkpoint)
+
+    def train_time(self) -> float:
+        """Training seconds so far on this rank's clock: the end of its last step less the evaluations, plus the
+        training time a resumed checkpoint recorded."""
+        last_end = self.rec.steps[-1]["end_s"] if self.rec.steps else None
+        return self.train_time_before + (max(0.0, last_end - self.eval_s) if last_end is not None else 0.0)
+
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the evaluations: the rows so far and the training time they were taken at."""
+        return {"evals": self.rows, "train_time_s": self.train_time()}
+
+    def resume(self, progress: dict[str, Any]) -> None:
+        """Go on from a checkpoint's progress(); one written before train_time_s was kept resumes from its last row's."""
+        self.rows = [list(row) for row in progress.get("evals", [])]
+        fallback = self.rows[-1][2] if self.rows else 0.0
+        self.train_time_before = float(progress.get("train_time_s", fallback))
 
     def __call__(self, steps_done: int, owned: dict[str, torch.Tensor], merge: Callable) -> bool:
         """Evaluate after `steps_done` steps (every rank calls it); True when every rank should stop."""
@@ -71,8 +92,7 @@ class HeldOutEvaluation:
             model = build_model(self.cfg, self.cfg.seed)  # frozen parameters stay as initialised, as in training
             model.load_state_dict({k: v.detach().cpu() for k, v in merge(states).items()}, strict=False)
             loss, accuracy = evaluate(model, *self.heldout)
-            last_end = self.rec.steps[-1]["end_s"] if self.rec.steps else 0.0
-            train_time = max(0.0, last_end - self.eval_s) if steps_done else 0.0
+            train_time = self.train_time() if steps_done else 0.0
             self.rows.append([steps_done, steps_done * self.cfg.global_batch, train_time, loss, accuracy])
             target = self.cfg.target_accuracy
             stop[0] = int(target is not None and (accuracy >= target or not math.isfinite(loss)))  # reached, or diverged

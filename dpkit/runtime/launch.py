@@ -120,6 +120,7 @@ def launch(
     out_dir_is_temporary: bool = False,
     queue: bool = True,
     watch: Callable[[], str | None] | None = None,
+    grace_s: float = GRACE_S,
 ) -> None:
     """Run `target` ("module:function", called as fn(payload, rank, world, out_dir)) on nprocs ranks.
     `queue`: wait for this machine's turn first (dpkit.runtime.queue: runs from all processes on the machine
@@ -129,6 +130,8 @@ def launch(
     caller dies during the run (kill -9), the ranks delete it instead, so it is not left behind.
     `watch`: called about every WATCH_S while the ranks run; a text it returns ends the run as stuck
     (RunStuckError with that text): the exercise checker recognises a deadlock this way, long before the timeout.
+    `grace_s`: after a first failure, how long the other ranks may take to end on their own (a run whose
+    survivors hand over their state, ps_recovery='replicate', gives them longer) before all are killed.
 
     Interrupt-safe: Ctrl-C is held back while a rank is being forked (a process forked but not yet
     handed its arguments dies with a traceback), every rank is tracked before it is started, and the
@@ -171,7 +174,7 @@ def launch(
                             p.start()
                     finally:
                         theirs.close()  # the rank has its own copy; ours would hide the rank's exit (EOF) from us
-            _supervise(procs, links, time.monotonic() + timeout_s, roles, timeout_s, watch)
+            _supervise(procs, links, time.monotonic() + timeout_s, roles, timeout_s, watch, grace_s)
         finally:
             _kill_all(procs)
             for link in links:
@@ -378,7 +381,13 @@ def _read_reports(open_links: dict, reports: dict) -> None:
 
 
 def _supervise(
-    procs: list, links: list, deadline: float, roles: list[str], timeout_s: float, watch: Callable[[], str | None] | None = None
+    procs: list,
+    links: list,
+    deadline: float,
+    roles: list[str],
+    timeout_s: float,
+    watch: Callable[[], str | None] | None = None,
+    grace_s: float = GRACE_S,
 ) -> None:
     first_failure: float | None = None
     next_watch = time.monotonic() + WATCH_S
@@ -393,7 +402,7 @@ def _supervise(
         now = time.monotonic()
         if failed and first_failure is None:
             first_failure = now
-        if failed and first_failure is not None and (all(c is not None for c in codes) or now - first_failure > GRACE_S):
+        if failed and first_failure is not None and (all(c is not None for c in codes) or now - first_failure > grace_s):
             _read_reports(open_links, reports)  # a rank sends before it exits: its report is here now
             raise _failure(procs, failed, reports, roles)
         if now > deadline:

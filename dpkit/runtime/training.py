@@ -30,7 +30,7 @@ from ..strategies import make_strategy
 from ..strategies.base import RankContext
 from ..workloads import build_dataset, load_digits
 from . import gloo_loop, lr_rules
-from .checkpoint import Checkpointer, first_attempt
+from .checkpoint import Checkpointer, first_attempt, hand_over
 from .cores import cores_available
 from .cpu_time import StepCpuClock
 from .evaluation import HeldOutEvaluation, due, evals_frame
@@ -176,7 +176,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
         resumed = ckpt.load(strategy)  # outside every step (kind "checkpoint"): the last good checkpoint, if resuming
         start = resumed["step"] if resumed else 0
         if resumed:
-            losses, lrs, evaluation.rows = resumed["losses"], resumed["lrs"], resumed["evals"]
+            losses, lrs = resumed["losses"], resumed["lrs"]
+            evaluation.resume(resumed)  # its rows, and the training time its clock goes on from
         stop = not resumed and due(cfg, 0) and evaluation(0, strategy.owned_state(), merge)  # outside every step (kind "eval")
         for step in range(start, cfg.steps):
             if stop:  # target_accuracy reached: every rank got the same decision
@@ -200,7 +201,7 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             recorder.steps[-1]["cpu_s"] = cpu.end()
             stop = due(cfg, step + 1) and evaluation(step + 1, strategy.owned_state(), merge)
             if ckpt.due(step + 1) and not stop:
-                ckpt.save(step + 1, strategy, {"losses": losses, "lrs": lrs, "evals": evaluation.rows})
+                ckpt.save(step + 1, strategy, {"losses": losses, "lrs": lrs, **evaluation.progress()})
         mine = {
             "losses": losses,
             "spans": [tuple(vars(s).values()) for s in recorder.spans],
@@ -213,6 +214,10 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             "lrs": lrs,
         }
         finish_profiler(profiler, mine)  # RunConfig.profile: torch.profiler's events into mine["extra"], in run seconds
+    except Exception:
+        if payload.get("handover_dir"):  # ps_recovery='replicate': a peer died; hand over what this rank holds
+            hand_over(payload["handover_dir"], rank, strategy, {"losses": losses, "lrs": lrs, **evaluation.progress()})
+        raise
     finally:
         meter.close()
         strategy.close()

@@ -1,7 +1,8 @@
 """Parameter server: workers push gradients to dedicated server ranks and pull fresh parameters back.
 
 Read in this order: layout.py (which server owns which tensors), worker.py (push, pull), server.py
-(average or apply, answer the pulls); spec.py is what the rest of dpkit knows about the strategy.
+(average or apply, answer the pulls); then, for failures, backup.py (a server's replica) and recovery.py (what
+happens when a server dies); specs/parameter_server.py is what the rest of dpkit knows about the strategy.
 
 Layout: `world_size` counts the workers (ranks 0..n-1); the `num_servers` = k servers come on top
 (ranks n..n+k-1). The trainable parameters are split into k shards, whole tensors, balanced by size
@@ -29,6 +30,9 @@ when the server sent them): 0 in sync, never above s under SSP. In updates: how 
 applied between that worker's pull and this push (up to n(s+1) - 1 with n workers).
 
 Failure: the servers are a single point of failure. If one dies the workers' pulls fail, and run()
-raises an error naming the parameter server's rank. If an async worker dies the run fails too (the
+raises an error naming the parameter server's rank, unless `ps_recovery` says how to go on: 'checkpoint'
+(every process again from the last checkpoint; the updates since are lost) or 'replicate' (sync only: each
+server forwards every update to a backup process first, whose copy takes the dead server's place; nothing
+applied is lost). recovery.py says why both restart every process. If a worker dies the run fails too (the
 servers would wait for its pushes forever), naming that worker: dpkit does not continue without it.
 """

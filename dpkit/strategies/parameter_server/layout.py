@@ -79,3 +79,13 @@ def grad_views(params: Sequence[nn.Parameter]) -> torch.Tensor:
 def server_rank(cfg: RunConfig, shard: int) -> int:
     """Global rank of the server that owns `shard`: servers come after the n workers."""
     return cfg.world_size + shard
+
+
+def backup_rank(cfg: RunConfig, shard: int) -> int:
+    """Global rank of the backup of `shard`'s server (ps_recovery='replicate'): backups come after the k servers."""
+    return cfg.world_size + cfg.num_servers + shard
+
+
+def shard_of(cfg: RunConfig, rank: int) -> int:
+    """The shard a server or backup rank holds."""
+    return (rank - cfg.world_size) % cfg.num_servers

@@ -6,6 +6,10 @@ cfg.steps steps every worker's cfg.steps pushes are in), answering each pull whe
 
 Clocks, the SSP bound's unit: a worker's clock is the number of gradients it has pushed here; the
 parameters a server sends carry the slowest worker's clock (every update of an earlier step is in them).
+
+ps_recovery='replicate' (sync only): the averaged gradient goes to the shard's backup (backup.py) before the
+server applies it and answers any pull, so no worker ever sees parameters the backup does not have.
+A step whose update is in already (a run relaunched from a hand-over, recovery.py) is answered, not applied again.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from ...comm import Group
 from ...runtime.memory import Held
 from ...workloads import build_model
 from ..base import RankContext, Strategy
-from .layout import ShardLayout, grad_views
-from .traffic import bytes_sent
+from .layout import ShardLayout, backup_rank, grad_views, shard_of
+from .traffic import bytes_sent, bytes_sent_as
+
+FORWARD = "forward update to backup"  # the timeline name of replication (ps_recovery='replicate')
 
 
 class ParameterServer(Strategy):
@@ -29,7 +35,8 @@ class ParameterServer(Strategy):
         super().__init__(ctx)
         cfg, n = self.cfg, self.cfg.world_size
         self.group = ctx.comm.host_group()
-        self.index = ctx.rank - n
+        self.index = shard_of(cfg, ctx.rank)
+        self.backup = backup_rank(cfg, self.index) if cfg.ps_recovery == "replicate" else None
         self.workers = list(range(n))
         self.layout = ShardLayout(build_model(cfg, cfg.seed), cfg.num_servers)  # on the host: servers hold no GPU
         self.params = self.layout.keep_only(self.index)
@@ -49,7 +56,7 @@ class ParameterServer(Strategy):
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         if self.params:
             if self.cfg.sync == "ps":
-                self._sync_round()
+                self._sync_round(step)
             else:
                 for _ in self.workers:
                     self._apply_next_push()
@@ -63,18 +70,24 @@ class ParameterServer(Strategy):
         self.__dict__.update(state)
 
     # -- sync ---------------------------------------------------------------------------------
-    def _sync_round(self) -> None:
+    def _sync_round(self, step: int) -> None:
         comm = self.ctx.comm
         rows = list(self.inbox)
         comm.wait(
             [comm.irecv(row, w, self.group) for w, row in zip(self.workers, rows, strict=True)], "wait-for-gradients", "idle"
         )
+        if self.version > step:  # relaunched after this step's update was applied: the pushes are repeats
+            self._answer(self.workers)
+            return
         self.grad.copy_(rows[0])
         for row in rows[1:]:  # fixed order: same sum, bit for bit, every run
             self.grad += row
         for w in self.workers:
             self._received_from(w)
-        self._update(self.grad.div_(len(rows)))
+        self.grad.div_(len(rows))
+        if self.backup is not None:  # replicate first: every version a worker can pull is on the backup too
+            comm.send(self.grad, self.backup, self.group, name=FORWARD)
+        self._update(self.grad)
         self._answer(self.workers)
 
     # -- async --------------------------------------------------------------------------------
@@ -120,6 +133,9 @@ class ParameterServer(Strategy):
         first = self.index % len(workers)
         order = workers[first:] + workers[:first]
         comm.wait([comm.isend(flat, w, self.group, name="answer-pull") for w in order], name="answer-pull")
+        self._mark_pulled(workers)
+
+    def _mark_pulled(self, workers: list[int]) -> None:
         for w in workers:
             self.pulled_clock[w], self.pulled_version[w] = min(self.pushes), self.version
 
@@ -136,7 +152,8 @@ class ParameterServer(Strategy):
         return Held(self.params, None, [self.opt], [self.inbox, self.outbox.data])
 
     def extra(self) -> dict:
-        return {
+        replicated = {"replication_bytes_out": bytes_sent_as(self.ctx.comm, FORWARD)} if self.backup is not None else {}
+        return replicated | {
             "ps_shard": self.index,
             "shard_numel": self.grad.numel(),
             "shard_params": [self.layout.names[i] for i in self.layout.shards[self.index]],

@@ -23,8 +23,9 @@ KNOBS: tuple[Knob, ...] = (
         "ps_recovery",
         str,
         "none",
-        "a dead server: none (the run fails) | checkpoint (every process restarts from the last checkpoint)",
-        choices=("none", "checkpoint"),
+        "a dead server: none (the run fails) | checkpoint (every process restarts from the last checkpoint)"
+        " | replicate (a backup process per server holds a current copy, which takes the dead server's place; sync ps)",
+        choices=("none", "checkpoint", "replicate"),
     ),
 )
 
@@ -40,20 +41,32 @@ class ParameterServerSpec(DataSplitSpec):
         return cfg.parallelism == "data" and cfg.sync in ("ps", "ps-async")
 
     def num_processes(self, cfg: RunConfig) -> int:
-        return cfg.world_size + cfg.num_servers
+        return cfg.world_size + cfg.num_servers * (2 if cfg.ps_recovery == "replicate" else 1)
 
     def roles(self, cfg: RunConfig) -> list[str]:
-        return [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)]
+        backups = [f"backup server {k}" for k in range(cfg.num_servers)] if cfg.ps_recovery == "replicate" else []
+        return (
+            [f"worker {r}" for r in range(cfg.world_size)] + [f"parameter server {k}" for k in range(cfg.num_servers)] + backups
+        )
 
     def failure_hint(self, rank: int, role: str) -> str:
         if role.startswith("parameter server"):
             return f"the parameter server (rank {rank}) died: every worker needs it, the single point of failure."
+        if role.startswith("backup server"):
+            return f"the backup (rank {rank}) died: ps_recovery='replicate' recovers a dead server, not a dead backup."
         return ""
 
     def validate(self, cfg: RunConfig) -> None:
         if cfg.ps_recovery == "checkpoint" and cfg.checkpoint_every is None:
             raise config_error(
                 "ps_recovery", cfg.ps_recovery, "'none' unless checkpoint_every is set (it restarts from a checkpoint)"
+            )
+        if cfg.ps_recovery == "replicate" and cfg.sync != "ps":
+            raise config_error(
+                "ps_recovery",
+                cfg.ps_recovery,
+                "'none' or 'checkpoint' with sync='ps-async' ('replicate' needs sync='ps': an async server's state "
+                "depends on the order pushes arrive in, which a backup cannot replay)",
             )
         if cfg.max_staleness is not None and cfg.sync != "ps-async":
             raise config_error(
@@ -102,13 +115,19 @@ class ParameterServerSpec(DataSplitSpec):
             sizes = [trained[i] for i in shard]
             size = float(memory.VALUE_BYTES * sum(sizes))
             ranks.append(memory.RankMemory(size, size, memory.optimizer_bytes(cfg, sizes), 0.0, (cfg.world_size + 1) * size))
+        if cfg.ps_recovery == "replicate":  # a backup per server: its copy, the forwarded gradient, optimizer, inbox
+            ranks += [memory.RankMemory(r.params, r.grads, r.optimizer, 0.0, r.params) for r in ranks[cfg.world_size :]]
         return memory.table(ranks, self.roles(cfg))
 
     def build(self, ctx: RankContext) -> Strategy:
-        from ..parameter_server.server import ParameterServer  # the algorithm is imported only when a rank builds it
+        from ..parameter_server.backup import BackupServer  # the algorithm is imported only when a rank builds it
+        from ..parameter_server.server import ParameterServer
         from ..parameter_server.worker import PushPullWorker
 
-        return ParameterServer(ctx) if ctx.rank >= ctx.cfg.world_size else PushPullWorker(ctx)
+        cfg = ctx.cfg
+        if ctx.rank >= cfg.world_size + cfg.num_servers:
+            return BackupServer(ctx)
+        return ParameterServer(ctx) if ctx.rank >= cfg.world_size else PushPullWorker(ctx)
 
 
 SPEC = ParameterServerSpec()
