@@ -27,7 +27,9 @@ LENGTHS = [0, 1, 2, 3, 5, 7, 64, 1001, 4099]
 
 
 def run_check(world: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    payload = {"lengths": LENGTHS, "segment_bytes": 12}  # ring pieces of 3 floats: many pieces, a short last one
+    # ring pieces of 6 float32 / 3 float64: many pieces and a short last one in both dtypes (12 bytes, 1 float64 per
+    # message, took twice the time for no more paths)
+    payload = {"lengths": LENGTHS, "segment_bytes": 24}
     launch("comm_targets:check_all", payload, world, out, threads_per_rank=1, timeout_s=120)
     return pd.DataFrame(json.loads((out / "check.json").read_text())), pd.DataFrame(json.loads((out / "rings.json").read_text()))
 
