@@ -259,7 +259,9 @@ def test_concurrent_launches_restore_main(tmp_path: Path) -> None:
                 start.wait()
                 out = tmp_path / f"{round_}-{i}"
                 out.mkdir()
-                launch("dpkit.benchmarks.launch:all_reduce_ranks", {}, 2, out, threads_per_rank=1, timeout_s=60, queue=False)
+                # a target that imports nothing beyond the forkserver's preload (the benchmark's pulls in pandas and
+                # matplotlib, ~0.5 s CPU per rank): what is tested is launch() itself, from two threads
+                launch("rank_targets:sleep_ranks", {"s": 0}, 2, out, threads_per_rank=1, timeout_s=60, queue=False)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
