@@ -63,6 +63,11 @@ def test_bench_rejects_a_world_of_one(tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_whatif_writes_the_crossover_table(bench_root: Path) -> None:
     out = bench_root / "bench-whatif"
+    if not (bench_root / "bench-calibrate" / "calibration.json").exists():  # the slow tier alone: no calibration yet
+        assert (
+            cli_main(["bench", "calibrate", "--quick", "--max-world-size", "2", "--out", str(bench_root / "bench-calibrate")])
+            == 0
+        )
     assert cli_main(["bench", "whatif", "--out", str(out)]) == 0
     table = pd.read_csv(out / "crossover.csv")
     assert {"10GbE", "100GbE", "NVLink", "this machine"} <= set(table.link)  # this machine: the calibration above
