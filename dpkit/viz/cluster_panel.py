@@ -110,7 +110,7 @@ def cluster_figure(frame: pd.DataFrame, c: cluster.Cluster, chosen: int | None =
             a.axvline(chosen, color="tab:green", lw=1, alpha=0.6)
     err = frame.measured_error.dropna()
     note = (
-        f"model error {err.iloc[0]:.0%} (median, measured at n <= {cluster.VALIDATED_UP_TO} on emulated links)"
+        f"model error {err.iloc[0]:.0%} (median, measured at n <= {cluster.VALIDATED_UP_TO} on emulated links this machine honoured)"
         if len(err)
         else f"model error: not measured for {c.method} (beyond n = {cluster.VALIDATED_UP_TO} nothing is)"
     )
@@ -210,5 +210,48 @@ def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
     b.set(xticks=list(x), xticklabels=labels, ylabel="MB per step", title="bytes across nodes (busiest rank)")
     b.legend(fontsize=7)
     fig.suptitle(f"{table.topology.iloc[0]}, emulated; {why}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def short_topology(row: Any) -> str:
+    """'2x2 nodes' or '4 ranks': a validate() row's topology in a tick label."""
+    if "nodes x" in row.topology:
+        return row.topology.split(" (")[0].replace(" nodes x ", "x") + " nodes"
+    return f"{row.world_size} ranks" + (f" + {row.servers} server{'s' if row.servers > 1 else ''}" if row.servers else "")
+
+
+def validation_figure(table: pd.DataFrame) -> Figure:
+    """The model against emulated runs (a dpkit.analysis.cluster.validate table or its record): per link set, each
+    row's predicted step beside its measured one with the relative error above it. Rows whose links this machine
+    did not honour (cluster.row_honoured) are hatched, marked 'withheld', and left out of the median error."""
+    honoured = cluster.row_honoured(table, int(table.cpu_count.iloc[0]) if "cpu_count" in table else None)
+    links = list(dict.fromkeys(table.link if "link" in table else ["1GbE"] * len(table)))
+    fig = Figure(figsize=(6.5 * len(links), 3.8))
+    axes = fig.subplots(1, len(links), squeeze=False)[0]
+    for ax, link in zip(axes, links, strict=True):
+        pick = (table.link == link) if "link" in table else pd.Series(True, index=table.index)
+        rows, ok = table[pick], honoured[pick]
+        x = list(range(len(rows)))
+        ax.bar([i - 0.2 for i in x], rows.predicted_step_time_s * 1e3, 0.4, color="tab:gray", label="predicted")
+        for i, (row, good) in enumerate(zip(rows.itertuples(), ok, strict=True)):
+            ax.bar(
+                i + 0.2, row.measured_step_time_s * 1e3, 0.4, color="tab:blue" if good else "white", edgecolor="tab:blue",
+                hatch=None if good else "//", label=None,
+            )  # fmt: skip
+            top = max(row.predicted_step_time_s, row.measured_step_time_s) * 1e3
+            ax.annotate(f"{row.rel_error:+.0%}" if good else "withheld", (i, top), ha="center", va="bottom", fontsize=7)
+        ax.bar([], [], color="tab:blue", label="measured, emulated links (median of runs)")
+        ax.bar([], [], color="white", edgecolor="tab:blue", hatch="//", label="not honoured here: withheld")
+        ax.set_xticks(x, [f"{r.sync}\n{short_topology(r)}" for r in rows.itertuples()], fontsize=7)
+        err = rows[ok].rel_error.abs().median()
+        said = f"median |error| {err:.0%} over {int(ok.sum())} honoured rows" if ok.any() else "no row honoured"
+        ax.set(ylabel="ms per step", title=f"{link}: {said}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    load = table[["load_1min_start", "load_1min_end"]].max(axis=1).max()
+    fig.suptitle(
+        f"Predicted (cluster model) against measured on emulated links, this machine (load average up to {load:.1f})", fontsize=9
+    )
     fig.tight_layout()
     return fig
