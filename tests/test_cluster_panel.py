@@ -323,3 +323,20 @@ def test_the_validation_figure_shows_predicted_beside_measured_and_withholds_wha
     assert "Predicted" in fig._suptitle.get_text() and "emulated" in fig._suptitle.get_text()
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["ring\n2 ranks", "ring\n2x2 nodes"]
+
+
+def test_the_two_level_figure_marks_each_pair_of_links_and_what_was_withheld() -> None:
+    from dpkit.viz import cluster_panel
+
+    table = _validated(
+        sync=["ring", "hierarchical"], late_s=[0.0, 0.5], predicted_step_time_s=[0.13, 0.05], measured_step_time_s=[0.14, 0.07],
+        rel_error=[-0.07, -0.29], predicted_inter_node_bytes_per_rank=[3e6, 1e6], measured_inter_node_bytes_per_rank=[3e6, 1e6],
+        topology=["2 nodes x 2 (1GbE within, custom link between)"] * 2,
+    )  # fmt: skip
+    fig = cluster_panel.two_level_figure(table.assign(cpu_count=2), "why")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["-7%", "withheld"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "ring\n1GbE within,\ncustom link between",
+        "hierarchical\n1GbE within,\ncustom link between",
+    ]
+    assert "emulated" in fig._suptitle.get_text()

@@ -194,22 +194,32 @@ def cluster_panel(
 
 def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
     """Measured beside predicted for runs on emulated nodes (a dpkit.analysis.cluster.validate table): the step
-    time per sync method, and the bytes the busiest rank took in across nodes per step."""
-    labels = list(table.sync)
-    x = range(len(labels))
-    fig = Figure(figsize=(10, 3.4))
+    time per sync method and links, with the error (or 'withheld' where this machine did not honour the links:
+    hatched), and the bytes the busiest rank took in across nodes per step."""
+    ok = cluster.row_honoured(table)
+    labels = [r.sync + "\n" + r.topology.split("(")[-1].rstrip(")").replace(", ", ",\n") for r in table.itertuples()]
+    x = list(range(len(labels)))
+    fig = Figure(figsize=(max(10, 2.6 * len(labels)), 3.8))
     a, b = fig.subplots(1, 2)
     a.bar([i - 0.2 for i in x], table.predicted_step_time_s * 1e3, 0.4, label="predicted", color="tab:gray")
-    a.bar([i + 0.2 for i in x], table.measured_step_time_s * 1e3, 0.4, label="measured (median of runs)", color="tab:blue")
-    a.set(xticks=list(x), xticklabels=labels, ylabel="ms per step", title="step: measured and predicted")
+    for i, (row, good) in enumerate(zip(table.itertuples(), ok, strict=True)):
+        a.bar(i + 0.2, row.measured_step_time_s * 1e3, 0.4, color="tab:blue" if good else "white", edgecolor="tab:blue",
+              hatch=None if good else "//")  # fmt: skip
+        top = max(row.predicted_step_time_s, row.measured_step_time_s) * 1e3
+        a.annotate(f"{row.rel_error:+.0%}" if good else "withheld", (i, top), ha="center", va="bottom", fontsize=7)
+    a.bar([], [], color="tab:blue", label="measured, emulated (median of runs)")
+    a.bar([], [], color="white", edgecolor="tab:blue", hatch="//", label="not honoured here")
+    a.set_xticks(x, labels, fontsize=7)
+    a.set(ylabel="ms per step", title="step: measured (emulated links) and predicted")
     a.legend(fontsize=7)
     b.bar([i - 0.2 for i in x], table.predicted_inter_node_bytes_per_rank / 1e6, 0.4, label="predicted", color="tab:gray")
     b.bar(
         [i + 0.2 for i in x], table.measured_inter_node_bytes_per_rank / 1e6, 0.4, label="measured (counted)", color="tab:orange"
     )
-    b.set(xticks=list(x), xticklabels=labels, ylabel="MB per step", title="bytes across nodes (busiest rank)")
+    b.set_xticks(x, labels, fontsize=7)
+    b.set(ylabel="MB per step", title="bytes across nodes (busiest rank)")
     b.legend(fontsize=7)
-    fig.suptitle(f"{table.topology.iloc[0]}, emulated; {why}", fontsize=9)
+    fig.suptitle(f"2 nodes x 2 ranks, emulated links; {why}", fontsize=9)
     fig.tight_layout()
     return fig
 
