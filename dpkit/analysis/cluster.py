@@ -10,7 +10,8 @@ Sync methods on two-level nodes (devices i*r .. i*r+r-1 share node i, as the emu
 - ring: the flat ring over all n devices; each step waits for its slowest link (cost.model.flat_ring_time_on_nodes);
 - tree: the binomial tree (dpkit/comm/tree.py); a round whose pairs cross nodes costs the inter-node link;
 - hierarchical: ring inside each node, ring across nodes on 1/r of the data (cost.model.hierarchical_time);
-- ps: k parameter servers on nodes of their own: every push and pull crosses between nodes (cost.model.ps_time);
+- ps: k parameter servers on nodes of their own (every push and pull crosses between nodes), priced port by port
+  with each message on the link between its two processes' nodes (ps_time_placed; on one link cost.model.ps_time);
 - zero: ZeRO stage 1-3 (reduce-scatter and all-gather(s) of the flat ring, cost.model.ZERO_COLLECTIVES).
 
 Buckets and overlap: the gradients are cut into equal buckets of at most bucket_mb (0: one flat buffer); with
@@ -23,8 +24,16 @@ parameter per token for the forward and backward); its label travels with every 
 model states (cost.memory.state_bytes_per_param) plus activations per sample if given; time to accuracy comes
 from measured steps to a target at each global batch (analysis.time_to_accuracy.steps_to_target_at).
 
-`predict_config` prices a RunConfig of this machine's emulated links the same way, so `validate` can set the
-model against measured emulated runs (n <= 4): the error a figure quotes.
+`predict_config` prices a RunConfig of this machine's emulated links the same way (a parameter server's servers
+where the run puts them, with its real shards), so `validate` can set the model against measured emulated runs
+(n <= 4): the error a figure quotes, over the rows whose links this machine honoured (row_honoured).
+
+Deviation from issue 26's words ("within 25% median ... on 1GbE and on 2 nodes x 2 ranks"): on this 2-core machine
+the 1GbE rows mostly measure the machine, not the links (four ranks share two cores; a rank still computing or
+waiting for a core takes its message late; NVLink within a node is faster than any loopback), so they are run and
+reported but count only where honoured. The check runs the same rows again on a custom link ten times slower
+(SLOW_*, with 1GbE within a node), which this machine keeps up with (docs/cluster.md,
+"Checking the cluster model on this machine", has the measurements).
 """
 
 from __future__ import annotations
@@ -499,15 +508,15 @@ LINK_SETS = ("1GbE", "slow")  # the issue's link, and one this machine honours
 
 
 def validation_configs(quick: bool = False, links: Sequence[str] = LINK_SETS) -> list:
-    """Small, communication-dominated runs, flat sync (one buffer, no overlap), 1 thread per rank, per link set:
+    """Small, communication-dominated runs of one model (an MLP of 1.07M parameters: 4.28 MB of gradients), 4
+    samples per rank, flat sync (one buffer, no overlap), 1 thread per rank: ring, tree, hierarchical (= the ring on
+    one link) and PS (k=1) at n = 2, 4 on one link; on 2 nodes x 2 ranks ring, tree and hierarchical, and a PS of 2
+    workers + 2 servers on a node of their own. Per link set:
 
-    - "1GbE" (the issue's rows): an MLP of 1.07M parameters (4.28 MB of gradients), 4 samples per rank, on
-      emulated 1GbE: ring, tree, hierarchical (= the ring on one link) and PS (k=1) at n = 2, 4; 2 nodes x 2 ranks
-      (NVLink within, 1GbE between) with ring, tree and hierarchical, and a PS of 2 workers + 2 servers on a node
-      of their own. This machine does not keep up with these links (NVLink's messages cannot be honoured by any
-      loopback; docs/cluster.md), so these rows are measured and reported, and withheld when not honoured.
-    - "slow" (rows this machine honours): the same rows with a 273k-parameter MLP (1.09 MB) on a custom link ten
-      times slower than 1GbE (SLOW_LATENCY_S, SLOW_BANDWIDTH_BPS), and nodes with 1GbE within.
+    - "1GbE" (the issue's rows): emulated 1GbE, NVLink within a node. This machine does not keep up with these
+      links (docs/cluster.md), so these rows are measured and reported, and withheld where not honoured.
+    - "slow" (the rows this machine honours): a custom link ten times slower than 1GbE (SLOW_LATENCY_S,
+      SLOW_BANDWIDTH_BPS), 1GbE within a node (SLOW_INTRA).
     quick: n = 2 ring and PS, and the 2 x 2 ring and hierarchical, per link set."""
     from ..config import RunConfig
 
@@ -515,18 +524,17 @@ def validation_configs(quick: bool = False, links: Sequence[str] = LINK_SETS) ->
     if bad or not links:
         raise ValueError(f"links={list(links)!r} is not allowed: choose from {list(LINK_SETS)}")
     out = []
+    model = RunConfig(
+        model="mlp", hidden=256, layers=2, global_batch=8, steps=5 if quick else 6, warmup=2, threads_per_rank=1,
+        parallelism="data", grad_sync="flat", timeout_s=180,
+    )  # fmt: skip
     for name in links:
         if name == "1GbE":
-            base = RunConfig(model="mlp", hidden=256, layers=2, link="1GbE", intra_node_link="NVLink")
+            base = model.replace(link="1GbE", intra_node_link="NVLink")
         else:
-            base = RunConfig(
-                model="mlp", hidden=128, layers=2, link="custom", link_latency_s=SLOW_LATENCY_S,
-                link_bandwidth_Bps=SLOW_BANDWIDTH_BPS, intra_node_link=SLOW_INTRA,
-            )  # fmt: skip
-        base = base.replace(
-            global_batch=8, steps=5 if quick else 6, warmup=2, threads_per_rank=1, parallelism="data", grad_sync="flat",
-            timeout_s=180,
-        )  # fmt: skip
+            base = model.replace(
+                link="custom", link_latency_s=SLOW_LATENCY_S, link_bandwidth_Bps=SLOW_BANDWIDTH_BPS, intra_node_link=SLOW_INTRA
+            )
         algos = ("ring",) if quick else ("ring", "tree", "hierarchical")
         for n in (2,) if quick else (2, 4):
             out += [base.replace(world_size=n, allreduce_algo=algo) for algo in algos]
