@@ -711,9 +711,7 @@ def two_node_configs(steps: int = 6, links: Sequence[str] = ("1GbE",)) -> list:
     """The lesson's pairs: 2 nodes x 2 ranks, the flat ring and the hierarchical one, per link set: NVLink within
     and 1 GbE between (the issue's), and 1GbE within and the slow custom link between (ten times slower at both
     levels: what this machine honours)."""
-    pairs = [
-        c for c in validation_configs(links=links) if c.ranks_per_node == 2 and c.sync != "ps" and c.allreduce_algo != "tree"
-    ]
+    pairs = [c for c in validation_configs(links=links) if c.ranks_per_node == 2 and sync_of(c) in ("ring", "hierarchical")]
     return [c.replace(steps=steps) for c in pairs]
 
 
