@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -110,6 +109,80 @@ def test_parameter_servers_and_zero_price_their_own_traffic_and_memory() -> None
     assert cluster.step_at(make(method="ring"), 64)["memory_per_device_bytes"] == pytest.approx(16 * 1e8)
 
 
+def test_a_parameter_server_is_priced_where_its_processes_are() -> None:
+    """Port by port: on one link exactly cost.model.ps_time; each message on the link between its two processes'
+    nodes (servers sharing the workers' node: the intra link, on a node of their own: the inter link)."""
+    s = 4e6
+    for n, k in [(1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (3, 4)]:
+        placed = cluster.ps_time_placed([s / k] * k, range(n), range(n, n + k), 1, GBE, GBE)
+        assert placed == pytest.approx(ps_time(s, n, k, GBE)), (n, k)
+    assert cluster.ps_time_placed([s / 2] * 2, [0, 1], [2, 3], 4, NV, GBE) == pytest.approx(ps_time(s, 2, 2, NV))
+    assert cluster.ps_time_placed([s / 2] * 2, [0, 1], [2, 3], 2, NV, GBE) == pytest.approx(ps_time(s, 2, 2, GBE))
+    # 3 workers and 1 server on nodes of 2: worker 2 shares node 1 with the server, workers 0 and 1 cross
+    mixed = cluster.ps_time_placed([s], [0, 1, 2], [3], 2, NV, GBE)
+    assert mixed == pytest.approx(2 * GBE.alpha + 3 * GBE.overhead + 2 * (2 * s / GBE.bandwidth + s / NV.bandwidth))
+    assert cluster.ps_inter_node_bytes([s], [0, 1, 2], [3], 2) == 2 * s  # the server takes in two workers' across
+    assert cluster.ps_ranks(4, 2, 8, "own nodes") == ([0, 1, 2, 3], [8, 9])
+    assert cluster.ps_ranks(4, 2, 8, "after workers") == ([0, 1, 2, 3], [4, 5])
+
+
+def test_a_parameter_server_run_is_priced_with_its_placement_and_real_shards() -> None:
+    """2 workers + 2 servers: on nodes of 2 the servers have a node of their own (every byte crosses 1 GbE); on
+    one node of 4 nothing crosses. The shards are whole tensors, as the run lays them out (not exactly S/2)."""
+    cfg = RunConfig(model="mlp", hidden=256, layers=2, global_batch=8, parallelism="data", world_size=2, sync="ps",
+                    num_servers=2, link="1GbE", ranks_per_node=2)  # fmt: skip
+    profile = ComputeProfile(batch=4, forward_s=0.0, backward_s=0.0, optimizer_s=0.0, threads=1)
+    shards = cluster.ps_shard_bytes(cfg)
+    assert len(shards) == 2 and sum(shards) == 4 * 1070346 and max(shards) > 4 * 1070346 / 2
+    apart = cluster.predict_config(cfg, profile)
+    assert apart["comm_s"] == pytest.approx(cluster.ps_time_placed(shards, [0, 1], [2, 3], 1, GBE, GBE))
+    assert apart["inter_node_bytes_per_device"] == pytest.approx(2 * max(shards))  # the busiest server's intake
+    together = cluster.predict_config(cfg.replace(ranks_per_node=4), profile)
+    assert together["comm_s"] == pytest.approx(cluster.ps_time_placed(shards, [0, 1], [2, 3], 1, NV, NV))
+    assert together["inter_node_bytes_per_device"] == 0 and together["comm_s"] < apart["comm_s"] / 100
+
+
+def test_validation_runs_the_issues_links_and_one_this_machine_honours() -> None:
+    both = cluster.validation_configs()
+    assert len(both) == 24 and len(cluster.validation_configs(quick=True)) == 8
+    slow = [c for c in both if c.link == "custom"]
+    assert len(slow) == 12
+    assert {(c.link_latency_s, c.link_bandwidth_Bps) for c in slow} == {(cluster.SLOW_LATENCY_S, cluster.SLOW_BANDWIDTH_BPS)}
+    assert cluster.SLOW_BANDWIDTH_BPS == PRESETS["1GbE"].bandwidth / 10
+    assert {c.intra_node_link for c in slow if c.ranks_per_node > 1} == {"1GbE"}
+    assert {c.intra_node_link for c in both if c.link == "1GbE" and c.ranks_per_node > 1} == {"NVLink"}
+    assert "12.5 MB/s" in cluster.topology_label(slow[0])
+    with pytest.raises(ValueError, match="links="):
+        cluster.validation_configs(links=["10GbE"])
+
+
+def _validated(**columns) -> pd.DataFrame:
+    base = {"sync": "ring", "topology": "t", "rel_error": 0.1, "link_not_honoured": 0, "paced_messages": 100,
+            "late_s": 0.0, "worst_late_s": 0.0, "timed_steps": 8, "measured_step_time_s": 0.1, "load_1min_start": 0.5, "load_1min_end": 0.5}  # fmt: skip
+    return pd.DataFrame([base | {k: v[i] for k, v in columns.items()} for i in range(len(next(iter(columns.values()))))])
+
+
+def test_a_row_is_honoured_only_when_late_messages_cannot_have_moved_its_step() -> None:
+    """All lateness per timed step against the step: 8 ms of lateness in 8 steps on a 100 ms step adds at most 1%;
+    160 ms in 8 steps up to 20%. A load above 1.5 per core when the runs began withholds every row."""
+    table = _validated(
+        link_not_honoured=[0, 8, 8, 30, 8], late_s=[0.0, 0.008, 0.16, 0.03, 0.008], worst_late_s=[0.0, 0.001, 0.02, 0.001, 0.001],
+        load_1min_start=[0.5, 0.5, 0.5, 0.5, 5.0], load_1min_end=[0.5, 0.5, 0.5, 6.0, 0.5],
+        sync=["ring", "tree", "ps", "hierarchical", "ring"],
+    )  # fmt: skip
+    assert list(cluster.late_share_bound(table).round(4)) == [0.0, 0.01, 0.2, 0.0375, 0.01]
+    assert list(cluster.row_honoured(table, cores=2)) == [True, True, False, True, False]
+    ok, why = cluster.links_honoured(table.iloc[:4], cores=2)
+    assert not ok and why == "1 of 4 rows not honoured (late messages): ps on t (8 of 100 late, up to 20% of the step)"
+    assert "load average 5.0" in cluster.links_honoured(table, cores=2)[1]
+    assert cluster.links_honoured(table.iloc[:2], cores=2)[0]
+    assert cluster.error_by_sync(table.assign(cpu_count=2)) == {"ring": 0.1, "tree": 0.1, "hierarchical": 0.1}
+    # older records: without late_s, the late messages per step at the worst lateness; without that, their count
+    assert list(cluster.late_share_bound(table.drop(columns="late_s")).round(4)) == [0.0, 0.01, 0.2, 0.04, 0.01]
+    old = table.drop(columns=["late_s", "worst_late_s", "timed_steps"])  # at most 10% of the messages late
+    assert list(cluster.row_honoured(old, cores=2)) == [True, True, True, False, False]
+
+
 def test_scale_reports_speedup_efficiency_and_fit_for_every_row() -> None:
     frame = cluster.scale(make(method="hierarchical", device_memory_bytes=1e9))
     assert list(frame.devices) == cluster.device_counts(8) and set(frame.kind) == {"predicted"}
@@ -189,31 +262,37 @@ def test_every_sync_renders_1024_devices_well_under_two_seconds() -> None:
 # ---- against emulated runs (slow) -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_predictions_match_emulated_runs_within_25_percent_median() -> None:
-    """Ring, tree, hierarchical and PS at n <= 4 on 1 GbE and on 2 nodes x 2 ranks: bytes per rank and bytes across
-    nodes exactly as predicted whatever the load; the median |relative error| of the predicted step against the
-    measured one at most 25% when the machine honoured the links (skipped, saying why, when it did not)."""
+    """Ring, tree, hierarchical and PS at n <= 4 on one link and on 2 nodes x 2 ranks, on 1GbE (NVLink within: the
+    issue's rows) and on a link ten times slower (1GbE within) that this 2-core machine can honour. Bytes per rank
+    and bytes across nodes exactly as predicted on every row, whatever the load. Steps: the median |relative error|
+    at most 25%, overall and per sync method, over the rows that measured their links (cluster.row_honoured),
+    which must include every slow-link row; and each slow-link row within 25%. Deviation from the issue's words: the 1GbE rows count only where this
+    machine honoured their links (docs/cluster.md says why it mostly does not). Skipped, saying why, on a busy
+    machine or when a slow-link row was not honoured."""
     load = os.getloadavg()[0]
     if load > cluster.BUSY_PER_CORE * (os.cpu_count() or 1):
         pytest.skip(f"load average {load:.1f} on {os.cpu_count()} cores: too busy to time emulated links")
     table = cluster.validate(cluster.validation_configs(), repeats=2)
-    print(
-        "\n"
-        + table[
-            ["sync", "topology", "predicted_step_time_s", "measured_step_time_s", "rel_error", "link_not_honoured"]
-        ].to_string()
-    )
+    show = ["sync", "topology", "predicted_step_time_s", "measured_step_time_s", "rel_error", "link_not_honoured", "honoured"]
+    print("\n" + table[show].to_string())
     assert (table.predicted_bytes_per_rank - table.measured_bytes_per_rank).abs().max() <= 8  # float32 padding
     on_nodes = table.dropna(subset=["measured_inter_node_bytes_per_rank"])
-    assert len(on_nodes) == 4
-    gap = (on_nodes.predicted_inter_node_bytes_per_rank - on_nodes.measured_inter_node_bytes_per_rank).abs()
-    assert gap[on_nodes.sync != "ps"].max() <= 8
-    # a server owns whole tensors, so the shards are not exactly S/k: the busiest server takes in a little more
-    assert (gap / on_nodes.measured_inter_node_bytes_per_rank)[on_nodes.sync == "ps"].max() <= 0.02
-    honoured, why = cluster.links_honoured(table)
+    assert len(on_nodes) == 8 and set(on_nodes.sync) == {"ring", "tree", "hierarchical", "ps"}
+    gap = on_nodes.predicted_inter_node_bytes_per_rank - on_nodes.measured_inter_node_bytes_per_rank
+    assert gap.abs().max() <= 8  # the PS's too: the model lays out the servers' real shards
+    slow = table.link != "1GbE"
+    assert slow.sum() == 12 and set(table[slow].sync) == {"ring", "tree", "hierarchical", "ps"}
+    honoured, why = cluster.links_honoured(table[slow])
     if not honoured:
-        pytest.skip(f"step times not asserted: {why}")
-    assert table.rel_error.abs().median() <= 0.25, table
-    assert math.isfinite(table.load_1min_end.iloc[0])
+        pytest.skip(f"step times not asserted: on the slow link, {why}")
+    kept = table[table.honoured]
+    print(
+        f"median |error| {kept.rel_error.abs().median():.1%} over {len(kept)} honoured rows; per sync {cluster.error_by_sync(table)}"
+    )
+    assert kept.rel_error.abs().median() <= 0.25, kept
+    assert max(cluster.error_by_sync(table).values()) <= 0.25, cluster.error_by_sync(table)
+    # stronger than the issue's median: every slow-link row (each topology, each sync method) within 25%
+    assert (table[slow].rel_error.abs() <= 0.25).all(), table[slow]
 
 
 @pytest.mark.slow
@@ -224,7 +303,42 @@ def test_bench_cluster_quick_records_predicted_beside_measured(tmp_path) -> None
     assert cli_main(["bench", "cluster", "--quick", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "cluster.csv")
     assert len(table) == len(cluster.validation_configs(quick=True))
-    assert {"predicted_step_time_s", "measured_step_time_s", "link_not_honoured", "load_1min_start", "measured_at"} <= set(
-        table.columns
-    )
+    wanted = {"predicted_step_time_s", "measured_step_time_s", "link_not_honoured", "worst_late_s", "honoured", "link"}
+    assert wanted | {"load_1min_start", "measured_at"} <= set(table.columns)
+    assert set(table.link) == {"1GbE", cluster.link_label(cluster.validation_configs(quick=True, links=["slow"])[0])}
     assert (table.predicted_bytes_per_rank - table.measured_bytes_per_rank).abs().max() <= 8
+
+
+def test_the_validation_figure_shows_predicted_beside_measured_and_withholds_what_was_not_honoured() -> None:
+    from dpkit.viz import cluster_panel
+
+    table = _validated(
+        link_not_honoured=[0, 30, 0], late_s=[0.0, 0.5, 0.0], link=["1GbE", "1GbE", "custom link"],
+        predicted_step_time_s=[0.09, 0.05, 0.2], measured_step_time_s=[0.1, 0.1, 0.2], rel_error=[-0.1, -0.5, 0.0],
+        world_size=[2, 4, 2], servers=[0, 0, 1], topology=["2 processes on 1GbE", "2 nodes x 2 (NVLink within, 1GbE between)", "t"],
+    )  # fmt: skip
+    fig = cluster_panel.validation_figure(table.assign(cpu_count=2))
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["-10%", "withheld", "+0%"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["1GbE: median |error| 10% over 1 honoured rows", "custom link: median |error| 0% over 1 honoured rows"]
+    assert "Predicted" in fig._suptitle.get_text() and "emulated" in fig._suptitle.get_text()
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["ring\n2 ranks", "ring\n2x2 nodes"]
+
+
+def test_the_two_level_figure_marks_each_pair_of_links_and_what_was_withheld() -> None:
+    from dpkit.viz import cluster_panel
+
+    table = _validated(
+        sync=["ring", "hierarchical"], late_s=[0.0, 0.5], predicted_step_time_s=[0.13, 0.05], measured_step_time_s=[0.14, 0.07],
+        rel_error=[-0.07, -0.29], predicted_inter_node_bytes_per_rank=[3e6, 1e6], measured_inter_node_bytes_per_rank=[3e6, 1e6],
+        topology=["2 nodes x 2 (1GbE within, custom link between)"] * 2,
+    )  # fmt: skip
+    fig = cluster_panel.two_level_figure(table.assign(cpu_count=2), "why")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["-7%", "withheld"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "ring\n1GbE within,\ncustom link between",
+        "hierarchical\n1GbE within,\ncustom link between",
+    ]
+    assert "emulated" in fig._suptitle.get_text()

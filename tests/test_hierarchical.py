@@ -2,8 +2,9 @@
 
 Ranks r*k .. r*k+k-1 share node r: messages inside a node are paced by the intra-node link, between nodes by
 `link`, each on its own ports. The hierarchical all-reduce (dpkit/comm/hierarchical.py) sums exactly what
-dist.all_reduce sums, trains exactly like one process, and on 2 nodes x 2 ranks with NVLink inside and 1 GbE
-between takes well under the flat ring's time, as dpkit.cost.model.hierarchical_time predicts.
+dist.all_reduce sums, trains exactly like one process, and on 2 nodes x 2 ranks takes well under the flat ring's
+time, as dpkit.cost.model.hierarchical_time predicts: asserted on the links this machine honours (1 GbE within, a
+link ten times slower between); NVLink within and 1 GbE between is run and reported beside them.
 """
 
 from __future__ import annotations
@@ -115,20 +116,29 @@ BUSY_FOR_NODES = 1.5  # load average per core above which the real transfers, no
 
 @pytest.mark.slow
 def test_hierarchical_step_is_shorter_than_the_flat_rings_on_two_nodes() -> None:
-    """2 nodes x 2 ranks, NVLink within, 1 GbE between, 4.1 MiB of gradients: the hierarchical all-reduce moves
-    a third of the flat ring's bytes over the slow link (all-reduce predicted ~65% shorter); its step must be at
-    least 20% shorter (the better of two medians each, the runs taking turns). Skipped on a busy machine."""
+    """2 nodes x 2 ranks, 4.28 MB of gradients: the hierarchical all-reduce moves a third of the flat ring's bytes
+    over the slow link, and its step must be at least 20% shorter (medians of two runs each, the runs taking
+    turns), on every pair of links this machine honoured (cluster.row_honoured). The pairs: NVLink within and
+    1 GbE between (the issue's; NVLink's messages are faster than this machine's loopback, so that pair is
+    reported and, when not honoured, not asserted), and 1 GbE within and a custom link ten times slower between,
+    which this machine honours when quiet. Skipped, saying why, on a busy machine or when that pair was not
+    honoured."""
+    from dpkit.analysis import cluster
+
     one = os.getloadavg()[0]
     if one > BUSY_FOR_NODES * (os.cpu_count() or 1):
         pytest.skip(f"load average {one:.1f} on {os.cpu_count()} cores: too busy to time emulated nodes")
-    base = RunConfig(
-        model="mlp", hidden=256, layers=2, global_batch=8, steps=6, warmup=2, threads_per_rank=1, timeout_s=120,
-        parallelism="data", world_size=4, grad_sync="flat", link="1GbE", ranks_per_node=2,
-    )  # fmt: skip
-    steps: dict[str, list[float]] = {"ring": [], "hierarchical": []}
-    for _ in range(2):
-        for algo in steps:
-            steps[algo].append(run(base.replace(allreduce_algo=algo)).summary["step_time_s"])
-    ring, hier = min(steps["ring"]), min(steps["hierarchical"])
-    print(f"\nload {one:.2f}: flat ring {ring * 1e3:.1f} ms, hierarchical {hier * 1e3:.1f} ms ({1 - hier / ring:.0%} shorter)")
-    assert hier <= 0.8 * ring
+    table = cluster.validate(cluster.two_node_configs(steps=6, links=("1GbE", "slow")), repeats=2)
+    for link, pair in table.groupby("link", sort=False):
+        side = pair.set_index("sync")
+        ring, hier = side.loc["ring"], side.loc["hierarchical"]
+        shorter = 1 - hier.measured_step_time_s / ring.measured_step_time_s
+        print(f"\n{link} between, load {one:.2f}: flat ring {ring.measured_step_time_s * 1e3:.1f} ms, hierarchical "
+              f"{hier.measured_step_time_s * 1e3:.1f} ms ({shorter:.0%} shorter); {cluster.links_honoured(pair)[1]}")  # fmt: skip
+        assert 1 - hier.predicted_step_time_s / ring.predicted_step_time_s >= 0.2  # what the model says
+        if side.honoured.all():
+            assert shorter >= 0.2, side
+    slow = table[table.link != "1GbE"]
+    honoured, why = cluster.links_honoured(slow)
+    if not honoured:
+        pytest.skip(f"the slow pair's steps not asserted: {why}")

@@ -10,7 +10,8 @@ Sync methods on two-level nodes (devices i*r .. i*r+r-1 share node i, as the emu
 - ring: the flat ring over all n devices; each step waits for its slowest link (cost.model.flat_ring_time_on_nodes);
 - tree: the binomial tree (dpkit/comm/tree.py); a round whose pairs cross nodes costs the inter-node link;
 - hierarchical: ring inside each node, ring across nodes on 1/r of the data (cost.model.hierarchical_time);
-- ps: k parameter servers on nodes of their own: every push and pull crosses between nodes (cost.model.ps_time);
+- ps: k parameter servers on nodes of their own (every push and pull crosses between nodes), priced port by port
+  with each message on the link between its two processes' nodes (ps_time_placed; on one link cost.model.ps_time);
 - zero: ZeRO stage 1-3 (reduce-scatter and all-gather(s) of the flat ring, cost.model.ZERO_COLLECTIVES).
 
 Buckets and overlap: the gradients are cut into equal buckets of at most bucket_mb (0: one flat buffer); with
@@ -23,8 +24,16 @@ parameter per token for the forward and backward); its label travels with every 
 model states (cost.memory.state_bytes_per_param) plus activations per sample if given; time to accuracy comes
 from measured steps to a target at each global batch (analysis.time_to_accuracy.steps_to_target_at).
 
-`predict_config` prices a RunConfig of this machine's emulated links the same way, so `validate` can set the
-model against measured emulated runs (n <= 4): the error a figure quotes.
+`predict_config` prices a RunConfig of this machine's emulated links the same way (a parameter server's servers
+where the run puts them, with its real shards), so `validate` can set the model against measured emulated runs
+(n <= 4): the error a figure quotes, over the rows whose links this machine honoured (row_honoured).
+
+Deviation from issue 26's words ("within 25% median ... on 1GbE and on 2 nodes x 2 ranks"): on this 2-core machine
+the 1GbE rows mostly measure the machine, not the links (four ranks share two cores; a rank still computing or
+waiting for a core takes its message late; NVLink within a node is faster than any loopback), so they are run and
+reported but count only where honoured. The check runs the same rows again on a custom link ten times slower
+(SLOW_*, with 1GbE within a node), which this machine keeps up with (docs/cluster.md,
+"Checking the cluster model on this machine", has the measurements).
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 
 from ..cost import memory
@@ -45,7 +55,6 @@ from ..cost.model import (
     all_gather_terms,
     flat_ring_time_on_nodes,
     hierarchical_time,
-    ps_time,
     reduce_scatter_terms,
 )
 from ..cost.step_model import ComputeProfile, slowest_rank_slowdown
@@ -53,6 +62,7 @@ from ..strategies.registry import spec_for
 from .time_to_accuracy import steps_to_target_at
 
 SYNCS = ("ring", "tree", "hierarchical", "ps", "zero")
+PLACEMENTS = ("own nodes", "after workers")  # where a parameter server's servers sit (ps_ranks)
 MAX_DEVICES = 1024
 FLOPS_PER_PARAM_TOKEN = 6.0  # training: 2 for the forward, 4 for the backward (Kaplan et al. 2020)
 OPTIMIZER_BYTES_PER_PARAM = 32.0  # an Adam step reads and writes parameters, gradients and two moments
@@ -136,7 +146,8 @@ class Cluster:
     intra: Link = PRESETS["NVLink"]
     inter: Link = PRESETS["100GbE"]
     method: str = "ring"  # the sync method: one of METHODS
-    servers: int = 1  # sync='ps': parameter servers, on nodes of their own
+    servers: int = 1  # sync='ps': parameter servers
+    servers_placement: str = "own nodes"  # or "after workers" (ranks n.., as dpkit's runs place them): ps_ranks
     zero_stage: int = 1  # sync='zero': 1, 2 or 3
     bucket_mb: float = 25.0  # 0: one flat buffer
     overlap: bool = True
@@ -156,6 +167,8 @@ class Cluster:
             raise _bad("method", self.method, f"choose one of {', '.join(map(repr, SYNCS))}")
         if self.servers < 1:
             raise _bad("servers", self.servers, "an integer >= 1")
+        if self.servers_placement not in PLACEMENTS:
+            raise _bad("servers_placement", self.servers_placement, f"choose one of {', '.join(map(repr, PLACEMENTS))}")
         if self.zero_stage not in (1, 2, 3):
             raise _bad("zero_stage", self.zero_stage, "1, 2 or 3")
         if not self.bucket_mb >= 0:
@@ -241,6 +254,47 @@ def allreduce_on_nodes(sync: str, size: float, nodes: int, per_node: int, intra:
     raise _bad("sync", sync, "ring, tree or hierarchical for an all-reduce")
 
 
+def ps_time_placed(
+    shard_bytes: Sequence[float], workers: Sequence[int], servers: Sequence[int], per_node: int, intra: Link, inter: Link
+) -> float:
+    """Seconds of one synchronous push and pull with the processes where they are: worker w sends shard j
+    (shard_bytes[j]) to servers[j], which answers with it; ranks i*r .. i*r+r-1 share node i, and a message takes
+    the intra-node link inside a node, the inter-node link between nodes (as the emulated nodes pace them).
+    Each phase lasts its latency, the per-message overheads at the busiest receiving port, and the bytes through
+    the busiest port (a worker's outgoing and a server's incoming in the push, the reverse in the pull), each
+    message at its own link's bandwidth. All on one link this is cost.model.ps_time exactly."""
+    same = (np.asarray(workers)[:, None] // per_node) == (np.asarray(servers)[None, :] // per_node)  # [worker, server]
+
+    def pick(a: float, b: float) -> np.ndarray:  # per [worker, server] pair: the intra value inside a node, else the inter one
+        return np.where(same, a, b).astype(float)
+
+    alpha, o = pick(intra.alpha, inter.alpha), pick(intra.overhead, inter.overhead)
+    seconds = np.asarray(shard_bytes, dtype=float)[None, :] / pick(intra.bandwidth, inter.bandwidth)  # one message
+    latency = float(alpha.max())
+    # the push: each worker's outgoing port sends its k shards, each server's incoming port takes n of them
+    push = latency + float(o.sum(axis=0).max()) + max(float(seconds.sum(axis=1).max()), float(seconds.sum(axis=0).max()))
+    # the pull: each server's outgoing port answers n workers, each worker's incoming port takes k shards
+    pull = latency + float(o.sum(axis=1).max()) + max(float(seconds.sum(axis=0).max()), float(seconds.sum(axis=1).max()))
+    reduce = (len(workers) - 1) * max(shard_bytes) * inter.gamma  # a server adds n - 1 shards (gamma 0 on presets)
+    return push + pull + reduce
+
+
+def ps_inter_node_bytes(shard_bytes: Sequence[float], workers: Sequence[int], servers: Sequence[int], per_node: int) -> float:
+    """Bytes the busiest process takes in from other nodes in one push and pull: a server its shard from each
+    worker on another node, a worker each shard whose server is on another node."""
+    across = (np.asarray(workers)[:, None] // per_node) != (np.asarray(servers)[None, :] // per_node)
+    bytes_ = across * np.asarray(shard_bytes, dtype=float)[None, :]
+    return float(max(bytes_.sum(axis=0).max(), bytes_.sum(axis=1).max()))
+
+
+def ps_ranks(n: int, k: int, per_node: int, placement: str) -> tuple[list[int], list[int]]:
+    """(worker ranks, server ranks): 'own nodes' puts the servers on nodes of their own after the workers'
+    nodes (as a cluster would); 'after workers' at ranks n .. n+k-1, as dpkit's runs start them (so on emulated
+    nodes of r ranks they share a node with workers unless r divides n)."""
+    first = n if placement == "after workers" else math.ceil(n / per_node) * per_node
+    return list(range(n)), list(range(first, first + k))
+
+
 def shard_on_nodes(kind: str, size: float, nodes: int, per_node: int, intra: Link, inter: Link) -> float:
     """One ring reduce-scatter or all-gather over the flat ring: paced by its slowest link."""
     n = nodes * per_node
@@ -266,8 +320,10 @@ def overlapped_exposed(m: int, each_s: float, t_backward: float) -> float:
 
 
 # ---- one device count --------------------------------------------------------------------------------------
-def step_at(c: Cluster, n: int) -> dict[str, float]:
-    """Predicted seconds of one step at n devices and its parts, bytes per device and memory per device."""
+def step_at(c: Cluster, n: int, ps_shards: Sequence[float] | None = None) -> dict[str, float]:
+    """Predicted seconds of one step at n devices and its parts, bytes per device and memory per device.
+    A parameter server's k servers sit on nodes of their own after the workers' nodes (every push and pull
+    crosses between nodes), each with S/k, or `ps_shards` (bytes of each server's shard, as a run lays them)."""
     nodes, r = nodes_of(n, c.devices_per_node)
     size, b = c.grad_bytes, c.per_device_batch
     fb = c.compute.per_sample_s * b
@@ -280,10 +336,15 @@ def step_at(c: Cluster, n: int) -> dict[str, float]:
     if n == 1:
         comm = exposed = sent = 0.0
     elif c.method == "ps":
-        comm = exposed = ps_time(size, n, c.servers, c.inter)  # servers on nodes of their own
+        shards = list(ps_shards) if ps_shards is not None else [size / c.servers] * c.servers
+        if len(shards) != c.servers:
+            raise ValueError(f"ps_shards has {len(shards)} shards for Cluster.servers={c.servers}: one per server")
+        workers, servers = ps_ranks(n, c.servers, c.devices_per_node, c.servers_placement)
+        comm = exposed = ps_time_placed(shards, workers, servers, c.devices_per_node, c.intra, c.inter)
         opt, extra = 0.0, opt / c.servers  # the servers step, each on its shard, after the pushes
-        sent = across = size
-        server_bytes = n * size / c.servers
+        sent = size
+        across = ps_inter_node_bytes(shards, workers, servers, c.devices_per_node)
+        server_bytes = n * max(shards)
         p, g, _ = memory.STATE_BYTES[c.precision]
         state = p + g  # a worker keeps no optimizer state
     elif c.method == "zero":
@@ -414,65 +475,123 @@ def cluster_of(cfg, compute: Compute) -> Cluster:  # noqa: ANN001
     )
 
 
+def ps_shard_bytes(cfg) -> list[float]:  # noqa: ANN001
+    """Bytes of each server's shard as a parameter-server run lays them out (whole tensors, largest first to the
+    lightest shard: strategies/parameter_server/layout.assign_shards), 4 bytes per fp32 value."""
+    from ..strategies.parameter_server.layout import assign_shards
+
+    sizes = memory.params_of(cfg)[1]
+    return [4.0 * sum(sizes[i] for i in shard) for shard in assign_shards(sizes, cfg.num_servers)]
+
+
 def predict_config(cfg, profile: ComputeProfile, cores: int | None = None) -> dict[str, float]:  # noqa: ANN001
     """The cluster model's step for a run of this machine: compute from the single-process profile at the rank's
-    batch, slowed as the ranks share the cores (the slowest rank sets a synchronous step's pace)."""
+    batch, slowed as the ranks share the `cores` (default: this machine's; the slowest rank sets a synchronous
+    step's pace: cost.step_model.slowest_rank_slowdown); a parameter server's servers where the run puts them
+    (ranks n .., on the emulated nodes), with its real shards."""
     compute = measured_compute(profile, slowest_rank_slowdown(cfg.world_size, profile.threads, cores))
     c = cluster_of(cfg, compute)
     n = cfg.world_size
     if c.method != "ps" and n > c.devices_per_node and n % c.devices_per_node:
         raise ValueError(f"RunConfig.world_size={n} does not fill nodes of {c.devices_per_node}")
+    if c.method == "ps":
+        return step_at(replace(c, servers_placement="after workers"), n, ps_shard_bytes(cfg))
     return step_at(c, n)
 
 
-def validation_configs(quick: bool = False) -> list:
-    """Small, communication-dominated runs (an MLP of ~200k parameters, 0.8 MB of gradients, a few samples per
-    rank) on emulated 1GbE: ring, tree, hierarchical (= the ring on one link) and PS at n = 2, 4; then
-    2 nodes x 2 ranks (NVLink within, 1GbE between) with ring, tree and hierarchical, and a PS of 2 servers on
-    a node of their own. Flat sync (one buffer, no overlap), 1 thread per rank."""
+#: A link this 2-core machine can honour, for the validation's second set of rows: 100 Mb/s Ethernet-class,
+#: ten times slower than the 1GbE preset (a custom link: RunConfig.link="custom", stated on every row and figure).
+#: Why not 1GbE alone: docs/cluster.md, "Checking the model on this machine".
+SLOW_LATENCY_S, SLOW_BANDWIDTH_BPS = 100e-6, 12.5e6
+SLOW_INTRA = "1GbE"  # within a node on the slow two-level rows: 10x the link between nodes, as NVLink : 100GbE
+LINK_SETS = ("1GbE", "slow")  # the issue's link, and one this machine honours
+
+
+def validation_configs(quick: bool = False, links: Sequence[str] = LINK_SETS) -> list:
+    """Small, communication-dominated runs of one model (an MLP of 1.07M parameters: 4.28 MB of gradients), 4
+    samples per rank, flat sync (one buffer, no overlap), 1 thread per rank: ring, tree, hierarchical (= the ring on
+    one link) and PS (k=1) at n = 2, 4 on one link; on 2 nodes x 2 ranks ring, tree and hierarchical, and a PS of 2
+    workers + 2 servers on a node of their own. Per link set:
+
+    - "1GbE" (the issue's rows): emulated 1GbE, NVLink within a node. This machine does not keep up with these
+      links (docs/cluster.md), so these rows are measured and reported, and withheld where not honoured.
+    - "slow" (the rows this machine honours): a custom link ten times slower than 1GbE (SLOW_LATENCY_S,
+      SLOW_BANDWIDTH_BPS), 1GbE within a node (SLOW_INTRA).
+    quick: n = 2 ring and PS, and the 2 x 2 ring and hierarchical, per link set."""
     from ..config import RunConfig
 
-    base = RunConfig(
-        model="mlp", hidden=256, layers=2, global_batch=8, steps=5 if quick else 8, warmup=2, threads_per_rank=1,
-        parallelism="data", grad_sync="flat", link="1GbE", timeout_s=180,
-    )  # fmt: skip
+    bad = [name for name in links if name not in LINK_SETS]
+    if bad or not links:
+        raise ValueError(f"links={list(links)!r} is not allowed: choose from {list(LINK_SETS)}")
     out = []
-    for n in (2,) if quick else (2, 4):
-        for algo in ("ring", "tree", "hierarchical"):
-            out.append(base.replace(world_size=n, allreduce_algo=algo))
-        out.append(base.replace(world_size=n, sync="ps", num_servers=1))
-    for algo in ("ring", "hierarchical") if quick else ("ring", "tree", "hierarchical"):
-        out.append(base.replace(world_size=4, allreduce_algo=algo, ranks_per_node=2))
-    if not quick:
-        out.append(base.replace(world_size=2, sync="ps", num_servers=2, ranks_per_node=2))
+    model = RunConfig(
+        model="mlp", hidden=256, layers=2, global_batch=8, steps=5 if quick else 6, warmup=2, threads_per_rank=1,
+        parallelism="data", grad_sync="flat", timeout_s=180,
+    )  # fmt: skip
+    for name in links:
+        if name == "1GbE":
+            base = model.replace(link="1GbE", intra_node_link="NVLink")
+        else:
+            base = model.replace(
+                link="custom", link_latency_s=SLOW_LATENCY_S, link_bandwidth_Bps=SLOW_BANDWIDTH_BPS, intra_node_link=SLOW_INTRA
+            )
+        algos = ("ring",) if quick else ("ring", "tree", "hierarchical")
+        for n in (2,) if quick else (2, 4):
+            out += [base.replace(world_size=n, allreduce_algo=algo) for algo in algos]
+            out.append(base.replace(world_size=n, sync="ps", num_servers=1))
+        on_nodes = ("ring", "hierarchical") if quick else ("ring", "tree", "hierarchical")
+        out += [base.replace(world_size=4, allreduce_algo=algo, ranks_per_node=2) for algo in on_nodes]
+        if not quick:
+            out.append(base.replace(world_size=2, sync="ps", num_servers=2, ranks_per_node=2))
     return out
+
+
+def link_label(cfg) -> str:  # noqa: ANN001
+    """The link a row ran on, as a figure says it: a preset's name, or the custom link's numbers."""
+    if cfg.link == "custom":
+        return f"custom link ({cfg.link_latency_s * 1e6:.3g} us, {cfg.link_bandwidth_Bps / 1e6:.3g} MB/s)"
+    return str(cfg.link)
 
 
 def topology_label(cfg) -> str:  # noqa: ANN001
     if cfg.ranks_per_node > 1:
-        return f"{cfg.num_processes // cfg.ranks_per_node} nodes x {cfg.ranks_per_node} ({cfg.intra_node_link} within, {cfg.link} between)"
-    return f"{cfg.num_processes} processes on {cfg.link}"
+        nodes = cfg.num_processes // cfg.ranks_per_node
+        return f"{nodes} nodes x {cfg.ranks_per_node} ({cfg.intra_node_link} within, {link_label(cfg)} between)"
+    return f"{cfg.num_processes} processes on {link_label(cfg)}"
 
 
 def inter_node_bytes_per_step(result) -> float:  # noqa: ANN001  (a RunResult)
-    """Bytes the busiest process took in from other nodes per step (emulated nodes count them; NaN on one link)."""
+    """Bytes the busiest process took in from other nodes per timed step (emulated nodes count them from the
+    first timed step on; NaN on one link)."""
     per_process = result.meta.get("link", {}).get("inter_node_bytes_in")
-    return max(per_process) / result.config.steps if per_process else float("nan")
+    cfg = result.config
+    return max(per_process) / (cfg.steps - cfg.warmup) if per_process else float("nan")
 
 
-def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
-    """Run every config `repeats` times (the configs taking turns), measure each model's compute once per round,
-    and set the measured median step beside predict_config's: one row per config with the relative error, the
-    bytes a rank sent (measured and predicted), the messages the machine could not pace in time
-    (link_not_honoured) and the load average around the runs."""
+BUSY_PER_CORE = 1.5  # load average per core (when the runs began) above which this machine, not the links, sets the step
+LATE_TOLERANCE = 0.1  # late messages may have added at most this share of a row's step (late_share_bound) ...
+LATE_SHARE = 0.1  # ... or, in records without their lateness, at most this share of its paced messages may be late
+
+
+def validate(configs: Sequence, repeats: int = 2, cores: int | None = None) -> pd.DataFrame:
+    """Run every config `repeats` times (the configs taking turns), measure each model's compute once per round
+    (one process alone), and set the measured median step beside predict_config's (compute slowed as the ranks
+    share `cores`, default this machine's): one row per config with the relative error, compute and comm
+    (predicted and measured), the bytes a rank sent, the messages of the timed steps the machine could not pace
+    in time (link_not_honoured of paced_messages), the load average around the runs, and `honoured`: whether
+    the row measures its links (row_honoured)."""
     from ..analysis.predict import _single, median_profile, profile_batch, profile_once
     from ..api import run
 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} is not allowed: at least 1 run per config")
+    cores = cores or os.cpu_count() or 1
     runs: list[list] = [[] for _ in configs]
     late: list[int] = [0 for _ in configs]
     paced: list[int] = [0 for _ in configs]
+    worst: list[float] = [0.0 for _ in configs]
+    late_s: list[float] = [0.0 for _ in configs]
+    intra_late: list[int] = [0 for _ in configs]
     singles = {id(cfg): _single(cfg, profile_batch(cfg), 1, 8) for cfg in configs}
     profiles: dict[str, list[ComputeProfile]] = {s.run_id(): [] for s in singles.values()}
     loads = [os.getloadavg()[0]]
@@ -480,72 +599,124 @@ def validate(configs: Sequence, repeats: int = 2) -> pd.DataFrame:
         for i, cfg in enumerate(configs):
             result = run(cfg)
             runs[i].append(result)
-            late[i] += int((result.meta.get("link_not_honoured") or {}).get("messages", 0))
+            not_honoured = result.meta.get("link_not_honoured") or {}
+            late[i] += int(not_honoured.get("messages", 0))
+            worst[i] = max(worst[i], float(not_honoured.get("worst_late_s", 0.0)))
             info = result.meta.get("link", {})
             paced[i] += int(info.get("messages", 0)) + int(info.get("collectives", 0))
+            late_s[i] += float(info.get("late_s", 0.0))
+            intra_late[i] += int(info.get("intra_node_late", 0))
         for key, single in {s.run_id(): s for s in singles.values()}.items():
             profiles[key].append(profile_once(single))
         loads.append(os.getloadavg()[0])
     rows = []
-    for cfg, mine, bad, of in zip(configs, runs, late, paced, strict=True):
+    for cfg, mine, bad, of, worst_s, late_sum, inside in zip(configs, runs, late, paced, worst, late_s, intra_late, strict=True):
         profile = median_profile(profiles[singles[id(cfg)].run_id()])
-        pred = predict_config(cfg, profile)
-        measured = statistics.median(float(r.summary["step_time_s"]) for r in mine)
-        comm = statistics.median(float(r.summary["comm_s"]) for r in mine)
+        pred = predict_config(cfg, profile, cores)
+        median = _summary_median(mine)
+        measured = median("step_time_s")
         key = "bytes_sent_per_step" if sync_of(cfg) == "ps" else "bytes_sent_per_step_busiest"  # a worker; the tree's root
-        sent = statistics.median(float(r.summary[key]) for r in mine)
-        across = [inter_node_bytes_per_step(r) for r in mine]
         rows.append(
             {
                 "sync": sync_of(cfg),
+                "link": link_label(cfg),
                 "topology": topology_label(cfg),
                 "world_size": cfg.world_size,
                 "processes": cfg.num_processes,
                 "servers": cfg.num_servers if sync_of(cfg) == "ps" else 0,
+                "parameters": cluster_of(cfg, measured_compute(profile)).params,
                 "predicted_step_time_s": pred["step_time_s"],
                 "measured_step_time_s": measured,
                 "rel_error": (pred["step_time_s"] - measured) / measured,
+                "predicted_compute_s": pred["compute_s"] + pred["server_s"],
+                "measured_compute_s": median("compute_s"),
                 "predicted_comm_s": pred["comm_s"],
-                "measured_comm_s": comm,
+                "measured_comm_s": median("comm_s"),
                 "predicted_bytes_per_rank": pred["bytes_per_device"],
-                "measured_bytes_per_rank": sent,
+                "measured_bytes_per_rank": median(key),
                 "predicted_inter_node_bytes_per_rank": pred["inter_node_bytes_per_device"],
-                "measured_inter_node_bytes_per_rank": statistics.median(across),
+                "measured_inter_node_bytes_per_rank": statistics.median(inter_node_bytes_per_step(r) for r in mine),
                 "runs": len(mine),
                 "link_not_honoured": bad,
                 "paced_messages": of,
+                "worst_late_s": worst_s,
+                "late_s": late_sum,
+                "intra_node_late": inside,
+                "timed_steps": len(mine) * (cfg.steps - cfg.warmup),
                 "load_1min_start": loads[0],
                 "load_1min_end": loads[-1],
-                "cpu_count": os.cpu_count(),
+                "cpu_count": cores,
+                "compute_slowdown": slowest_rank_slowdown(cfg.world_size, 1, cores),
                 "run_id": cfg.run_id(),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["honoured"] = row_honoured(table, cores)
+    return table
 
 
-BUSY_PER_CORE = 1.5  # load average per core above which the real transfers, not the emulated links, set the step
-LATE_SHARE = 0.1  # more than this share of paced messages late: the machine did not keep up with the links
+def _summary_median(results: list):  # noqa: ANN202
+    """summary[key]'s median over a config's runs (each already a median over its timed steps)."""
+    return lambda key: statistics.median(float(r.summary[key]) for r in results)
+
+
+def late_share_bound(table: pd.DataFrame) -> pd.Series:
+    """Per row of a validate() table: at most how much of its measured step its late messages can have added: all
+    their lateness (every process's, added up: late_s) per timed step, over the step. Each message is late by how
+    long after its emulated arrival the rank got it (the real transfer, or the rank itself, came later), and
+    adding every process's lateness over-counts what the slowest rank's step took, so this is a bound. Records
+    without late_s: (late messages per timed step) x the worst lateness."""
+    if "late_s" in table:
+        per_step = table.late_s / table.timed_steps.clip(lower=1)
+    else:
+        per_step = np.ceil(table.link_not_honoured / table.timed_steps.clip(lower=1)) * table.worst_late_s
+    return per_step / table.measured_step_time_s
+
+
+def row_honoured(table: pd.DataFrame, cores: int | None = None) -> pd.Series:
+    """Per row of a validate() table: its times measure its emulated links, not this machine: the load average
+    when the runs began was at most BUSY_PER_CORE per core (the runs' own processes raise it while they run, so
+    the end value is recorded, not judged), and its late messages can have added at most LATE_TOLERANCE of its
+    step (late_share_bound; records without lateness: at most LATE_SHARE of its paced messages late)."""
+    cores = cores or os.cpu_count() or 1
+    if "timed_steps" in table and ("late_s" in table or "worst_late_s" in table):
+        on_time = late_share_bound(table) <= LATE_TOLERANCE
+    else:
+        on_time = table.link_not_honoured <= LATE_SHARE * table.paced_messages.clip(lower=1)
+    return (table.load_1min_start <= BUSY_PER_CORE * cores) & on_time
 
 
 def links_honoured(table: pd.DataFrame, cores: int | None = None) -> tuple[bool, str]:
-    """Whether a validate() table's times measure the emulated links (and not this machine's load): the load
-    average stayed at most BUSY_PER_CORE per core and at most LATE_SHARE of the paced messages were late."""
+    """Whether every row of a validate() table measures its emulated links (row_honoured), and the reason."""
     cores = cores or os.cpu_count() or 1
-    load = float(max(table.load_1min_start.max(), table.load_1min_end.max()))
+    load = float(table.load_1min_start.max())
     late, of = int(table.link_not_honoured.sum()), int(table.paced_messages.sum())
     if load > BUSY_PER_CORE * cores:
-        return False, f"load average {load:.1f} on {cores} cores (above {BUSY_PER_CORE} per core)"
-    if late > LATE_SHARE * max(of, 1):
-        return False, f"{late} of {of} paced messages late (link_not_honoured): the machine could not keep up"
-    return True, f"links honoured: load average {load:.1f} on {cores} cores, {late} of {of} messages late"
+        return False, f"load average {load:.1f} on {cores} cores when the runs began (above {BUSY_PER_CORE} per core)"
+    ok = row_honoured(table, cores)
+    if not ok.all():
+        worst = table[~ok]
+        rows = ", ".join(
+            f"{r.sync} on {r.topology} ({r.link_not_honoured} of {r.paced_messages} late, up to {bound:.0%} of the step)"
+            for r, bound in zip(worst.itertuples(), late_share_bound(worst), strict=True)
+        )
+        return False, f"{len(worst)} of {len(table)} rows not honoured (late messages): {rows}"
+    return (
+        True,
+        f"links honoured: load average {load:.1f} on {cores} cores, {late} of {of} messages late, each row's under {LATE_TOLERANCE:.0%} of its step",
+    )
 
 
-def two_node_configs(steps: int = 6) -> list:
-    """The lesson's pair: 2 nodes x 2 ranks, NVLink within, 1 GbE between, the flat ring and the hierarchical one."""
-    nodes = [c for c in validation_configs() if c.ranks_per_node == 2 and c.allreduce_algo in ("ring", "hierarchical")]
-    return [c.replace(steps=steps) for c in nodes]
+def two_node_configs(steps: int = 6, links: Sequence[str] = ("1GbE",)) -> list:
+    """The lesson's pairs: 2 nodes x 2 ranks, the flat ring and the hierarchical one, per link set: NVLink within
+    and 1 GbE between (the issue's), and 1GbE within and the slow custom link between (ten times slower at both
+    levels: what this machine honours)."""
+    pairs = [c for c in validation_configs(links=links) if c.ranks_per_node == 2 and sync_of(c) in ("ring", "hierarchical")]
+    return [c.replace(steps=steps) for c in pairs]
 
 
-def error_by_sync(table: pd.DataFrame) -> dict[str, float]:
-    """Median |relative error| of the step per sync method in a validate() table (the error the panel quotes)."""
-    return {str(k): float(v) for k, v in table.assign(a=table.rel_error.abs()).groupby("sync").a.median().items()}
+def error_by_sync(table: pd.DataFrame, honoured_only: bool = True) -> dict[str, float]:
+    """Median |relative error| of the step per sync method in a validate() table (the error the panel quotes),
+    over the rows that measured their links (row_honoured; all rows with honoured_only=False)."""
+    rows = table[row_honoured(table, int(table.cpu_count.iloc[0]) if "cpu_count" in table else None)] if honoured_only else table
+    return {str(k): float(v) for k, v in rows.assign(a=rows.rel_error.abs()).groupby("sync").a.median().items()}

@@ -1,10 +1,12 @@
 """`dpkit bench cluster`: the cluster-scale model (dpkit.analysis.cluster) against measured runs on emulated links.
 
 Small, communication-dominated data-parallel runs (analysis.cluster.validation_configs): ring, tree, hierarchical
-and a parameter server on emulated 1GbE at n = 2 and 4, and 2 nodes x 2 ranks with NVLink within and 1GbE between.
-Each config runs --repeats times (default 2 here; the configs taking turns); each model's compute is measured in
-one process once per round. Writes cluster.csv (one row per config, with the load average and the messages
-the machine could not pace in time) and prints the median |relative error| per sync method.
+and a parameter server at n = 2 and 4 on one link, and on 2 nodes x 2 ranks, twice: on emulated 1GbE (NVLink
+within a node), the issue's links, which this 2-core machine does not keep up with; and on a custom link ten times
+slower (1GbE within a node), which it does. Each config runs --repeats times (default 2 here; the configs taking
+turns); each model's compute is measured in one process once per round. Writes cluster.csv (one row per config,
+with the load average, the messages of the timed steps the machine could not pace in time, and whether the row
+measured its links: `honoured`) and prints the median |relative error| per sync method over the honoured rows.
 """
 
 from __future__ import annotations
@@ -37,26 +39,18 @@ def main(out: Path, args: argparse.Namespace) -> None:
         inter_kB=table.predicted_inter_node_bytes_per_rank / 1e3,
         meas_inter_kB=table.measured_inter_node_bytes_per_rank / 1e3,
     )
-    cols = [
-        "sync",
-        "topology",
-        "world_size",
-        "pred_ms",
-        "meas_ms",
-        "err_pct",
-        "pred_kB",
-        "meas_kB",
-        "inter_kB",
-        "meas_inter_kB",
-        "link_not_honoured",
-        "paced_messages",
-    ]
+    cols = ["sync", "topology", "pred_ms", "meas_ms", "err_pct", "pred_kB", "meas_kB", "inter_kB", "meas_inter_kB",
+            "link_not_honoured", "paced_messages", "worst_late_ms", "honoured"]  # fmt: skip
+    show["worst_late_ms"] = table.worst_late_s * 1e3
     print(
         f"started {started:%Y-%m-%d %H:%M} UTC, {repeats} run(s) per config, load average {table.load_1min_start.iloc[0]:.2f} -> {table.load_1min_end.iloc[0]:.2f}"
     )
     print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(links_honoured(table)[1])
-    print("median |relative error| of the step per sync method (predicted vs measured, emulated links):")
+    for link, rows in table.groupby("link", sort=False):
+        print(f"{link}: {links_honoured(rows)[1]}")
+    print("median |relative error| of the step per sync method (predicted vs measured, emulated links, honoured rows):")
     for sync, err in error_by_sync(table).items():
         print(f"  {sync:13s} {err:.1%}")
-    print(f"overall: {table.rel_error.abs().median():.1%}; results: {out / 'cluster.csv'}")
+    kept = table[table.honoured]
+    overall = f"{kept.rel_error.abs().median():.1%} over {len(kept)} of {len(table)} rows" if len(kept) else "no row honoured"
+    print(f"overall: {overall}; results: {out / 'cluster.csv'}")

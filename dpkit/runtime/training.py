@@ -187,6 +187,8 @@ def rank_main(payload: dict, rank: int, world: int, out_dir: str | None) -> None
             x, y = data.global_batch(step, cfg.global_batch)
             if fault and rank == cfg.fail_rank and step == cfg.fail_at_step:  # fault injection: die as kill -9 would
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == cfg.warmup:  # the link's counts (late messages, bytes) from here on: the timed steps'
+                comm.transport.reset_counts()
             recorder.begin_step(step)
             cpu.begin()
             if delay:  # injected, never counted as compute: the learner must see it is not real work

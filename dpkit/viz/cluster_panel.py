@@ -9,6 +9,7 @@ against emulated runs on this machine (n <= 4, `dpkit bench cluster`) is quoted 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import ipywidgets as W
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..analysis import cluster
 from ..cost.model import PRESETS
@@ -110,7 +112,7 @@ def cluster_figure(frame: pd.DataFrame, c: cluster.Cluster, chosen: int | None =
             a.axvline(chosen, color="tab:green", lw=1, alpha=0.6)
     err = frame.measured_error.dropna()
     note = (
-        f"model error {err.iloc[0]:.0%} (median, measured at n <= {cluster.VALIDATED_UP_TO} on emulated links)"
+        f"model error {err.iloc[0]:.0%} (median, measured at n <= {cluster.VALIDATED_UP_TO} on emulated links this machine honoured)"
         if len(err)
         else f"model error: not measured for {c.method} (beyond n = {cluster.VALIDATED_UP_TO} nothing is)"
     )
@@ -194,21 +196,83 @@ def cluster_panel(
 
 def two_level_figure(table: pd.DataFrame, why: str = "") -> Figure:
     """Measured beside predicted for runs on emulated nodes (a dpkit.analysis.cluster.validate table): the step
-    time per sync method, and the bytes the busiest rank took in across nodes per step."""
-    labels = list(table.sync)
-    x = range(len(labels))
-    fig = Figure(figsize=(10, 3.4))
+    time per sync method and links, with the error (or 'withheld' where this machine did not honour the links:
+    hatched), and the bytes the busiest rank took in across nodes per step."""
+    ok = cluster.row_honoured(table)
+    inner = [r.topology.split(" (", 1)[-1].rsplit(")", 1)[0] for r in table.itertuples()]  # "X within, Y between"
+    inner = [re.sub(r"custom link \(([^,]+), ([^)]+)\)", r"\2 link", links) for links in inner]  # "12.5 MB/s link"
+    labels = [
+        f"{r.sync}\n" + links.replace(" within, ", " within,\n") for r, links in zip(table.itertuples(), inner, strict=True)
+    ]
+    x = list(range(len(labels)))
+    fig = Figure(figsize=(max(10, 3.0 * len(labels)), 3.8))
     a, b = fig.subplots(1, 2)
     a.bar([i - 0.2 for i in x], table.predicted_step_time_s * 1e3, 0.4, label="predicted", color="tab:gray")
-    a.bar([i + 0.2 for i in x], table.measured_step_time_s * 1e3, 0.4, label="measured (median of runs)", color="tab:blue")
-    a.set(xticks=list(x), xticklabels=labels, ylabel="ms per step", title="step: measured and predicted")
-    a.legend(fontsize=7)
+    for i, (row, good) in enumerate(zip(table.itertuples(), ok, strict=True)):
+        a.bar(i + 0.2, row.measured_step_time_s * 1e3, 0.4, color="tab:blue" if good else "white", edgecolor="tab:blue",
+              hatch=None if good else "//")  # fmt: skip
+        top = max(row.predicted_step_time_s, row.measured_step_time_s) * 1e3
+        a.annotate(f"{row.rel_error:+.0%}" if good else "withheld", (i, top), ha="center", va="bottom", fontsize=7)
+    a.set_xticks(x, labels, fontsize=7)
+    a.set(ylabel="ms per step", title="step: measured (emulated links) and predicted")
+    a.legend(handles=_step_legend(), fontsize=7)
     b.bar([i - 0.2 for i in x], table.predicted_inter_node_bytes_per_rank / 1e6, 0.4, label="predicted", color="tab:gray")
     b.bar(
         [i + 0.2 for i in x], table.measured_inter_node_bytes_per_rank / 1e6, 0.4, label="measured (counted)", color="tab:orange"
     )
-    b.set(xticks=list(x), xticklabels=labels, ylabel="MB per step", title="bytes across nodes (busiest rank)")
+    b.set_xticks(x, labels, fontsize=7)
+    b.set(ylabel="MB per step", title="bytes across nodes (busiest rank)")
     b.legend(fontsize=7)
-    fig.suptitle(f"{table.topology.iloc[0]}, emulated; {why}", fontsize=9)
+    fig.suptitle(f"2 nodes x 2 ranks, emulated links; {why}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _step_legend() -> list[Patch]:
+    return [
+        Patch(color="tab:gray", label="predicted"),
+        Patch(color="tab:blue", label="measured, emulated links (median of runs)"),
+        Patch(facecolor="white", edgecolor="tab:blue", hatch="//", label="not honoured here: withheld"),
+    ]
+
+
+def short_topology(row: Any) -> str:
+    """'2x2 nodes' or '4 ranks': a validate() row's topology in a tick label."""
+    if "nodes x" in row.topology:
+        return row.topology.split(" (")[0].replace(" nodes x ", "x") + " nodes"
+    return f"{row.world_size} ranks" + (f" + {row.servers} server{'s' if row.servers > 1 else ''}" if row.servers else "")
+
+
+def validation_figure(table: pd.DataFrame) -> Figure:
+    """The model against emulated runs (a dpkit.analysis.cluster.validate table or its record): per link set, each
+    row's predicted step beside its measured one with the relative error above it. Rows whose links this machine
+    did not honour (cluster.row_honoured) are hatched, marked 'withheld', and left out of the median error."""
+    honoured = cluster.row_honoured(table, int(table.cpu_count.iloc[0]) if "cpu_count" in table else None)
+    links = list(dict.fromkeys(table.link if "link" in table else ["1GbE"] * len(table)))
+    widest = max(int((table.link == link).sum()) if "link" in table else len(table) for link in links)
+    fig = Figure(figsize=(max(6.5, 0.75 * widest) * len(links), 4.2))
+    axes = fig.subplots(1, len(links), squeeze=False)[0]
+    for ax, link in zip(axes, links, strict=True):
+        pick = (table.link == link) if "link" in table else pd.Series(True, index=table.index)
+        rows, ok = table[pick], honoured[pick]
+        x = list(range(len(rows)))
+        ax.bar([i - 0.2 for i in x], rows.predicted_step_time_s * 1e3, 0.4, color="tab:gray", label="predicted")
+        for i, (row, good) in enumerate(zip(rows.itertuples(), ok, strict=True)):
+            ax.bar(
+                i + 0.2, row.measured_step_time_s * 1e3, 0.4, color="tab:blue" if good else "white", edgecolor="tab:blue",
+                hatch=None if good else "//", label=None,
+            )  # fmt: skip
+            top = max(row.predicted_step_time_s, row.measured_step_time_s) * 1e3
+            ax.annotate(f"{row.rel_error:+.0%}" if good else "withheld", (i, top), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [f"{r.sync}\n{short_topology(r)}" for r in rows.itertuples()], fontsize=7, rotation=30, ha="right")
+        err = rows[ok].rel_error.abs().median()
+        said = f"median |error| {err:.0%} over {int(ok.sum())} honoured rows" if ok.any() else "no row honoured"
+        ax.set(ylabel="ms per step", title=f"{link}: {said}")
+        ax.title.set_fontsize(9)
+        ax.legend(handles=_step_legend(), fontsize=7)
+    load = table[["load_1min_start", "load_1min_end"]].max(axis=1).max()
+    fig.suptitle(
+        f"Predicted (cluster model) against measured on emulated links, this machine (load average up to {load:.1f})", fontsize=9
+    )
     fig.tight_layout()
     return fig

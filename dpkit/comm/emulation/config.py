@@ -142,6 +142,7 @@ def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
             "description": link_label(link),
             **total,
             "worst_late_s": worst,
+            "late_s": sum(s.get("late_s", 0.0) for s in stats),  # lateness added up over messages and processes
         }
     }
     if isinstance(network, Nodes):
@@ -149,6 +150,7 @@ def link_meta(cfg: Any, per_rank: Iterable[dict | None]) -> dict:
         out["link"]["nodes"] = {"ranks_per_node": network.ranks_per_node, "intra_node_link": cfg.intra_node_link}
         # per process, over the whole run: payload bytes its paced receives took in from other nodes
         out["link"]["inter_node_bytes_in"] = [int(s.get("inter_node_bytes_in", 0)) for s in stats]
+        out["link"]["intra_node_late"] = sum(int(s.get("intra_node_late", 0)) for s in stats)  # of "late": inside nodes
         out["link"]["description"] += (
             f"; nodes of {network.ranks_per_node} ranks, within a node {link_label(intra).removeprefix('emulated link: ')}"
         )

@@ -64,7 +64,8 @@ class NodesTransport(Transport):
         """Both links' counts together (paced receives, held collectives, not honoured, worst lateness)."""
         a, b = self.intra.stats(), self.inter.stats()
         both = {k: max(a[k], b[k]) if k == "worst_late_s" else a[k] + b[k] for k in a}
-        return both | {"inter_node_bytes_in": b["bytes_in"]}  # what crossed between nodes into this rank
+        # what crossed between nodes into this rank, and how many of its late messages came inside its node
+        return both | {"inter_node_bytes_in": b["bytes_in"], "intra_node_late": a["late"]}
 
     def reset_counts(self) -> None:
         self.intra.reset_counts()

@@ -178,7 +178,7 @@ class LinkEmulator(Transport):
         self._lock = threading.Lock()
         self.messages = self.collectives = self.late = 0
         self.bytes_in = 0  # payload bytes of the paced receives (held collectives are not counted)
-        self.worst_late_s = 0.0
+        self.worst_late_s = self.late_s = 0.0  # the worst lateness, and all of it added up
         self._agreed: dict[tuple[int, ...], int] = {}  # held collectives agreed so far, per group
 
     def seconds(self, terms: Terms) -> float:
@@ -276,12 +276,13 @@ class LinkEmulator(Transport):
             if late > 0:
                 self.late += 1
                 self.worst_late_s = max(self.worst_late_s, late)
+                self.late_s += late
 
     def reset_counts(self) -> None:
         """Start counting afresh (a benchmark measures its repeats apart from its warm-up)."""
         with self._lock:
             self.messages = self.collectives = self.late = self.bytes_in = 0
-            self.worst_late_s = 0.0
+            self.worst_late_s = self.late_s = 0.0
 
     def stats(self) -> dict:
         """Paced receives and held collectives on this rank, and how many the machine could not honour."""
@@ -291,6 +292,7 @@ class LinkEmulator(Transport):
                 "collectives": self.collectives,
                 "late": self.late,
                 "worst_late_s": self.worst_late_s,
+                "late_s": self.late_s,
                 "bytes_in": self.bytes_in,
             }
 
