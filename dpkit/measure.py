@@ -25,6 +25,7 @@ from .runtime.queue import machine_turn
 SPREAD_LIMIT = 0.2  # repeats' IQR (max-min below 3 repeats) over their median above this: noisy
 RUN_SPREAD_LIMIT = 0.3  # one run's timed steps: IQR over the median step time above this: noisy
 OUTSIDE_BUSY_LIMIT = 0.5  # processes outside the run busy on average at least this much count as competing
+LATE_TOLERANCE = 0.1  # an emulated link's late messages may have added at most this share of the step (link_late_share)
 MEDIAN_COLUMNS = (  # time measurements: the median over repeats (those a summary lacks are skipped)
     "step_time_s",
     "compute_s",
@@ -51,8 +52,10 @@ def busy_outside(me: int | None = None) -> int | None:
 
 
 def runnable_outside(me: int | None = None) -> set[int] | None:
-    """Processes runnable right now other than `me` (default: this one) and its descendants, which include
-    a run's ranks; None where /proc cannot be read. Only the processes this one can see (its pid namespace)."""
+    """Processes runnable right now other than `me` (default: this one), its descendants, which include a run's
+    ranks, and its ancestors: the notebook server, nbval or nbconvert that started this kernel wake up to carry the
+    run's own output (a 0.2 s run sampled twice once counted one of them as "0.5 busy processes outside the
+    run" on a quiet machine). None where /proc cannot be read. Only the processes this one can see."""
     me = os.getpid() if me is None else me
     table: dict[int, tuple[bytes, int]] = {}
     try:
@@ -78,7 +81,11 @@ def runnable_outside(me: int | None = None) -> set[int] | None:
         for child in children.get(todo.pop(), []):
             ours.add(child)
             todo.append(child)
-    runnable = {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours}
+    session, up = set(), table.get(me, (b"", 0))[1]
+    while up > 1 and up not in session:  # the ancestors, up to (not counting) init
+        session.add(up)
+        up = table.get(up, (b"", 0))[1]
+    runnable = {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours | session}
     cores = _run_cores(ours - {me} - _helpers())
     return runnable if cores is None else {pid for pid in runnable if _affinity(pid) & cores}
 
@@ -384,3 +391,32 @@ def withhold(frame: pd.DataFrame, x: str = "world_size", hue: str | None = None)
         if col in out.columns:
             out.loc[hidden, col] = math.nan
     return out
+
+
+def link_late_share(result: RunResult) -> float:
+    """At most how much of the run's median step its emulated link's late messages can have added: their lateness
+    (every process's, added up) per timed step over the step. A bound: a message is late by however long after its
+    emulated arrival the rank got it, also when the rank itself was busy. 0 without a link or a late message."""
+    late = result.meta.get("link_not_honoured")
+    if not late:
+        return 0.0
+    link = result.meta.get("link") or {}
+    timed = max(1, result.config.steps - result.config.warmup)
+    late_s = link.get("late_s")
+    if late_s is None:  # a record from before late_s: every late message as late as the worst
+        late_s = late["messages"] * late["worst_late_s"]
+    step = float(result.summary.get("step_time_s") or math.nan)
+    return late_s / timed / step if step > 0 else math.inf
+
+
+def link_problem(result: RunResult) -> str | None:
+    """Why the run measured this machine rather than its emulated link, or None: its late messages can have added
+    more than LATE_TOLERANCE of its step. A few messages late by a fraction of a millisecond do not withhold it."""
+    share = link_late_share(result)
+    if share <= LATE_TOLERANCE:
+        return None
+    late = result.meta["link_not_honoured"]
+    return (
+        f"the link was not honoured: {late['messages']} of {late['of']} messages late, which can have added "
+        f"{share:.0%} of a step (at most {LATE_TOLERANCE:.0%} is let through)"
+    )

@@ -37,8 +37,9 @@ def _unmeasurable(row: pd.Series) -> str:
     return reason if reason and "baseline" not in reason else ""
 
 
-def _why(fast: pd.Series, slow: pd.Series) -> str:
-    """The measured reason one row is slower: the server's bytes against a worker's, exposed comm, or compute."""
+def _why(fast: pd.Series, slow: pd.Series, nf: str, ns: str) -> str:
+    """The measured reason one row (ns) is slower than another (nf): the server's bytes against a worker's, exposed
+    comm, or compute; each number says whose it is."""
     parts = []
     server_b, worker_b = _f(slow, "server_bytes_per_step"), _f(slow, "worker_bytes_per_step")
     if server_b > 0 and worker_b > 0:
@@ -46,12 +47,12 @@ def _why(fast: pd.Series, slow: pd.Series) -> str:
     exp_fast, exp_slow = _f(fast, "exposed_comm_s"), _f(slow, "exposed_comm_s")
     server_exp = _f(slow, "server_exposed_comm_s")
     if not math.isnan(exp_slow) and not math.isnan(exp_fast) and exp_slow > exp_fast:
-        parts.append(f"exposed comm {_ms(exp_slow)} per step against {_ms(exp_fast)}")
+        parts.append(f"exposed comm {_ms(exp_slow)} per step for {ns} against {_ms(exp_fast)} for {nf}")
     if server_exp > 0:
         parts.append(f"the server is busy in comm {_ms(server_exp)} per step")
     comp_fast, comp_slow = _f(fast, "compute_s"), _f(slow, "compute_s")
     if not parts and comp_slow > comp_fast:
-        parts.append(f"compute {_ms(comp_slow)} per step against {_ms(comp_fast)}")
+        parts.append(f"compute {_ms(comp_slow)} per step for {ns} against {_ms(comp_fast)} for {nf}")
     return "; ".join(parts)
 
 
@@ -64,7 +65,7 @@ def compare_rows(a: pd.Series, b: pd.Series, name_a: str, name_b: str) -> str:
     ta, tb = _f(a, "step_time_s"), _f(b, "step_time_s")
     if a_hi < b_lo or b_hi < a_lo:
         fast, slow, nf, ns, tf, ts = (a, b, name_a, name_b, ta, tb) if ta < tb else (b, a, name_b, name_a, tb, ta)
-        why = _why(fast, slow)
+        why = _why(fast, slow, nf, ns)
         return f"{nf} is {ts / tf:.2f}x faster than {ns} ({_ms(tf)} against {_ms(ts)} per step)" + (f": {why}." if why else ".")
     return f"no reliable difference between {name_a} and {name_b} ({_ms(ta)} and {_ms(tb)} per step; their repeats overlap)."
 

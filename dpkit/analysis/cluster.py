@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from .. import measure
 from ..cost import memory
 from ..cost.model import (
     PRESETS,
@@ -569,7 +570,7 @@ def inter_node_bytes_per_step(result) -> float:  # noqa: ANN001  (a RunResult)
 
 
 BUSY_PER_CORE = 1.5  # load average per core (when the runs began) above which this machine, not the links, sets the step
-LATE_TOLERANCE = 0.1  # late messages may have added at most this share of a row's step (late_share_bound) ...
+LATE_TOLERANCE = measure.LATE_TOLERANCE  # late messages may add at most this share of a row's step (late_share_bound) ...
 LATE_SHARE = 0.1  # ... or, in records without their lateness, at most this share of its paced messages may be late
 
 
