@@ -55,7 +55,8 @@ def runnable_outside(me: int | None = None) -> set[int] | None:
     """Processes runnable right now other than `me` (default: this one), its descendants, which include a run's
     ranks, and its ancestors: the notebook server, nbval or nbconvert that started this kernel wake up to carry the
     run's own output (a 0.2 s run sampled twice once counted one of them as "0.5 busy processes outside the
-    run" on a quiet machine). None where /proc cannot be read. Only the processes this one can see."""
+    run" on a quiet machine), nor the operating system's own kernel threads (rcu, kworker: a few microseconds
+    each, caught by a sample now and then). None where /proc cannot be read. Only the processes this one can see."""
     me = os.getpid() if me is None else me
     table: dict[int, tuple[bytes, int]] = {}
     try:
@@ -73,6 +74,15 @@ def runnable_outside(me: int | None = None) -> set[int] | None:
         table[int(entry)] = (fields[0], int(fields[1]))
     if not table:
         return None
+    runnable, ours = runnable_beside(table, me)
+    cores = _run_cores(ours - {me} - _helpers())
+    return runnable if cores is None else {pid for pid in runnable if _affinity(pid) & cores}
+
+
+def runnable_beside(table: dict[int, tuple[bytes, int]], me: int) -> tuple[set[int], set[int]]:
+    """From a process table {pid: (state, ppid)}: the runnable processes that compete with `me`'s run, and `me` with
+    its descendants. Not counted: `me` and its descendants (the run), its ancestors (the session that started it),
+    and the operating system's own threads (kthreadd, pid 2, and its children)."""
     children: dict[int, list[int]] = {}
     for pid, (_, ppid) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -85,9 +95,8 @@ def runnable_outside(me: int | None = None) -> set[int] | None:
     while up > 1 and up not in session:  # the ancestors, up to (not counting) init
         session.add(up)
         up = table.get(up, (b"", 0))[1]
-    runnable = {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours | session}
-    cores = _run_cores(ours - {me} - _helpers())
-    return runnable if cores is None else {pid for pid in runnable if _affinity(pid) & cores}
+    kernel = {pid for pid, (_, ppid) in table.items() if pid == 2 or ppid == 2}
+    return {pid for pid, (state, _) in table.items() if state == b"R" and pid not in ours | session | kernel}, ours
 
 
 def _helpers() -> set[int]:

@@ -62,3 +62,24 @@ def test_the_processes_that_started_this_one_are_not_counted_as_load_outside_a_r
     assert out.returncode == 0, out.stderr
     parent_seen, sibling_seen = map(int, out.stdout.split())
     assert parent_seen == 0 and sibling_seen == 1
+
+
+def test_the_operating_systems_own_threads_are_not_load_outside_a_run() -> None:
+    """rcu_preempt, kworker and kdamond are runnable for microseconds now and then; one caught by one of a short run's
+    two samples read as 'half a busy process outside the run' and withheld its speedup on a quiet machine."""
+    from dpkit.measure import runnable_beside
+
+    table = {
+        1: (b"S", 0),  # init
+        2: (b"S", 0),  # kthreadd
+        15: (b"R", 2),  # rcu_preempt
+        107: (b"R", 2),  # kdamond
+        300: (b"R", 1),  # the notebook server, busy carrying output
+        400: (b"S", 300),  # the kernel: me
+        401: (b"R", 400),  # a rank
+        402: (b"R", 400),  # a rank
+        500: (b"R", 1),  # another program, busy
+        501: (b"R", 500),  # its child, busy
+    }
+    runnable, ours = runnable_beside(table, 400)
+    assert runnable == {500, 501} and ours == {400, 401, 402}
