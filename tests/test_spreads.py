@@ -350,7 +350,10 @@ def test_verdict_says_which_is_faster_by_how_much_and_why_or_no_reliable_differe
                     "server_bytes_per_step": 3e5, "worker_bytes_per_step": 1e5, "server_exposed_comm_s": 0.004, "withheld": ""})  # fmt: skip
     text = compare_rows(ring, ps, "all-reduce", "parameter server")
     assert text.startswith("all-reduce is 2.00x faster than parameter server (10 ms against 20 ms per step): ")
-    assert "its server sends 3x a worker's bytes" in text and "exposed comm 5.8 ms per step for parameter server against 2 ms for all-reduce" in text
+    assert (
+        "its server sends 3x a worker's bytes" in text
+        and "exposed comm 5.8 ms per step for parameter server against 2 ms for all-reduce" in text
+    )
     close = ps.copy()
     close[["step_time_s", "step_time_min_s", "step_time_max_s"]] = [0.0105, 0.0095, 0.012]
     assert compare_rows(ring, close, "a", "b").startswith("no reliable difference between a and b")
