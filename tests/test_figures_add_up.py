@@ -126,6 +126,7 @@ STACKED_BAR_FUNCTIONS = {
     "time_breakdown_plot": "time",  # tested above
     "step_parts_plot": "time",  # tested above
     "_breakdown": "memory",  # memory_plots: bytes per kind, no step time
+    "recovery_price_figure": "time",  # failures_panel (09): tested below
 }
 
 
@@ -145,6 +146,37 @@ def _stacking_functions() -> set[str]:
                 ):
                     found.add(fn.name)
     return found
+
+
+def test_recovery_prices_stack_the_saves_on_the_step() -> None:
+    """09's price of each ps_recovery: a bar's top is the step plus the checkpoint saves per step, no more, no less;
+    bytes to the backups and to disk stack the same way."""
+    import pandas as pd
+
+    from dpkit.viz.failures_panel import recovery_price_figure
+
+    prices = pd.DataFrame(
+        {
+            "step_ms": [10.0, 14.0, 12.0],
+            "step_ms_q1": [9.0, 12.0, 11.0],
+            "step_ms_q3": [11.0, 18.0, 15.0],
+            "checkpoint_ms_per_step": [0.0, 9.8, 0.0],
+            "bytes_to_backup_per_step": [0.0, 0.0, 416e3],
+            "bytes_to_disk_per_step": [0.0, 647e3, 0.0],
+        },
+        index=["none", "checkpoint", "replicate"],
+    )
+    left, right = recovery_price_figure(prices).axes[:2]
+
+    def tops(ax) -> list[float]:
+        stacks: dict[float, float] = {}
+        for bar in ax.patches:
+            x = round(bar.get_x() + bar.get_width() / 2, 6)
+            stacks[x] = max(stacks.get(x, 0.0), bar.get_y() + bar.get_height())
+        return [stacks[x] for x in sorted(stacks)]
+
+    assert tops(right) == pytest.approx(list(prices.step_ms + prices.checkpoint_ms_per_step))
+    assert tops(left) == pytest.approx(list((prices.bytes_to_backup_per_step + prices.bytes_to_disk_per_step) / 1e3))
 
 
 def test_every_stacked_bar_figure_is_covered() -> None:

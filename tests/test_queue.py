@@ -478,7 +478,7 @@ def test_panel_says_how_many_runs_are_ahead(qdir: Path) -> None:
     panel.run()
     thread.join(10)
     assert panel.error is None
-    assert seen == ["0/1 runs: one run", "waiting: 1 run ahead of you", "0/1 runs: one run", "1/1 runs"], seen
+    assert seen == ["running", "0/1 runs: one run", "waiting: 1 run ahead of you", "0/1 runs: one run", "1/1 runs"], seen
 
 
 def test_run_records_its_wait_and_the_load(qdir: Path) -> None:
