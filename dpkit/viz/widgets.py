@@ -283,9 +283,8 @@ class Panel(W.VBox):
         self.verdict_of = verdict
         self.where = ""  # which cores its last runs had, and beside how many other runs (dpkit.viz.run_notes)
         self.verdict: list[str] = []  # the sentences under the figure after a run (dpkit.verdict)
-        self.shown_with = (
-            ""  # "Figure 2, computed with: largest world size 3; ...": the settings the figure below was computed with
-        )
+        # "Figure 2, computed with: largest world size 3; ...": the settings the figure below was computed with
+        self.shown_with = ""
         self.figure: Figure | None = None
         self.frame: pd.DataFrame | None = None
         self.error: Exception | None = None
@@ -319,11 +318,12 @@ class Panel(W.VBox):
         for name, control in self.controls.items():
             if getattr(control, "disabled", False):
                 continue
-            label = getattr(control, "label", None)  # Dropdown and ToggleButtons: the option's words
-            if label is None and hasattr(control, "label"):
-                label = "-"
-            shown = ", ".join(label) if isinstance(label, tuple) else label  # SelectMultiple: every chosen option
-            parts.append(f"{control.description or name} {shown if shown is not None else control.value}")
+            if hasattr(control, "label"):  # Dropdown, ToggleButtons: the option's words; SelectMultiple: a tuple of them
+                label = control.label
+                shown = ", ".join(label) if isinstance(label, tuple) else ("-" if label is None else label)
+            else:  # sliders
+                shown = control.value
+            parts.append(f"{control.description or name} {shown}")
         return "; ".join(parts)
 
     def set(self, **values: Any) -> Panel:
